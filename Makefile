@@ -1,0 +1,31 @@
+# Two commands matter: `make run` (a local federation with FedBuff) and `make test`.
+# Both bootstrap .venv on first use; the stamp file makes later calls instant.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: run test install clean
+
+install: $(STAMP)
+
+# torch is pinned on its own line first: any other torch spec pulls gigabytes of CUDA
+# packages on these machines, while torch==2.13.0 takes the local CPU wheel.
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/fedbuff local $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis

@@ -1,0 +1,1 @@
+"""The ClientApp: local training on a device, with optional device-tier emulation."""

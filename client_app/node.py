@@ -1,0 +1,63 @@
+"""What a SuperNode says about itself through ``--node-config``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from fedbuff.settings import DEVICE_TIERS
+
+REAL_DEVICE = "real"
+FAULTS = ("", "nan", "shape")
+
+
+@dataclass(frozen=True)
+class NodeProfile:
+    """Partition, device tier and (tests only) an injected fault of one SuperNode.
+
+    ``device-tier`` ``real`` (the default) means no emulation: the device is as fast
+    as it is. ``test-fault`` makes every reply malformed; only tests set it.
+    """
+
+    partition_id: int
+    num_partitions: int
+    device_tier: str = REAL_DEVICE
+    test_fault: str = ""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.partition_id < self.num_partitions:
+            raise ValueError(
+                f"node config partition-id={self.partition_id} is outside "
+                f"[0, num-partitions={self.num_partitions})"
+            )
+        if self.device_tier not in (*DEVICE_TIERS, REAL_DEVICE):
+            raise ValueError(
+                f"node config device-tier={self.device_tier!r}; choose one of "
+                f"{(*DEVICE_TIERS, REAL_DEVICE)}"
+            )
+        if self.test_fault not in FAULTS:
+            raise ValueError(f"node config test-fault={self.test_fault!r}; choose one of {FAULTS}")
+
+    @classmethod
+    def from_node_config(cls, node_config: Mapping[str, object]) -> NodeProfile:
+        """Read the profile; partition keys are required, the rest default."""
+        missing = [k for k in ("partition-id", "num-partitions") if k not in node_config]
+        if missing:
+            raise ValueError(f"node config lacks {missing}: start the SuperNode with --node-config")
+        return cls(
+            partition_id=int(node_config["partition-id"]),
+            num_partitions=int(node_config["num-partitions"]),
+            device_tier=str(node_config.get("device-tier", REAL_DEVICE)),
+            test_fault=str(node_config.get("test-fault", "")),
+        )
+
+    def emulated_seconds(self, measured: float, batches: int, step_seconds: float,
+                         ratios: Mapping[str, float]) -> float:
+        """Wall time this tier would take: ``ratio × max(measured, batches × step_seconds)``.
+
+        ``step_seconds`` is the high tier's assumed time per batch, so that tiny models
+        still spread out in time the way the measured phones do (DESIGN.md §8).
+        """
+        if self.device_tier == REAL_DEVICE:
+            return measured
+        return ratios[self.device_tier] * max(measured, batches * step_seconds)

@@ -1,0 +1,256 @@
+"""A local federation on this machine: one SuperLink, N SuperNodes, one ``flwr run``.
+
+With ``simulation=True`` the SuperLink runs Flower's simulation engine (Ray) instead and
+the N SuperNodes are virtual; the ServerApp and ClientApp are the same.
+
+Everything it starts runs in its own process group and is stopped on success, failure,
+Ctrl-C or SIGTERM. Flower's state (connections, FABs) lives in a temporary FLWR_HOME.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from fedbuff.settings import DEVICE_TIERS
+
+CONNECTION = "fedbuff-local"
+BINARIES = ("flower-superlink", "flower-supernode", "flwr")
+READY_TIMEOUT_SECONDS = 60.0
+
+
+class LaunchError(RuntimeError):
+    """The local federation could not be started."""
+
+
+@dataclass(frozen=True)
+class LocalFederation:
+    """What to start: how many SuperNodes, their tiers, and the run-config overrides."""
+
+    app_dir: Path
+    run_dir: Path
+    num_nodes: int = 6
+    tiers: Sequence[str] = DEVICE_TIERS
+    run_config: str = ""
+    node_overrides: dict[int, str] = field(default_factory=dict)
+    simulation: bool = False
+
+    def __post_init__(self) -> None:
+        if self.num_nodes < 1:
+            raise LaunchError(f"--nodes must be >= 1, got {self.num_nodes}")
+        bad = [t for t in self.tiers if t not in (*DEVICE_TIERS, "real")]
+        if bad or not self.tiers:
+            raise LaunchError(f"unknown device tier(s) {bad}; choose from {(*DEVICE_TIERS, 'real')}")
+
+    def tier_of(self, index: int) -> str:
+        """Node ``index`` gets tier ``tiers[index % len(tiers)]``."""
+        return self.tiers[index % len(self.tiers)]
+
+    def node_config(self, index: int) -> str:
+        config = (
+            f'partition-id={index} num-partitions={self.num_nodes} device-tier="{self.tier_of(index)}"'
+        )
+        extra = self.node_overrides.get(index)
+        return f"{config} {extra}" if extra else config
+
+
+def find_binary(name: str) -> str:
+    """Locate a Flower binary next to this interpreter first, then on PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise LaunchError(f"{name!r} not found: install flwr==1.41.0 (make run does) or activate .venv")
+    return found
+
+
+def free_port() -> int:
+    """A TCP port on loopback that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ProcessGroup:
+    """Child processes started in their own sessions; :meth:`stop_all` ends every one."""
+
+    def __init__(self) -> None:
+        self._procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self._logs: list[IO[bytes]] = []
+
+    def start(self, name: str, argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+        log = open(log_path, "wb")
+        self._logs.append(log)
+        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        self._procs.append((name, proc))
+        return proc
+
+    def dead(self) -> list[str]:
+        """Names of children that have exited."""
+        return [name for name, proc in self._procs if proc.poll() is not None]
+
+    def stop_all(self, grace_seconds: float = 5.0) -> None:
+        """SIGTERM every process group, then SIGKILL what is left after ``grace_seconds``."""
+        for _, proc in reversed(self._procs):
+            _signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + grace_seconds
+        for _, proc in self._procs:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for _, proc in self._procs:
+            _signal_group(proc, signal.SIGKILL)  # grandchildren (superexec, apps) too
+            proc.wait()
+        for log in self._logs:
+            log.close()
+        self._procs.clear()
+        self._logs.clear()
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM like Ctrl-C so that cleanup runs either way."""
+    def raise_interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def wait_for_superlink(port: int, group: ProcessGroup, timeout: float = READY_TIMEOUT_SECONDS) -> None:
+    """Poll the SuperLink's ``/health`` until it answers 200."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if "superlink" in group.dead():
+            raise LaunchError("flower-superlink exited during start-up; see logs/superlink.log")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.2)
+    raise LaunchError(f"flower-superlink did not become healthy within {timeout:.0f}s")
+
+
+def write_connection(flwr_home: Path, port: int, simulated_nodes: int = 0) -> None:
+    """Register the local SuperLink as connection ``fedbuff-local`` in ``FLWR_HOME``.
+
+    ``simulated_nodes > 0`` adds the options a simulation SuperLink needs (one CPU each).
+    """
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    text = (
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n'
+        f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+    )
+    if simulated_nodes:
+        text += (
+            f"options.num-supernodes = {simulated_nodes}\n"
+            "options.backend.client-resources.num-cpus = 1\n"
+        )
+    (flwr_home / "config.toml").write_text(text, encoding="utf-8")
+
+
+def run_local(federation: LocalFederation, out: IO[str] = sys.stdout) -> dict[str, object]:
+    """Start the federation, run the app to completion, return the run summary."""
+    binaries = {name: find_binary(name) for name in BINARIES}
+    run_dir = federation.run_dir.resolve()
+    logs = run_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    group = ProcessGroup()
+    with tempfile.TemporaryDirectory(prefix="fedbuff-flwr-home-") as home, _sigterm_as_interrupt():
+        env = {**os.environ, "FLWR_HOME": home, "FLWR_TELEMETRY_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+        try:
+            port = free_port()
+            mode = "simulation " if federation.simulation else ""
+            _say(out, f"starting flower-superlink ({mode}on 127.0.0.1:{port})")
+            group.start("superlink", [
+                binaries["flower-superlink"], "--insecure", "--host", "127.0.0.1", "--port", str(port),
+                "--disable-runtime-dependency-installation",
+                *(["--simulation"] if federation.simulation else []),
+            ], env, logs / "superlink.log")
+            wait_for_superlink(port, group)
+            if federation.simulation:
+                _say(out, f"{federation.num_nodes} virtual SuperNodes in Flower's simulation engine")
+            else:
+                _start_supernodes(federation, binaries["flower-supernode"], port, env, logs, group, out)
+            write_connection(Path(home), port, federation.num_nodes if federation.simulation else 0)
+            overrides = f'run-dir="{run_dir}"'
+            if federation.run_config:
+                overrides = f"{overrides} {federation.run_config}"
+            argv = [binaries["flwr"], "run", str(federation.app_dir), CONNECTION, "--stream",
+                    "--run-config", overrides]
+            _say(out, "submitting: " + shlex.join(argv[1:]))
+            returncode = _stream(argv, env, out, logs / "serverapp.log")
+            summary_path = run_dir / "summary.json"
+            if not summary_path.exists():
+                raise LaunchError(
+                    f"the run ended without a summary (flwr run exit code {returncode}); "
+                    f"see {logs}/serverapp.log and {logs}/superlink.log"
+                )
+            return json.loads(summary_path.read_text(encoding="utf-8"))
+        finally:
+            _say(out, "stopping the local federation")
+            group.stop_all()
+
+
+def _start_supernodes(federation: LocalFederation, binary: str, superlink_port: int,
+                      env: dict[str, str], logs: Path, group: ProcessGroup, out: IO[str]) -> None:
+    for index in range(federation.num_nodes):
+        group.start(f"supernode-{index}", [
+            binary, "--insecure", "--superlink", f"127.0.0.1:{superlink_port}",
+            "--host", "127.0.0.1", "--port", str(free_port()),
+            "--node-config", federation.node_config(index),
+        ], env, logs / f"supernode-{index}.log")
+    tiers = ", ".join(federation.tier_of(i) for i in range(federation.num_nodes))
+    _say(out, f"started {federation.num_nodes} flower-supernode processes (tiers: {tiers})")
+
+
+def _stream(argv: list[str], env: dict[str, str], out: IO[str], log_path: Path) -> int:
+    """Run ``flwr run --stream``, echoing its output to ``out`` and to ``log_path``."""
+    with open(log_path, "w", encoding="utf-8") as log:
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                out.write(line)
+                out.flush()
+                log.write(line)
+            return proc.wait()
+        finally:
+            if proc.poll() is None:
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait()
+
+
+def _say(out: IO[str], text: str) -> None:
+    out.write(f"[fedbuff] {text}\n")
+    out.flush()

@@ -1,0 +1,242 @@
+"""The asynchronous loop: keep ``concurrency`` tasks in flight and never wait for a round.
+
+It pushes train tasks with ``grid.push_messages``, pulls whatever has arrived with
+``grid.pull_messages``, stamps each task with the model version it carries, computes
+staleness on arrival, validates the reply, hands it to the strategy and re-dispatches
+to the node that just replied (DESIGN.md §3).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.common.constant import ErrorCode
+from flwr.serverapp import Grid
+
+from fedbuff.settings import RunSettings
+from server_app.nodes import NodePool
+from server_app.records import RunRecorder
+from server_app.stats import RunStats, tier_label
+from server_app.validation import Rejection, validate_reply
+from strategies import AsyncStrategy, ClientUpdate
+
+log = logging.getLogger(__name__)
+
+Evaluator = Callable[[list[np.ndarray]], tuple[float, float]]
+
+ERROR_REASONS = {
+    ErrorCode.MESSAGE_UNAVAILABLE: "ttl-expired",
+    ErrorCode.NODE_UNAVAILABLE: "node-unavailable",
+    ErrorCode.CLIENT_APP_RAISED_EXCEPTION: "client-raised",
+    ErrorCode.CLIENT_APP_CRASHED: "client-crashed",
+    ErrorCode.LOAD_CLIENT_APP_EXCEPTION: "client-load-failed",
+}
+LOST_GRACE_SECONDS = 30.0  # a task this long past its TTL with no reply at all is written off
+IDLE_SLEEP_SECONDS = 0.1
+
+
+@dataclass(frozen=True)
+class Task:
+    """A train task in flight: where it went, which model version it carries, when."""
+
+    node_id: int
+    version: int
+    sent_at: float
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Central evaluation of one model version on the server's held-out split."""
+
+    version: int
+    loss: float
+    accuracy: float
+
+
+class AsyncLoop:
+    """Drives one asynchronous training run until a stop condition; see :meth:`run`."""
+
+    def __init__(
+        self,
+        grid: Grid,
+        strategy: AsyncStrategy,
+        settings: RunSettings,
+        evaluate: Evaluator,
+        recorder: RunRecorder,
+        nodes: NodePool | None = None,
+    ) -> None:
+        self.grid = grid
+        self.strategy = strategy
+        self.settings = settings
+        self.evaluate = evaluate
+        self.recorder = recorder
+        self.nodes = nodes or NodePool(grid)
+        self.stats = RunStats()
+        self.tasks: dict[str, Task] = {}
+        self.evaluations: list[Evaluation] = []
+        self._started = 0.0
+        self._payload: tuple[int, ArrayRecord] | None = None
+
+    # -- public ---------------------------------------------------------------------------
+
+    def run(self) -> str:
+        """Train until a stop condition holds; return the reason (also logged)."""
+        self._started = time.monotonic()
+        self._evaluate_now()
+        while (reason := self._stop_reason()) is None:
+            now = time.monotonic()
+            self.nodes.refresh(now)
+            self._dispatch(now)
+            replies = list(self.grid.pull_messages(list(self.tasks))) if self.tasks else []
+            for reply in replies:
+                self._handle(reply, time.monotonic())
+                if self._stop_reason() is not None:
+                    break  # the rest of this pull arrived after the run's last step
+            self._write_off_lost(time.monotonic())
+            if not replies:
+                time.sleep(IDLE_SLEEP_SECONDS)
+        if self.evaluations[-1].version != self.strategy.version:
+            self._evaluate_now()
+        log.info("stopping: %s", reason)
+        return reason
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since :meth:`run` started."""
+        return time.monotonic() - self._started
+
+    # -- dispatch -------------------------------------------------------------------------
+
+    def _dispatch(self, now: float) -> None:
+        load = Counter(task.node_id for task in self.tasks.values())
+        free = self.settings.concurrency - len(self.tasks)
+        chosen = self.nodes.candidates(now, load, self.settings.tasks_per_node)[: max(free, 0)]
+        if not chosen:
+            return
+        version = self.strategy.version
+        for node_id in chosen:
+            # One push per message: the Grid returns ids only for the messages it stored.
+            pushed = list(self.grid.push_messages([self._train_message(node_id, version)]))
+            sent_at = time.monotonic()
+            if not pushed:
+                log.warning("push to node %d was refused", node_id)
+                continue
+            self.tasks[pushed[0]] = Task(node_id, version, sent_at)
+            self.nodes.mark_used(node_id, sent_at)
+            self.stats.dispatched += 1
+
+    def _train_message(self, node_id: int, version: int) -> Message:
+        # TTL counts from Message.created_at: build each message right before pushing it.
+        if self._payload is None or self._payload[0] != version:
+            self._payload = (version, ArrayRecord(self.strategy.model))
+        content = RecordDict(
+            {"arrays": self._payload[1], "config": ConfigRecord({"server-version": version})}
+        )
+        return Message(
+            content,
+            dst_node_id=node_id,
+            message_type=MessageType.TRAIN,
+            ttl=self.settings.task_ttl_seconds,
+            group_id=str(version),
+        )
+
+    # -- replies --------------------------------------------------------------------------
+
+    def _handle(self, reply: Message, now: float) -> None:
+        task = self.tasks.pop(reply.metadata.reply_to_message_id, None)
+        if task is None:
+            log.warning("ignoring a reply to an unknown task %s", reply.metadata.reply_to_message_id)
+            return
+        if reply.has_error():
+            self._handle_error(task, reply, now)
+            return
+        round_trip = now - task.sent_at
+        self.stats.replies += 1
+        self.stats.round_trip_sum += round_trip
+        checked = validate_reply(reply.content, self.strategy.model, self.settings.max_update_norm)
+        if isinstance(checked, Rejection):
+            self.stats.rejected[checked.reason] += 1
+            log.warning("rejected update from node %d (%s): %s", task.node_id, checked.reason, checked.detail)
+            self.recorder.event("update", node=task.node_id, outcome="invalid", reason=checked.reason,
+                                time=self.elapsed)
+            return
+        tier = tier_label(checked.device.get("device-tier"))
+        staleness = self.strategy.version - task.version
+        receipt = self.strategy.receive(
+            ClientUpdate(task.node_id, checked.delta, checked.num_examples, staleness)
+        )
+        self.stats.outcomes[receipt.outcome.value] += 1
+        if receipt.outcome.value == "accepted":
+            self.stats.staleness[staleness] += 1
+            self.stats.accepted_by_tier[tier] += 1
+        self.recorder.event(
+            "update", node=task.node_id, tier=tier, outcome=receipt.outcome.value,
+            staleness=staleness, weight=round(receipt.weight, 6), round_trip=round(round_trip, 3),
+            train_seconds=round(checked.metrics.get("train-seconds", 0.0), 3), time=round(self.elapsed, 3),
+        )
+        if receipt.stepped:
+            self._after_step()
+
+    def _handle_error(self, task: Task, reply: Message, now: float) -> None:
+        reason = ERROR_REASONS.get(reply.error.code, "other-error")
+        self.stats.errors[reason] += 1
+        log.warning("task on node %d failed: %s (code %d) %s", task.node_id, reason, reply.error.code,
+                    reply.error.reason.strip()[:200])
+        self.recorder.event("error", node=task.node_id, reason=reason, time=round(self.elapsed, 3))
+        if reply.error.code == ErrorCode.NODE_UNAVAILABLE:
+            self.nodes.retire(task.node_id, now)
+
+    def _write_off_lost(self, now: float) -> None:
+        limit = self.settings.task_ttl_seconds + LOST_GRACE_SECONDS
+        for message_id, task in list(self.tasks.items()):
+            if now - task.sent_at > limit:
+                del self.tasks[message_id]
+                self.stats.errors["lost"] += 1
+                log.warning("task on node %d never answered; written off", task.node_id)
+
+    # -- server steps ---------------------------------------------------------------------
+
+    def _after_step(self) -> None:
+        version = self.strategy.version
+        evaluation = None
+        if version % self.settings.eval_every == 0:
+            evaluation = self._evaluate_now()
+        latest = self.evaluations[-1]
+        log.info(
+            "step %3d | acc %.3f (v%d) | staleness mean %.2f max %d | in-flight %d | "
+            "accepted %d refused %d errors %d | %.0fs",
+            version, latest.accuracy, latest.version, self.stats.staleness_mean(),
+            self.stats.staleness_max(), len(self.tasks), self.stats.accepted,
+            self.stats.refused, sum(self.stats.errors.values()), self.elapsed,
+        )
+        self.recorder.event(
+            "step", version=version, time=round(self.elapsed, 3), in_flight=len(self.tasks),
+            accepted=self.stats.accepted, refused=self.stats.refused,
+            staleness_mean=round(self.stats.staleness_mean(), 3),
+            **({"eval_loss": evaluation.loss, "eval_accuracy": evaluation.accuracy} if evaluation else {}),
+        )
+
+    def _evaluate_now(self) -> Evaluation:
+        loss, accuracy = self.evaluate(self.strategy.model)
+        evaluation = Evaluation(self.strategy.version, loss, accuracy)
+        self.evaluations.append(evaluation)
+        self.recorder.event("eval", version=evaluation.version, loss=loss, accuracy=accuracy,
+                            time=round(self.elapsed, 3))
+        return evaluation
+
+    def _stop_reason(self) -> str | None:
+        settings = self.settings
+        if self.strategy.version >= settings.max_server_steps:
+            return f"max-server-steps ({settings.max_server_steps}) reached"
+        latest = self.evaluations[-1]
+        if settings.target_accuracy and latest.accuracy >= settings.target_accuracy:
+            return f"target-accuracy {settings.target_accuracy} reached at version {latest.version}"
+        if self.elapsed >= settings.max_wall_seconds:
+            return f"max-wall-seconds ({settings.max_wall_seconds:.0f}) reached"
+        return None

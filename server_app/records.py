@@ -1,0 +1,53 @@
+"""The run folder: exact config, metric history (JSON lines), checkpoint, summary."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+
+def default_run_dir(root: str | Path = "runs") -> Path:
+    """``runs/<UTC timestamp>``, unique to the second."""
+    return Path(root) / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+
+
+class RunRecorder:
+    """Writes one run's outputs under ``run_dir``; files are replaced atomically."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self._history: IO[str] = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+
+    def write_config(self, config: dict[str, object]) -> None:
+        """The exact settings the run used."""
+        self._write_json("config.json", config)
+
+    def event(self, kind: str, **fields: object) -> None:
+        """Append one event to ``metrics.jsonl`` (flushed at once, so a crash loses nothing)."""
+        self._history.write(json.dumps({"event": kind, **fields}) + "\n")
+        self._history.flush()
+
+    def checkpoint(self, arrays: list[np.ndarray], version: int) -> Path:
+        """Save the model as ``checkpoint.npz`` (``arr_0``… plus ``version``)."""
+        path = self.run_dir / "checkpoint.npz"
+        tmp = path.with_name("checkpoint.tmp.npz")
+        np.savez(tmp, *arrays, version=np.int64(version))
+        os.replace(tmp, path)
+        return path
+
+    def write_summary(self, summary: dict[str, object]) -> None:
+        self._write_json("summary.json", summary)
+
+    def close(self) -> None:
+        self._history.close()
+
+    def _write_json(self, name: str, data: dict[str, object]) -> None:
+        tmp = self.run_dir / f".{name}.tmp"
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp, self.run_dir / name)

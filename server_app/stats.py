@@ -1,0 +1,60 @@
+"""Counters of one run, the source of the progress lines and of the run summary."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from fedbuff.settings import DEVICE_TIERS
+
+TIER_LABELS = (*DEVICE_TIERS, "real")
+
+
+def tier_label(reported: str | None) -> str:
+    """Map a client-reported tier onto the server-side allow-list."""
+    return reported if reported in TIER_LABELS else "unknown"
+
+
+@dataclass
+class RunStats:
+    """What happened to every task the loop dispatched."""
+
+    dispatched: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    rejected: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    accepted_by_tier: Counter[str] = field(default_factory=Counter)
+    staleness: Counter[int] = field(default_factory=Counter)
+    round_trip_sum: float = 0.0
+    replies: int = 0
+
+    @property
+    def accepted(self) -> int:
+        return self.outcomes["accepted"]
+
+    @property
+    def refused(self) -> int:
+        """Replies that did not enter a buffer: invalid, stale or duplicate."""
+        return sum(self.rejected.values()) + self.outcomes["stale"] + self.outcomes["duplicate"]
+
+    def staleness_mean(self) -> float:
+        total = sum(self.staleness.values())
+        return sum(t * c for t, c in self.staleness.items()) / total if total else 0.0
+
+    def staleness_max(self) -> int:
+        return max(self.staleness, default=0)
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "tasks_dispatched": self.dispatched,
+            "updates_accepted": self.accepted,
+            "updates_refused": self.refused,
+            "outcomes": dict(self.outcomes),
+            "rejected_by_reason": dict(self.rejected),
+            "errors_by_reason": dict(self.errors),
+            "accepted_by_tier": dict(self.accepted_by_tier),
+            "staleness_mean": round(self.staleness_mean(), 3),
+            "staleness_max": self.staleness_max(),
+            "staleness_histogram": {str(k): v for k, v in sorted(self.staleness.items())},
+            "round_trip_mean_seconds": round(self.round_trip_sum / self.replies, 3) if self.replies else None,
+        }

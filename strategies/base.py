@@ -1,0 +1,72 @@
+"""The contract between the asynchronous server loop and an aggregation strategy."""
+
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass
+
+import numpy as np
+
+Arrays = list[np.ndarray]
+
+
+class Outcome(str, enum.Enum):
+    """What a strategy did with one client update (a bounded metric label set)."""
+
+    ACCEPTED = "accepted"
+    STALE = "stale"
+    DUPLICATE = "duplicate"
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """One client's contribution, with the metadata the server computed for it.
+
+    ``delta`` is ``model_at_dispatch - model_after_local_training`` (FLSim's sign), and
+    ``staleness`` is ``version_now - version_at_dispatch``, computed by the server.
+    """
+
+    client_id: int
+    delta: Arrays
+    num_examples: int
+    staleness: int
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """The strategy's answer to one update: its outcome and whether the model moved."""
+
+    outcome: Outcome
+    weight: float = 0.0
+    stepped: bool = False
+
+
+class AsyncStrategy(abc.ABC):
+    """An asynchronous aggregation rule that owns the global model and its version.
+
+    The server loop stamps each task with ``version`` at dispatch, computes staleness on
+    arrival and calls :meth:`receive`; the strategy decides whether the model moves.
+    """
+
+    def __init__(self, initial: Arrays) -> None:
+        self._model = [np.array(a, dtype=np.float32, copy=True) for a in initial]
+        self._version = 0
+
+    @property
+    def model(self) -> Arrays:
+        """The current global model (do not modify in place)."""
+        return self._model
+
+    @property
+    def version(self) -> int:
+        """How many server steps the global model has taken."""
+        return self._version
+
+    @abc.abstractmethod
+    def receive(self, update: ClientUpdate) -> Receipt:
+        """Take one validated update; step the model when the rule says so."""
+
+    def _commit(self, model: Arrays) -> None:
+        self._model = [np.asarray(a, dtype=np.float32) for a in model]
+        self._version += 1

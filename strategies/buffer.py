@@ -1,0 +1,53 @@
+"""A buffer that only ever adds: the shape secure aggregation needs (DESIGN.md §5)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from strategies.base import Arrays
+
+
+class WeightedSumBuffer:
+    """Running weighted sum of client deltas; never stores an individual update.
+
+    Memory is one model copy whatever the buffer size, and the only operation on an
+    update is ``sum += weight * delta`` — which a masked ring vector supports too.
+    """
+
+    def __init__(self) -> None:
+        self._sum: Arrays | None = None
+        self._contributors: set[int] = set()
+        self._total_weight = 0.0
+
+    def __len__(self) -> int:
+        return len(self._contributors)
+
+    @property
+    def total_weight(self) -> float:
+        """Σ w_i over the updates in the buffer."""
+        return self._total_weight
+
+    def holds(self, client_id: int) -> bool:
+        """Whether ``client_id`` already contributed to this buffer."""
+        return client_id in self._contributors
+
+    def add(self, client_id: int, delta: Arrays, weight: float) -> None:
+        """Add ``weight * delta``; a client contributes at most once per buffer."""
+        if client_id in self._contributors:
+            raise ValueError(f"client {client_id} already contributed to this buffer")
+        scaled = [np.asarray(d, dtype=np.float64) * weight for d in delta]
+        if self._sum is None:
+            self._sum = scaled
+        else:
+            for acc, part in zip(self._sum, scaled, strict=True):
+                acc += part
+        self._contributors.add(client_id)
+        self._total_weight += weight
+
+    def flush(self) -> tuple[Arrays, int, float]:
+        """Return ``(weighted_sum, count, total_weight)`` and empty the buffer."""
+        if self._sum is None:
+            raise ValueError("cannot flush an empty buffer")
+        result = (self._sum, len(self._contributors), self._total_weight)
+        self._sum, self._contributors, self._total_weight = None, set(), 0.0
+        return result

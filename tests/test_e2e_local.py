@@ -1,0 +1,82 @@
+"""End to end: real flower-superlink and flower-supernode processes on localhost.
+
+These are the slow tests (about a minute each); everything they start is stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from fedbuff.launcher import LaunchError, LocalFederation, find_binary, run_local
+from tests.conftest import ROOT
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+
+def test_fedbuff_trains_a_real_local_federation(tmp_path, no_leftover_processes):
+    run_dir = tmp_path / "run"
+    federation = LocalFederation(
+        app_dir=ROOT,
+        run_dir=run_dir,
+        num_nodes=4,
+        tiers=["low", "mid", "high", "high"],
+        node_overrides={3: 'test-fault="nan"'},  # a broken client: every reply holds a NaN
+        run_config="max-server-steps=8 buffer-size=2 concurrency=4 eval-every=4",
+    )
+    summary = run_local(federation, out=sys.stdout)
+
+    assert summary["server_steps"] == 8
+    assert summary["stop_reason"].startswith("max-server-steps")
+    assert summary["final_accuracy"] >= summary["initial_accuracy"] + 0.2
+    assert summary["staleness_max"] > 0
+    assert summary["accepted_by_tier"].get("low", 0) >= 1, "the slow node never contributed"
+    assert summary["rejected_by_reason"].get("non-finite", 0) >= 1
+    assert "real" not in summary["accepted_by_tier"]  # the NaN node never got in
+
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [e["version"] for e in events if e["event"] == "step"] == list(range(1, 9))
+    assert json.loads((run_dir / "config.json").read_text())["max-server-steps"] == 8
+    with np.load(run_dir / "checkpoint.npz") as checkpoint:
+        assert int(checkpoint["version"]) == 8
+        assert all(np.isfinite(checkpoint[k]).all() for k in checkpoint.files)
+
+
+def test_the_same_apps_run_in_flowers_simulation_engine(tmp_path, no_leftover_processes):
+    federation = LocalFederation(
+        app_dir=ROOT,
+        run_dir=tmp_path / "run",
+        num_nodes=3,
+        simulation=True,
+        run_config="max-server-steps=3 buffer-size=2 concurrency=3 eval-every=3",
+    )
+    summary = run_local(federation, out=sys.stdout)
+    assert summary["server_steps"] == 3
+    assert summary["final_accuracy"] > summary["initial_accuracy"]
+
+
+def test_ctrl_c_stops_every_process_the_launcher_started(tmp_path, no_leftover_processes):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedbuff.cli", "local", "--nodes", "2", "--runs-dir", str(tmp_path)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:  # wait until the run is really going
+        if "admitted" in line or "step" in line:
+            break
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130
+    assert "interrupted" in rest
+
+
+def test_a_missing_flower_binary_is_a_clear_error():
+    with pytest.raises(LaunchError, match="'flower-nonexistent' not found"):
+        find_binary("flower-nonexistent")

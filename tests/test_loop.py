@@ -1,0 +1,132 @@
+"""The asynchronous loop's decisions: staleness, validation, error codes, stop reasons."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+from flwr.common.constant import ErrorCode
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedbuff.settings import RunSettings
+from server_app.loop import AsyncLoop
+from server_app.records import RunRecorder
+from strategies import FedBuff
+from tests.fakes import FakeGrid, error_reply, train_reply
+
+INITIAL = [np.zeros(4, np.float32)]
+
+
+@pytest.fixture(autouse=True)
+def task_identity(monkeypatch):
+    """Flower stamps messages with the identity of the running task; play a ServerApp."""
+    for name, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 0)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+
+
+def half_step(arrays):
+    """A client that always moves the model half-way towards 1.0."""
+    return [(a - 1.0) * 0.5 for a in arrays]
+
+
+def distance_accuracy(arrays):
+    """Accuracy proxy: 1 - mean distance to the all-ones optimum."""
+    return 0.0, float(max(0.0, 1.0 - np.abs(arrays[0] - 1.0).mean()))
+
+
+def make_loop(tmp_path, grid, **overrides):
+    settings = RunSettings(**{"concurrency": 3, "buffer_size": 2, "max_server_steps": 5,
+                              "eval_every": 1, **overrides})
+    strategy = FedBuff(INITIAL, settings.fedbuff_config())
+    recorder = RunRecorder(tmp_path)
+    return AsyncLoop(grid, strategy, settings, distance_accuracy, recorder)
+
+
+def test_runs_to_max_server_steps_and_computes_staleness_on_the_server(tmp_path):
+    grid = FakeGrid([1, 2, 3], lambda msg: train_reply(msg, half_step))
+    loop = make_loop(tmp_path, grid)
+    reason = loop.run()
+    assert reason.startswith("max-server-steps")
+    assert loop.strategy.version == 5
+    assert loop.evaluations[-1].accuracy > loop.evaluations[0].accuracy
+    # three tasks go out at version 0 but K = 2: the third one arrives one version late
+    assert loop.stats.staleness_max() >= 1
+    assert loop.stats.accepted == 10
+
+
+def test_malformed_updates_are_counted_and_never_touch_the_model(tmp_path):
+    def respond(msg):
+        if msg.metadata.dst_node_id == 3:
+            return train_reply(msg, lambda arrays: [np.full_like(a, np.nan) for a in arrays])
+        if msg.metadata.dst_node_id == 4:
+            return train_reply(msg, lambda arrays: [a[:-1] for a in arrays])
+        return train_reply(msg, half_step)
+
+    loop = make_loop(tmp_path, FakeGrid([1, 2, 3, 4], respond), concurrency=4)
+    loop.run()
+    assert loop.stats.rejected["non-finite"] > 0
+    assert loop.stats.rejected["shape"] > 0
+    assert np.isfinite(loop.strategy.model[0]).all()
+    assert loop.strategy.version == 5  # training went on with the good nodes
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        (ErrorCode.MESSAGE_UNAVAILABLE, "ttl-expired"),
+        (ErrorCode.CLIENT_APP_RAISED_EXCEPTION, "client-raised"),
+        (ErrorCode.CLIENT_APP_CRASHED, "client-crashed"),
+    ],
+)
+def test_error_replies_are_counted_by_reason_and_survived(tmp_path, code, reason):
+    def respond(msg):
+        if msg.metadata.dst_node_id == 9:
+            return error_reply(msg, code)
+        return train_reply(msg, half_step)
+
+    loop = make_loop(tmp_path, FakeGrid([1, 2, 9], respond))
+    loop.run()
+    assert loop.stats.errors[reason] > 0
+    assert loop.strategy.version == 5
+
+
+def test_an_unavailable_node_is_retired_and_not_sent_more_work(tmp_path):
+    def respond(msg):
+        if msg.metadata.dst_node_id == 9:
+            return error_reply(msg, ErrorCode.NODE_UNAVAILABLE)
+        return train_reply(msg, half_step)
+
+    grid = FakeGrid([1, 2, 9], respond)
+    loop = make_loop(tmp_path, grid)
+    loop.run()
+    assert loop.stats.errors["node-unavailable"] == 1
+    assert Counter(m.metadata.dst_node_id for m in grid.pushed)[9] == 1
+
+
+def test_stops_at_target_accuracy_and_says_so(tmp_path):
+    grid = FakeGrid([1, 2, 3], lambda msg: train_reply(msg, half_step))
+    loop = make_loop(tmp_path, grid, max_server_steps=100, target_accuracy=0.7)
+    reason = loop.run()
+    assert reason.startswith("target-accuracy 0.7")
+    assert loop.evaluations[-1].accuracy >= 0.7
+    assert loop.strategy.version < 100
+
+
+def test_stops_at_wall_time_when_no_node_ever_answers(tmp_path):
+    loop = make_loop(tmp_path, FakeGrid([1, 2], lambda msg: None), max_wall_seconds=0.5)
+    assert loop.run().startswith("max-wall-seconds")
+    assert loop.strategy.version == 0
+
+
+def test_new_nodes_are_admitted_while_running(tmp_path):
+    grid = FakeGrid([1], lambda msg: train_reply(msg, half_step))
+    loop = make_loop(tmp_path, grid, max_server_steps=3)
+    loop.nodes._refresh_seconds = 0.0  # see every change of the node list at once
+    original = grid.respond
+
+    def respond_and_grow(msg):
+        grid.node_ids = [1, 2]
+        return original(msg)
+
+    grid.respond = respond_and_grow
+    loop.run()
+    assert {m.metadata.dst_node_id for m in grid.pushed} == {1, 2}

@@ -1,0 +1,46 @@
+"""Run settings: pyproject defaults, types, and start-up errors that name the key."""
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from fedbuff.settings import RunSettings, SettingsError
+
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+
+
+def pyproject_config() -> dict:
+    return tomllib.loads(PYPROJECT.read_text())["tool"]["flwr"]["app"]["config"]
+
+
+def test_every_setting_is_a_pyproject_knob_with_the_same_default():
+    assert RunSettings().as_dict() == pyproject_config()
+
+
+def test_pyproject_defaults_parse():
+    assert RunSettings.from_run_config(pyproject_config()) == RunSettings()
+
+
+def test_overrides_are_typed_and_ints_widen_to_floats():
+    settings = RunSettings.from_run_config({"buffer-size": 5, "server-lr": 2, "run-dir": "x"})
+    assert (settings.buffer_size, settings.server_lr, settings.run_dir) == (5, 2.0, "x")
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"buffer-size": 0}, "buffer-size must be >= 1"),
+        ({"concurrency": "many"}, "concurrency must be int"),
+        ({"client-lr": -0.1}, "client-lr must be > 0"),
+        ({"staleness-weight": "nope"}, "staleness-weight must be one of"),
+        ({"test-fraction": 1.0}, r"test-fraction must be in \(0, 1\)"),
+        ({"tier-speed-ratios": "high=1,mid=0.5,low=9"}, "tier-speed-ratios"),
+        ({"tier-speed-ratios": "high=1,mid=3"}, r"no ratio for tier\(s\) \['low'\]"),
+        ({"target-accuracy": 2.0}, r"target-accuracy must be in \[0.0, 1.0\]"),
+        ({"max-wall-seconds": float("nan")}, "max-wall-seconds must be > 0"),
+    ],
+)
+def test_bad_values_fail_at_start_up_naming_the_key(config, message):
+    with pytest.raises(SettingsError, match=message):
+        RunSettings.from_run_config(config)
