@@ -41,7 +41,7 @@ def main(grid: Grid, context: Context) -> None:
     recorder = RunRecorder(run_dir)
     recorder.write_config(settings.as_dict())
     strategy = FedBuff(get_weights(model), settings.fedbuff_config())
-    loop = AsyncLoop(grid, strategy, settings, evaluate_arrays, recorder)
+    loop = AsyncLoop(grid, strategy, settings, evaluate_arrays, events=recorder)
     log.info(
         "FedBuff: concurrency %d, buffer %d, max %d server steps; run folder %s",
         settings.concurrency, settings.buffer_size, settings.max_server_steps, run_dir.resolve(),

@@ -20,11 +20,11 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from fedbuff.settings import RunSettings
+from server_app.events import EventSink
 from server_app.nodes import NodePool
-from server_app.records import RunRecorder
 from server_app.stats import RunStats, tier_label
 from server_app.validation import Rejection, validate_reply
-from strategies import AsyncStrategy, ClientUpdate
+from strategies import AsyncStrategy, ClientUpdate, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -68,17 +68,17 @@ class AsyncLoop:
         strategy: AsyncStrategy,
         settings: RunSettings,
         evaluate: Evaluator,
-        recorder: RunRecorder,
-        nodes: NodePool | None = None,
+        events: EventSink,
     ) -> None:
         self.grid = grid
         self.strategy = strategy
         self.settings = settings
         self.evaluate = evaluate
-        self.recorder = recorder
-        self.nodes = nodes or NodePool(grid)
+        self.events = events
+        self.nodes = NodePool(grid, on_change=self._node_changed)
         self.stats = RunStats()
         self.tasks: dict[str, Task] = {}
+        self.node_tiers: dict[int, str] = {}  # learned from replies, allow-listed
         self.evaluations: list[Evaluation] = []
         self._started = 0.0
         self._payload: tuple[int, ArrayRecord] | None = None
@@ -130,6 +130,8 @@ class AsyncLoop:
             self.tasks[pushed[0]] = Task(node_id, version, sent_at)
             self.nodes.mark_used(node_id, sent_at)
             self.stats.dispatched += 1
+            self._emit("dispatch", node=node_id, version=version, in_flight=len(self.tasks),
+                       bytes=sum(a.nbytes for a in self.strategy.model))
 
     def _train_message(self, node_id: int, version: int) -> Message:
         # TTL counts from Message.created_at: build each message right before pushing it.
@@ -163,32 +165,35 @@ class AsyncLoop:
         if isinstance(checked, Rejection):
             self.stats.rejected[checked.reason] += 1
             log.warning("rejected update from node %d (%s): %s", task.node_id, checked.reason, checked.detail)
-            self.recorder.event("update", node=task.node_id, outcome="invalid", reason=checked.reason,
-                                time=self.elapsed)
+            self._emit("invalid", node=task.node_id, reason=checked.reason, round_trip=round(round_trip, 3))
             return
-        tier = tier_label(checked.device.get("device-tier"))
+        tier = self.node_tiers[task.node_id] = tier_label(checked.device.get("device-tier"))
         staleness = self.strategy.version - task.version
+        aggregate_started = time.perf_counter()
         receipt = self.strategy.receive(
             ClientUpdate(task.node_id, checked.delta, checked.num_examples, staleness)
         )
+        aggregate_seconds = time.perf_counter() - aggregate_started
         self.stats.outcomes[receipt.outcome.value] += 1
-        if receipt.outcome.value == "accepted":
+        if receipt.outcome is Outcome.ACCEPTED:
             self.stats.staleness[staleness] += 1
             self.stats.accepted_by_tier[tier] += 1
-        self.recorder.event(
-            "update", node=task.node_id, tier=tier, outcome=receipt.outcome.value,
-            staleness=staleness, weight=round(receipt.weight, 6), round_trip=round(round_trip, 3),
-            train_seconds=round(checked.metrics.get("train-seconds", 0.0), 3), time=round(self.elapsed, 3),
+        self._emit(
+            "update", node=task.node_id, outcome=receipt.outcome.value, staleness=staleness,
+            weight=round(receipt.weight, 6), round_trip=round(round_trip, 3),
+            train_seconds=round(checked.metrics.get("train-seconds", 0.0), 3),
+            bytes=sum(d.nbytes for d in checked.delta), norm=round(checked.norm, 6),
+            buffer_fill=self.strategy.buffer_fill, device_kind=checked.device.get("device-kind", "unknown"),
         )
         if receipt.stepped:
-            self._after_step()
+            self._after_step(aggregate_seconds)
 
     def _handle_error(self, task: Task, reply: Message, now: float) -> None:
         reason = ERROR_REASONS.get(reply.error.code, "other-error")
         self.stats.errors[reason] += 1
         log.warning("task on node %d failed: %s (code %d) %s", task.node_id, reason, reply.error.code,
                     reply.error.reason.strip()[:200])
-        self.recorder.event("error", node=task.node_id, reason=reason, time=round(self.elapsed, 3))
+        self._emit("error", node=task.node_id, reason=reason)
         if reply.error.code == ErrorCode.NODE_UNAVAILABLE:
             self.nodes.retire(task.node_id, now)
 
@@ -199,10 +204,11 @@ class AsyncLoop:
                 del self.tasks[message_id]
                 self.stats.errors["lost"] += 1
                 log.warning("task on node %d never answered; written off", task.node_id)
+                self._emit("error", node=task.node_id, reason="lost")
 
     # -- server steps ---------------------------------------------------------------------
 
-    def _after_step(self) -> None:
+    def _after_step(self, aggregate_seconds: float) -> None:
         version = self.strategy.version
         evaluation = None
         if version % self.settings.eval_every == 0:
@@ -215,20 +221,27 @@ class AsyncLoop:
             self.stats.staleness_max(), len(self.tasks), self.stats.accepted,
             self.stats.refused, sum(self.stats.errors.values()), self.elapsed,
         )
-        self.recorder.event(
-            "step", version=version, time=round(self.elapsed, 3), in_flight=len(self.tasks),
-            accepted=self.stats.accepted, refused=self.stats.refused,
-            staleness_mean=round(self.stats.staleness_mean(), 3),
-            **({"eval_loss": evaluation.loss, "eval_accuracy": evaluation.accuracy} if evaluation else {}),
+        self._emit(
+            "step", version=version, in_flight=len(self.tasks), accepted=self.stats.accepted,
+            refused=self.stats.refused, staleness_mean=round(self.stats.staleness_mean(), 3),
+            aggregate_seconds=round(aggregate_seconds, 6),
         )
 
     def _evaluate_now(self) -> Evaluation:
         loss, accuracy = self.evaluate(self.strategy.model)
         evaluation = Evaluation(self.strategy.version, loss, accuracy)
         self.evaluations.append(evaluation)
-        self.recorder.event("eval", version=evaluation.version, loss=loss, accuracy=accuracy,
-                            time=round(self.elapsed, 3))
+        self._emit("eval", version=evaluation.version, loss=loss, accuracy=accuracy)
         return evaluation
+
+    def _node_changed(self, node_id: int, state: str, online: int) -> None:
+        self._emit("node", node=node_id, state=state, online=online)
+
+    def _emit(self, kind: str, **fields: object) -> None:
+        """Publish one event (schema in ``server_app.events``) with its time and node tier."""
+        if "node" in fields:
+            fields["tier"] = self.node_tiers.get(int(fields["node"]), "unknown")  # type: ignore[arg-type]
+        self.events.event(kind, time=round(self.elapsed, 3), **fields)
 
     def _stop_reason(self) -> str | None:
         settings = self.settings

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 
 from flwr.serverapp import Grid
 
@@ -17,8 +18,15 @@ class NodePool:
     still (or again) online after that, it is admitted afresh.
     """
 
-    def __init__(self, grid: Grid, refresh_seconds: float = 2.0, retire_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        grid: Grid,
+        on_change: Callable[[int, str, int], None] = lambda node_id, state, online: None,
+        refresh_seconds: float = 2.0,
+        retire_seconds: float = 30.0,
+    ) -> None:
         self._grid = grid
+        self._on_change = on_change
         self._refresh_seconds = refresh_seconds
         self._retire_seconds = retire_seconds
         self._online: set[int] = set()
@@ -40,13 +48,16 @@ class NodePool:
         self._online = set(self._grid.get_node_ids())
         for node_id in sorted(self._online - self._known):
             log.info("node %d admitted (%d online)", node_id, len(self._online))
+            self._on_change(node_id, "admitted", len(self._online))
         self._known |= self._online
 
     def retire(self, node_id: int, now: float) -> None:
         """Stop sending to ``node_id`` for a while: it left or cannot be reached."""
         self._retired_until[node_id] = now + self._retire_seconds
         self._known.discard(node_id)
+        self._online.discard(node_id)
         log.warning("node %d retired (unavailable)", node_id)
+        self._on_change(node_id, "retired", len(self._online))
 
     def candidates(self, now: float, load: Counter[int], per_node: int) -> list[int]:
         """Eligible nodes with spare capacity, least recently dispatched first."""

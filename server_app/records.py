@@ -29,7 +29,7 @@ class RunRecorder:
         self._write_json("config.json", config)
 
     def event(self, kind: str, **fields: object) -> None:
-        """Append one event to ``metrics.jsonl`` (flushed at once, so a crash loses nothing)."""
+        """Append one loop event (``server_app.events``) to ``metrics.jsonl``, flushed at once."""
         self._history.write(json.dumps({"event": kind, **fields}) + "\n")
         self._history.flush()
 

@@ -24,6 +24,7 @@ class ValidUpdate:
 
     delta: list[np.ndarray]
     num_examples: int
+    norm: float
     metrics: dict[str, float]
     device: dict[str, str]
 
@@ -67,6 +68,7 @@ def validate_reply(
     return ValidUpdate(
         delta=delta,
         num_examples=num_examples,
+        norm=norm,
         metrics={k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
         device={k: str(v) for k, v in (device or {}).items()},
     )

@@ -63,6 +63,11 @@ class AsyncStrategy(abc.ABC):
         """How many server steps the global model has taken."""
         return self._version
 
+    @property
+    def buffer_fill(self) -> int:
+        """Updates accepted but not yet applied (0 for strategies without a buffer)."""
+        return 0
+
     @abc.abstractmethod
     def receive(self, update: ClientUpdate) -> Receipt:
         """Take one validated update; step the model when the rule says so."""

@@ -38,7 +38,7 @@ def make_loop(tmp_path, grid, **overrides):
                               "eval_every": 1, **overrides})
     strategy = FedBuff(INITIAL, settings.fedbuff_config())
     recorder = RunRecorder(tmp_path)
-    return AsyncLoop(grid, strategy, settings, distance_accuracy, recorder)
+    return AsyncLoop(grid, strategy, settings, distance_accuracy, events=recorder)
 
 
 def test_runs_to_max_server_steps_and_computes_staleness_on_the_server(tmp_path):

@@ -1,0 +1,37 @@
+"""The loop's event stream: one schema for the run history and the metrics exporter.
+
+Every event is ``sink.event(kind, **fields)``; ``time`` (seconds since the run started)
+is always present, ``tier`` is always a server-side label (``stats.TIER_LABELS`` or
+``unknown``), never a client-supplied string. Kinds and their other fields:
+
+- ``dispatch``: node, tier, version, bytes (model payload), in_flight
+- ``update``: node, tier, outcome (accepted | stale | duplicate), staleness, weight,
+  round_trip, train_seconds, bytes, norm, buffer_fill, device_kind
+- ``invalid``: node, tier, reason (``validation.REJECTION_REASONS``), round_trip
+- ``error``: node, tier, reason (``loop.ERROR_REASONS`` values or ``lost``)
+- ``step``: version, in_flight, accepted, refused, staleness_mean, aggregate_seconds
+- ``eval``: version, loss, accuracy
+- ``node``: node, tier, state (admitted | retired), online
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+
+class EventSink(Protocol):
+    """Anything that consumes loop events (the run recorder, the metrics exporter)."""
+
+    def event(self, kind: str, **fields: object) -> None: ...
+
+
+class Fanout:
+    """Sends each event to several sinks, in order."""
+
+    def __init__(self, sinks: Sequence[EventSink]) -> None:
+        self.sinks = list(sinks)
+
+    def event(self, kind: str, **fields: object) -> None:
+        for sink in self.sinks:
+            sink.event(kind, **fields)
