@@ -40,7 +40,11 @@ def local_partition(context: Context, settings: RunSettings, node: NodeProfile) 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Local SGD from the dispatched model; reply ``delta = dispatched - trained``."""
+    """Local SGD from the dispatched model; reply ``delta = dispatched - trained``.
+
+    With ``reply="weights"`` in the message config (Flower's FedAvg baseline) the trained
+    weights themselves are sent.
+    """
     started = time.monotonic()
     from fedbuff.model import build_model, get_weights, pick_device, set_weights
     from fedbuff.model import train as train_model
@@ -50,7 +54,10 @@ def train(msg: Message, context: Context) -> Message:
     features, labels = local_partition(context, settings, node)
 
     dispatched = msg.content.array_records["arrays"].to_numpy_ndarrays()
-    version = int(msg.content.config_records["config"]["server-version"])
+    config = msg.content.config_records.get("config", {})
+    # Our loop sends server-version; Flower's own strategies send server-round.
+    version = int(config.get("server-version", config.get("server-round", 0)))
+    reply_weights = config.get("reply", "delta") == "weights"
     model = build_model(settings.hidden_units, settings.seed)
     set_weights(model, dispatched)
     device = pick_device()
@@ -67,7 +74,9 @@ def train(msg: Message, context: Context) -> Message:
         device=device,
     )
     train_seconds = time.monotonic() - train_started
-    delta = [before - after for before, after in zip(dispatched, get_weights(model))]
+    trained = get_weights(model)
+    # Flower's FedAvg averages whole models; the async strategies add deltas.
+    update = trained if reply_weights else [b - a for b, a in zip(dispatched, trained)]
 
     target = node.emulated_seconds(
         train_seconds, batches, settings.emulated_step_seconds, settings.speed_ratios()
@@ -75,10 +84,10 @@ def train(msg: Message, context: Context) -> Message:
     if target > train_seconds:
         time.sleep(target - train_seconds)
 
-    delta = _inject_fault(node.test_fault, delta)
+    update = _inject_fault(node.test_fault, update)
     content = RecordDict(
         {
-            "arrays": ArrayRecord(delta),
+            "arrays": ArrayRecord(update),
             "metrics": MetricRecord(
                 {
                     "num-examples": len(labels),
@@ -93,11 +102,11 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
-def _inject_fault(fault: str, delta: list[np.ndarray]) -> list[np.ndarray]:
+def _inject_fault(fault: str, arrays: list[np.ndarray]) -> list[np.ndarray]:
     """Corrupt the reply on purpose (``test-fault`` node config; tests only)."""
     if fault == "nan":
-        delta[0] = delta[0].copy()
-        delta[0].flat[0] = np.nan
+        arrays[0] = arrays[0].copy()
+        arrays[0].flat[0] = np.nan
     elif fault == "shape":
-        delta[0] = delta[0][:-1]
-    return delta
+        arrays[0] = arrays[0][:-1]
+    return arrays

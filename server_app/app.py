@@ -1,4 +1,4 @@
-"""ServerApp entry point: settings, data, model, FedBuff, the async loop, the run folder."""
+"""ServerApp entry point: settings, data, model, strategy, the loop, the run folder."""
 
 from __future__ import annotations
 
@@ -6,13 +6,17 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedbuff.settings import RunSettings, SettingsError
-from server_app.loop import AsyncLoop
+from server_app.events import EventSink
+from server_app.loop import AsyncLoop, Evaluation
 from server_app.records import RunRecorder, default_run_dir
-from strategies import FedBuff
+from server_app.stats import RunStats
+from strategies import build_strategy
+from strategies.registry import FLOWER_FEDAVG
 
 log = logging.getLogger(__name__)
 app = ServerApp()
@@ -20,7 +24,7 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Run FedBuff over the Grid until a stop condition, then write the summary."""
+    """Train with the configured strategy until a stop condition, then write the summary."""
     _configure_logging()
     try:
         settings = RunSettings.from_run_config(context.run_config)
@@ -32,46 +36,68 @@ def main(grid: Grid, context: Context) -> None:
 
     _, test = load_digits_split(settings.seed, settings.test_fraction)
     model = build_model(settings.hidden_units, settings.seed)
+    initial = get_weights(model)
 
-    def evaluate_arrays(arrays: list) -> tuple[float, float]:
+    def evaluate_arrays(arrays: list[np.ndarray]) -> tuple[float, float]:
         set_weights(model, arrays)
         return evaluate(model, test.features, test.labels)
 
     run_dir = Path(settings.run_dir) if settings.run_dir else default_run_dir()
     recorder = RunRecorder(run_dir)
     recorder.write_config(settings.as_dict())
-    strategy = FedBuff(get_weights(model), settings.fedbuff_config())
-    loop = AsyncLoop(grid, strategy, settings, evaluate_arrays, events=recorder)
     log.info(
-        "FedBuff: concurrency %d, buffer %d, max %d server steps; run folder %s",
-        settings.concurrency, settings.buffer_size, settings.max_server_steps, run_dir.resolve(),
+        "%s: concurrency %d, buffer %d, max %d server steps; run folder %s",
+        settings.strategy, settings.concurrency, settings.buffer_size, settings.max_server_steps,
+        run_dir.resolve(),
     )
     started = time.monotonic()
     try:
-        reason = loop.run()
+        reason, evaluations, stats, final, version = _train(
+            grid, settings, initial, evaluate_arrays, recorder
+        )
+        recorder.checkpoint(final, version)
+        summary = _summary(settings, reason, evaluations, stats, version, time.monotonic() - started, run_dir)
+        recorder.write_summary(summary)
     finally:
-        recorder.checkpoint(strategy.model, strategy.version)
-    first, last = loop.evaluations[0], loop.evaluations[-1]
-    summary = {
-        "stop_reason": reason,
-        "strategy": "fedbuff",
-        "server_steps": strategy.version,
-        "initial_accuracy": first.accuracy,
-        "final_accuracy": last.accuracy,
-        "final_loss": last.loss,
-        "wall_seconds": round(time.monotonic() - started, 2),
-        "run_dir": str(run_dir.resolve()),
-        **loop.stats.summary(),
-    }
-    recorder.write_summary(summary)
-    recorder.close()
+        recorder.close()
     log.info(
         "SUMMARY | %s | accuracy %.3f -> %.3f | %d server steps | updates accepted %d, refused %d | "
         "staleness mean %.2f max %d | %.1fs",
-        reason, first.accuracy, last.accuracy, strategy.version, loop.stats.accepted,
-        loop.stats.refused, loop.stats.staleness_mean(), loop.stats.staleness_max(),
-        summary["wall_seconds"],
+        reason, summary["initial_accuracy"], summary["final_accuracy"], version, stats.accepted,
+        stats.refused, stats.staleness_mean(), stats.staleness_max(), summary["wall_seconds"],
     )
+
+
+def _train(
+    grid: Grid, settings: RunSettings, initial: list[np.ndarray], evaluate, events: EventSink
+) -> tuple[str, list[Evaluation], RunStats, list[np.ndarray], int]:
+    """Run the chosen strategy; return (stop reason, evaluations, stats, final model, version)."""
+    if settings.strategy == FLOWER_FEDAVG:
+        from server_app.flower_fedavg import run_flower_fedavg
+
+        return run_flower_fedavg(grid, settings, initial, evaluate, events)
+    strategy = build_strategy(settings, initial, settings.concurrency)
+    loop = AsyncLoop(grid, strategy, settings, evaluate, events)
+    reason = loop.run()
+    return reason, loop.evaluations, loop.stats, strategy.model, strategy.version
+
+
+def _summary(
+    settings: RunSettings, reason: str, evaluations: list[Evaluation], stats: RunStats,
+    version: int, wall_seconds: float, run_dir: Path,
+) -> dict[str, object]:
+    first, last = evaluations[0], evaluations[-1]
+    return {
+        "stop_reason": reason,
+        "strategy": settings.strategy,
+        "server_steps": version,
+        "initial_accuracy": first.accuracy,
+        "final_accuracy": last.accuracy,
+        "final_loss": last.loss,
+        "wall_seconds": round(wall_seconds, 2),
+        "run_dir": str(run_dir.resolve()),
+        **stats.summary(),
+    }
 
 
 def _configure_logging() -> None:

@@ -79,6 +79,9 @@ class AsyncLoop:
         self.stats = RunStats()
         self.tasks: dict[str, Task] = {}
         self.node_tiers: dict[int, str] = {}  # learned from replies, allow-listed
+        # The synchronous baseline: every task of a round returns before the next dispatch.
+        self.barrier = settings.strategy == "sync"
+        self._round_open = False
         self.evaluations: list[Evaluation] = []
         self._started = 0.0
         self._payload: tuple[int, ArrayRecord] | None = None
@@ -99,6 +102,7 @@ class AsyncLoop:
                 if self._stop_reason() is not None:
                     break  # the rest of this pull arrived after the run's last step
             self._write_off_lost(time.monotonic())
+            self._close_round()
             if not replies:
                 time.sleep(IDLE_SLEEP_SECONDS)
         if self.evaluations[-1].version != self.strategy.version:
@@ -114,11 +118,15 @@ class AsyncLoop:
     # -- dispatch -------------------------------------------------------------------------
 
     def _dispatch(self, now: float) -> None:
+        if self.barrier and self.tasks:
+            return
         load = Counter(task.node_id for task in self.tasks.values())
         free = self.settings.concurrency - len(self.tasks)
-        chosen = self.nodes.candidates(now, load, self.settings.tasks_per_node)[: max(free, 0)]
+        per_node = 1 if self.barrier else self.settings.tasks_per_node
+        chosen = self.nodes.candidates(now, load, per_node)[: max(free, 0)]
         if not chosen:
             return
+        self._round_open = True
         version = self.strategy.version
         for node_id in chosen:
             # One push per message: the Grid returns ids only for the messages it stored.
@@ -196,6 +204,15 @@ class AsyncLoop:
         self._emit("error", node=task.node_id, reason=reason)
         if reply.error.code == ErrorCode.NODE_UNAVAILABLE:
             self.nodes.retire(task.node_id, now)
+
+    def _close_round(self) -> None:
+        """Under the barrier, a round whose tasks all returned steps on what it got."""
+        if not (self.barrier and self._round_open and not self.tasks):
+            return
+        self._round_open = False
+        started = time.perf_counter()
+        if self._stop_reason() is None and self.strategy.flush():
+            self._after_step(time.perf_counter() - started)
 
     def _write_off_lost(self, now: float) -> None:
         limit = self.settings.task_ttl_seconds + LOST_GRACE_SECONDS

@@ -6,20 +6,31 @@ every rule here can be checked against its reference semantics (DESIGN.md §4).
 
 from strategies.base import AsyncStrategy, ClientUpdate, Outcome, Receipt
 from strategies.buffer import WeightedSumBuffer
-from strategies.fedbuff import FedBuff, FedBuffConfig
-from strategies.server_opt import ServerSGD, ServerSGDConfig
-from strategies.weights import example_weight, staleness_weight
+from strategies.fedasync import FedAsync
+from strategies.fedbuff import FedBuff
+from strategies.options import StrategyOptions
+from strategies.registry import STRATEGIES, build_strategy
+from strategies.server_opt import (
+    ServerAdagrad,
+    ServerAdam,
+    ServerOptimizer,
+    ServerSGD,
+    ServerYogi,
+)
 
 __all__ = [
+    "STRATEGIES",
     "AsyncStrategy",
     "ClientUpdate",
+    "FedAsync",
     "FedBuff",
-    "FedBuffConfig",
     "Outcome",
     "Receipt",
+    "ServerAdagrad",
+    "ServerAdam",
+    "ServerOptimizer",
     "ServerSGD",
-    "ServerSGDConfig",
+    "StrategyOptions",
     "WeightedSumBuffer",
-    "example_weight",
-    "staleness_weight",
+    "build_strategy",
 ]

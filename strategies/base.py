@@ -72,6 +72,10 @@ class AsyncStrategy(abc.ABC):
     def receive(self, update: ClientUpdate) -> Receipt:
         """Take one validated update; step the model when the rule says so."""
 
+    def flush(self) -> bool:
+        """Apply whatever is buffered now (the sync barrier's end of round); ``True`` if stepped."""
+        return False
+
     def _commit(self, model: Arrays) -> None:
         self._model = [np.asarray(a, dtype=np.float32) for a in model]
         self._version += 1

@@ -3,76 +3,59 @@
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from strategies.base import Arrays, AsyncStrategy, ClientUpdate, Outcome, Receipt
 from strategies.buffer import WeightedSumBuffer
-from strategies.server_opt import ServerSGD, ServerSGDConfig
-from strategies.weights import EXAMPLE_WEIGHTS, STALENESS_WEIGHTS, example_weight, staleness_weight
+from strategies.server_opt import ServerOptimizer, server_optimizer
+from strategies.weights import example_weight, staleness_limit, staleness_weight
 
+if TYPE_CHECKING:
+    from strategies.options import StrategyOptions
 
-@dataclass(frozen=True)
-class FedBuffConfig:
-    """Knobs of FedBuff; each maps to a ``[tool.flwr.app.config]`` key of the same name.
-
-    The buffer is divided by ``K`` (the paper's Algorithm 1 and FLSim), not by ``Σw``:
-    dividing by ``Σw`` would cancel staleness down-weighting whenever a whole buffer is
-    equally stale, so stale buffers would move the model as far as fresh ones.
-    """
-
-    buffer_size: int = 3
-    staleness_weight: str = "polynomial"
-    staleness_exponent: float = 0.5
-    example_weight: str = "equal"
-    max_staleness: int = 0  # 0: no limit; otherwise updates with τ > max_staleness are dropped
-    server: ServerSGDConfig = ServerSGDConfig()
-
-    def __post_init__(self) -> None:
-        if self.buffer_size < 1:
-            raise ValueError(f"buffer-size must be >= 1, got {self.buffer_size}")
-        if self.staleness_weight not in STALENESS_WEIGHTS:
-            raise ValueError(
-                f"staleness-weight must be one of {STALENESS_WEIGHTS}, got {self.staleness_weight!r}"
-            )
-        if not self.staleness_exponent >= 0:
-            raise ValueError(f"staleness-exponent must be >= 0, got {self.staleness_exponent}")
-        if self.example_weight not in EXAMPLE_WEIGHTS:
-            raise ValueError(
-                f"example-weight must be one of {EXAMPLE_WEIGHTS}, got {self.example_weight!r}"
-            )
-        if self.max_staleness < 0:
-            raise ValueError(f"max-staleness must be >= 0 (0 = no limit), got {self.max_staleness}")
+BUFFER_NORMALIZATIONS = ("count", "weight")
 
 
 class FedBuff(AsyncStrategy):
-    """Accumulate ``s(τ)·e(n)·Δ`` until K updates, then step the server optimizer on ``Σ/K``.
+    """Accumulate ``w_i·Δ_i`` until K updates, then step the server optimizer on the buffer.
 
-    At most one update per client per buffer: a fast client's second update waits in
-    the next buffer (itself a running sum) instead of being thrown away; only when
-    ``max_pending_buffers`` buffers already hold that client is it refused as a duplicate.
+    ``w_i = e(n_i)·s(τ_i)`` (times ``stale-factor`` past ``max-staleness`` under
+    ``stale-policy = "down-weight"``; under ``"drop"`` such updates are STALE).
+
+    The buffer is divided by K by default (``buffer-normalization = "count"``, the paper's
+    Algorithm 1 and FLSim). ``"weight"`` divides by ``Σw`` instead, a weighted mean; it
+    cancels staleness down-weighting whenever a whole buffer is equally stale, so a stale
+    buffer would move the model as far as a fresh one. A buffer whose ``Σw`` is 0 (threshold
+    weights) applies a zero pseudo-gradient.
+
+    At most one update per client per buffer: a fast client's second update waits in the
+    next buffer (itself a running sum) instead of being thrown away; only when
+    ``max_pending_buffers`` buffers already hold that client is it refused as DUPLICATE.
     """
 
     max_pending_buffers = 4
 
-    def __init__(self, initial: Arrays, config: FedBuffConfig) -> None:
+    def __init__(self, initial: Arrays, options: StrategyOptions) -> None:
         super().__init__(initial)
-        self.config = config
+        self.options = options
+        self._staleness_weight = staleness_weight(options)
+        self._example_weight = example_weight(options)
+        self._optimizer = server_optimizer(options)
         self._buffers: deque[WeightedSumBuffer] = deque([WeightedSumBuffer()])
-        self._optimizer = ServerSGD(config.server)
 
     @property
     def buffer_fill(self) -> int:
         """How many updates wait in the buffer that flushes next."""
         return len(self._buffers[0])
 
-    def weight(self, update: ClientUpdate) -> float:
-        """The weight this update gets in the buffer."""
-        return staleness_weight(
-            self.config.staleness_weight, update.staleness, self.config.staleness_exponent
-        ) * example_weight(self.config.example_weight, update.num_examples)
+    @property
+    def optimizer(self) -> ServerOptimizer:
+        """The server optimizer (its ``state_dict`` belongs in a checkpoint)."""
+        return self._optimizer
 
     def receive(self, update: ClientUpdate) -> Receipt:
-        if self.config.max_staleness and update.staleness > self.config.max_staleness:
+        factor = staleness_limit(self.options, update.staleness)
+        if factor is None:
             return Receipt(Outcome.STALE)
         buffer = next((b for b in self._buffers if not b.holds(update.client_id)), None)
         if buffer is None:
@@ -80,13 +63,34 @@ class FedBuff(AsyncStrategy):
                 return Receipt(Outcome.DUPLICATE)
             buffer = WeightedSumBuffer()
             self._buffers.append(buffer)
-        weight = self.weight(update)
+        weight = (
+            factor
+            * self._staleness_weight(update.staleness)
+            * self._example_weight(update.num_examples)
+        )
         buffer.add(update.client_id, update.delta, weight)
-        if len(self._buffers[0]) < self.config.buffer_size:
+        if len(self._buffers[0]) < self.options.buffer_size:
             return Receipt(Outcome.ACCEPTED, weight=weight)
-        total, count, _ = self._buffers.popleft().flush()
+        self._step()
+        return Receipt(Outcome.ACCEPTED, weight=weight, stepped=True)
+
+    def flush(self) -> bool:
+        """Step on the head buffer now, however full; ``False`` if it is empty.
+
+        The synchronous barrier needs it when a round ends with fewer than K updates
+        (a drop-out): the round's survivors are averaged over their own count.
+        """
+        if not len(self._buffers[0]):
+            return False
+        self._step()
+        return True
+
+    def _step(self) -> None:
+        total, count, total_weight = self._buffers.popleft().flush()
         if not self._buffers:
             self._buffers.append(WeightedSumBuffer())
-        pseudo_gradient = [s / count for s in total]
-        self._commit(self._optimizer.step(self.model, pseudo_gradient))
-        return Receipt(Outcome.ACCEPTED, weight=weight, stepped=True)
+        if self.options.buffer_normalization == "count":
+            scale = 1.0 / count
+        else:
+            scale = 1.0 / total_weight if total_weight > 0 else 0.0
+        self._commit(self._optimizer.step(self.model, [s * scale for s in total]))

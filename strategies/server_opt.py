@@ -1,47 +1,172 @@
-"""Server optimizers that apply a pseudo-gradient to the global model."""
+"""Server optimizers: apply a pseudo-gradient to the global model, with checkpointable state.
+
+The pseudo-gradient ``g`` is the normalised buffer of ``dispatched - trained`` deltas,
+so a descent step is ``w ← w − lr·g``. Reddi et al. (2021, "Adaptive Federated
+Optimization", Algorithm 2) write the update with ``Δ = −g`` and ``x ← x + η·m/(√v + τ)``;
+since ``m`` is linear in ``Δ`` and ``v`` only sees ``Δ²``, that is ``w ← w − η·m_g/(√v + τ)``
+with ``m_g`` the same average taken over ``g``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import abc
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from strategies.base import Arrays
 
+if TYPE_CHECKING:
+    from strategies.options import StrategyOptions
 
-@dataclass(frozen=True)
-class ServerSGDConfig:
-    """SGD on the server: ``v ← μ·v + g``; ``w ← w − lr·v`` (``μ = 0``: plain SGD)."""
-
-    lr: float = 1.0
-    momentum: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not self.lr > 0:
-            raise ValueError(f"server-lr must be > 0, got {self.lr}")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"server-momentum must be in [0, 1), got {self.momentum}")
+StateDict = dict[str, np.ndarray | float | int]
 
 
-class ServerSGD:
-    """Heavy-ball SGD on numpy arrays; ``lr = 1, momentum = 0`` applies the mean delta (FedAvg)."""
+class ServerOptimizer(abc.ABC):
+    """A stateful update rule ``w ← w − direction(g)`` (numpy, float64 internally).
 
-    def __init__(self, config: ServerSGDConfig) -> None:
-        self.config = config
-        self._velocity: Arrays | None = None
+    The state is a step count and named per-layer moments (``"m.0"``, ``"v.0"``, ...),
+    created at the first step; :meth:`state_dict` / :meth:`load_state_dict` round-trip it.
+    """
+
+    moments: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self._steps = 0
+        self._state: dict[str, Arrays] = {}
+
+    @property
+    def steps(self) -> int:
+        """How many pseudo-gradients have been applied."""
+        return self._steps
 
     def step(self, model: Arrays, pseudo_gradient: Arrays) -> Arrays:
-        """Return the new model; the pseudo-gradient is the mean of ``old - new`` deltas."""
-        if self.config.momentum == 0:
-            direction = pseudo_gradient
-        else:
-            if self._velocity is None:
-                self._velocity = [np.zeros_like(g, dtype=np.float64) for g in pseudo_gradient]
-            for v, g in zip(self._velocity, pseudo_gradient, strict=True):
-                v *= self.config.momentum
-                v += g
-            direction = self._velocity
+        """Return the new model (float32) after one step on ``pseudo_gradient``."""
+        grad = [np.asarray(g, dtype=np.float64) for g in pseudo_gradient]
+        if not self._state and self.moments:
+            self._state = {name: self._initial_moment(name, grad) for name in self.moments}
+        direction = self._direction(grad)
+        self._steps += 1
         return [
-            (w.astype(np.float64) - self.config.lr * d).astype(np.float32)
+            (np.asarray(w, dtype=np.float64) - d).astype(np.float32)
             for w, d in zip(model, direction, strict=True)
         ]
+
+    @abc.abstractmethod
+    def _direction(self, grad: Arrays) -> Arrays:
+        """Update the moments in place and return what to subtract from the model."""
+
+    def _initial_moment(self, name: str, grad: Arrays) -> Arrays:
+        return [np.zeros_like(g) for g in grad]
+
+    def state_dict(self) -> StateDict:
+        """A copy of the optimizer state (flat: ``steps`` and ``<moment>.<layer>`` arrays)."""
+        state: StateDict = {"steps": self._steps}
+        for name, arrays in self._state.items():
+            state.update({f"{name}.{i}": a.copy() for i, a in enumerate(arrays)})
+        return state
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray | float | int]) -> None:
+        """Restore a state written by :meth:`state_dict` of the same optimizer kind."""
+        if "steps" not in state:
+            raise ValueError("optimizer state has no 'steps'")
+        layers: dict[str, dict[int, np.ndarray]] = {name: {} for name in self.moments}
+        for key, value in state.items():
+            if key == "steps":
+                continue
+            name, _, index = key.partition(".")
+            if name not in layers or not index.isdigit():
+                raise ValueError(f"unexpected optimizer state key {key!r}")
+            layers[name][int(index)] = np.array(value, dtype=np.float64)
+        n = len(next(iter(layers.values()), {}))
+        if any(sorted(found) != list(range(n)) for found in layers.values()):
+            raise ValueError(f"optimizer state needs moments {self.moments} for layers 0..n-1")
+        self._steps = int(state["steps"])
+        self._state = {name: [found[i] for i in range(n)] for name, found in layers.items() if n}
+
+
+class ServerSGD(ServerOptimizer):
+    """Heavy-ball SGD: ``v ← μ·v + g``; ``w ← w − lr·v`` (``lr = 1, μ = 0``: FedAvg's step)."""
+
+    def __init__(self, lr: float = 1.0, momentum: float = 0.0) -> None:
+        super().__init__()
+        self.lr = lr
+        self.momentum = momentum
+        self.moments = ("velocity",) if momentum else ()
+
+    def _direction(self, grad: Arrays) -> Arrays:
+        if not self.momentum:
+            return [self.lr * g for g in grad]
+        for v, g in zip(self._state["velocity"], grad, strict=True):
+            v *= self.momentum
+            v += g
+        return [self.lr * v for v in self._state["velocity"]]
+
+
+class AdaptiveServerOptimizer(ServerOptimizer):
+    """Reddi et al. Algorithm 2: ``m ← β1·m + (1 − β1)·g``; ``w ← w − η·m / (√v + τ)``.
+
+    Subclasses choose the second-moment update. ``v`` starts at ``τ²`` (the algorithm asks
+    ``v₋₁ ≥ τ²``) and ``m`` at 0; there is no bias correction, as in the paper.
+    """
+
+    moments = ("m", "v")
+
+    def __init__(
+        self, lr: float = 0.1, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3
+    ) -> None:
+        super().__init__()
+        self.lr = lr
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.tau = tau
+
+    def _initial_moment(self, name: str, grad: Arrays) -> Arrays:
+        return [np.full_like(g, self.tau**2 if name == "v" else 0.0) for g in grad]
+
+    @abc.abstractmethod
+    def _second_moment(self, v: np.ndarray, grad_sq: np.ndarray) -> np.ndarray:
+        """The new ``v`` from the previous ``v`` and ``g²``."""
+
+    def _direction(self, grad: Arrays) -> Arrays:
+        m_all, v_all = self._state["m"], self._state["v"]
+        for i, g in enumerate(grad):
+            m_all[i] = self.beta1 * m_all[i] + (1.0 - self.beta1) * g
+            v_all[i] = self._second_moment(v_all[i], g * g)
+        return [self.lr * m / (np.sqrt(v) + self.tau) for m, v in zip(m_all, v_all, strict=True)]
+
+
+class ServerAdam(AdaptiveServerOptimizer):
+    """FedAdam: ``v ← β2·v + (1 − β2)·g²``."""
+
+    def _second_moment(self, v: np.ndarray, grad_sq: np.ndarray) -> np.ndarray:
+        return self.beta2 * v + (1.0 - self.beta2) * grad_sq
+
+
+class ServerYogi(AdaptiveServerOptimizer):
+    """FedYogi: ``v ← v − (1 − β2)·g²·sign(v − g²)`` (v grows at most additively)."""
+
+    def _second_moment(self, v: np.ndarray, grad_sq: np.ndarray) -> np.ndarray:
+        return v - (1.0 - self.beta2) * grad_sq * np.sign(v - grad_sq)
+
+
+class ServerAdagrad(AdaptiveServerOptimizer):
+    """FedAdagrad: ``v ← v + g²`` (β2 unused)."""
+
+    def _second_moment(self, v: np.ndarray, grad_sq: np.ndarray) -> np.ndarray:
+        return v + grad_sq
+
+
+SERVER_OPTIMIZERS: Mapping[str, Callable[[StrategyOptions], ServerOptimizer]] = MappingProxyType({
+    "sgd": lambda o: ServerSGD(lr=o.server_lr, momentum=o.server_momentum),
+    "adam": lambda o: ServerAdam(o.server_lr, o.server_beta1, o.server_beta2, o.server_tau),
+    "yogi": lambda o: ServerYogi(o.server_lr, o.server_beta1, o.server_beta2, o.server_tau),
+    "adagrad": lambda o: ServerAdagrad(o.server_lr, o.server_beta1, o.server_beta2, o.server_tau),
+})
+
+
+def server_optimizer(options: StrategyOptions) -> ServerOptimizer:
+    """A fresh server optimizer as ``options`` select."""
+    return SERVER_OPTIMIZERS[options.server_optimizer](options)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -13,19 +14,26 @@ FLOWER_PROCESS_MARKERS = ("flower-superlink", "flower-supernode", "flower-supere
                           "flwr-serverapp", "flwr-clientapp", "flwr-simulation")
 
 
-def flower_processes() -> dict[int, str]:
-    """Live processes (not zombies) whose command line names a Flower binary."""
+def flower_processes(marker: str) -> dict[int, str]:
+    """Live processes (not zombies) running a Flower binary with ``marker`` in their environment.
+
+    The marker is an environment variable the test set, inherited by everything it
+    starts, so processes of other tests or sessions on the machine are never counted.
+    """
     found = {}
+    needle = marker.encode()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            if state == "Z" or not any(m in cmdline for m in FLOWER_PROCESS_MARKERS):
+                continue
+            if needle in (entry / "environ").read_bytes():
+                found[int(entry.name)] = cmdline.strip()
         except OSError:
             continue
-        if state != "Z" and any(marker in cmdline for marker in FLOWER_PROCESS_MARKERS):
-            found[int(entry.name)] = cmdline.strip()
     return found
 
 
@@ -40,15 +48,13 @@ def flwr_home(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def no_leftover_processes():
+def no_leftover_processes(monkeypatch):
     """Fail the test if a Flower process it started is still alive 10 s after it ends."""
-    before = set(flower_processes())
+    marker = f"FEDBUFF_TEST_RUN={uuid.uuid4().hex}"
+    monkeypatch.setenv("FEDBUFF_TEST_RUN", marker.split("=", 1)[1])
     yield
     deadline = time.monotonic() + 10
-    while True:
-        leftover = {pid: cmd for pid, cmd in flower_processes().items() if pid not in before}
-        if not leftover or time.monotonic() > deadline:
-            break
+    while (leftover := flower_processes(marker)) and time.monotonic() < deadline:
         time.sleep(0.5)
     for pid in leftover:  # do not poison later tests
         try:

@@ -48,6 +48,27 @@ def test_fedbuff_trains_a_real_local_federation(tmp_path, no_leftover_processes)
         assert all(np.isfinite(checkpoint[k]).all() for k in checkpoint.files)
 
 
+@pytest.mark.parametrize(
+    ("strategy", "steps"), [("fedasync", 6), ("sync", 3), ("flower-fedavg", 3)]
+)
+def test_every_strategy_improves_the_model_in_a_real_local_federation(
+    tmp_path, no_leftover_processes, strategy, steps
+):
+    federation = LocalFederation(
+        app_dir=ROOT,
+        run_dir=tmp_path / "run",
+        num_nodes=3,
+        tiers=["high"],
+        run_config=f'strategy="{strategy}" max-server-steps={steps} concurrency=3 eval-every={steps}',
+    )
+    summary = run_local(federation, out=sys.stdout)
+    assert summary["strategy"] == strategy
+    assert summary["server_steps"] == steps
+    assert summary["final_accuracy"] > summary["initial_accuracy"] + 0.1
+    if strategy != "fedasync":
+        assert summary["staleness_max"] == 0  # a barrier: every update is fresh
+
+
 def test_the_same_apps_run_in_flowers_simulation_engine(tmp_path, no_leftover_processes):
     federation = LocalFederation(
         app_dir=ROOT,

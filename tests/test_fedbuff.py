@@ -1,49 +1,21 @@
-"""FedBuff math against hand-computed values (DESIGN.md §4)."""
-
-import math
+"""FedBuff mechanics against hand-computed values (DESIGN.md §4)."""
 
 import numpy as np
 import pytest
 
-from strategies import (
-    ClientUpdate,
-    FedBuff,
-    FedBuffConfig,
-    Outcome,
-    ServerSGD,
-    ServerSGDConfig,
-    WeightedSumBuffer,
-    example_weight,
-    staleness_weight,
-)
+from strategies import ClientUpdate, FedBuff, Outcome, StrategyOptions, WeightedSumBuffer
 
 
 def arrays(*values):
     return [np.array(values, dtype=np.float32)]
 
 
-def update(client, delta, staleness=0, n=10):
+def update(client, delta, staleness=0, n=100):
     return ClientUpdate(client_id=client, delta=arrays(*delta), num_examples=n, staleness=staleness)
 
 
-@pytest.mark.parametrize(
-    ("tau", "expected"), [(0, 1.0), (1, 1 / math.sqrt(2)), (3, 0.5), (8, 1 / 3)]
-)
-def test_polynomial_staleness_weight_is_inverse_sqrt_of_one_plus_tau(tau, expected):
-    assert staleness_weight("polynomial", tau, 0.5) == pytest.approx(expected)
-
-
-def test_constant_staleness_weight_ignores_staleness():
-    assert staleness_weight("constant", 0) == staleness_weight("constant", 100) == 1.0
-
-
-def test_weights_refuse_bad_inputs_with_clear_messages():
-    with pytest.raises(ValueError, match="unknown staleness weight 'linear'"):
-        staleness_weight("linear", 1)
-    with pytest.raises(ValueError, match="staleness must be >= 0"):
-        staleness_weight("polynomial", -1)
-    with pytest.raises(ValueError, match="num_examples must be >= 1"):
-        example_weight("equal", 0)
+def fedbuff(initial, **options):
+    return FedBuff(arrays(*initial), StrategyOptions(**options))
 
 
 def test_buffer_is_a_weighted_sum_and_refuses_a_second_update_from_one_client():
@@ -58,36 +30,72 @@ def test_buffer_is_a_weighted_sum_and_refuses_a_second_update_from_one_client():
     assert len(buffer) == 0
 
 
-def test_server_sgd_with_momentum_matches_hand_computation():
-    opt = ServerSGD(ServerSGDConfig(lr=0.5, momentum=0.9))
-    w = arrays(1.0)
-    w = opt.step(w, arrays(2.0))  # v = 2, w = 1 - 0.5*2 = 0
-    np.testing.assert_allclose(w[0], [0.0])
-    w = opt.step(w, arrays(1.0))  # v = 0.9*2 + 1 = 2.8, w = 0 - 1.4
-    np.testing.assert_allclose(w[0], [-1.4], rtol=1e-6)
-
-
-def test_fedbuff_steps_after_k_updates_with_staleness_weighted_mean_over_k():
-    strategy = FedBuff(arrays(10.0, 10.0), FedBuffConfig(buffer_size=2))
+def test_fedbuff_steps_after_k_updates_with_staleness_weighted_sum_over_k():
+    strategy = fedbuff([10.0, 10.0], buffer_size=2)
     first = strategy.receive(update(1, [2.0, 0.0], staleness=0))
     assert first.outcome is Outcome.ACCEPTED and not first.stepped
-    assert strategy.version == 0
+    assert (strategy.version, strategy.buffer_fill) == (0, 1)
     second = strategy.receive(update(2, [0.0, 4.0], staleness=3))  # weight 1/sqrt(4) = 0.5
     assert second.stepped and second.weight == pytest.approx(0.5)
     # pseudo-gradient = (1*[2,0] + 0.5*[0,4]) / K=2 = [1, 1]; server lr 1 -> w - g
     np.testing.assert_allclose(strategy.model[0], [9.0, 9.0])
+    assert (strategy.version, strategy.buffer_fill) == (1, 0)
+
+
+def test_weight_normalization_divides_by_the_sum_of_weights():
+    strategy = fedbuff([10.0, 10.0], buffer_size=2, buffer_normalization="weight")
+    strategy.receive(update(1, [2.0, 0.0], staleness=0))  # weight 1
+    strategy.receive(update(2, [0.0, 4.0], staleness=3))  # weight 0.5
+    # (1*[2,0] + 0.5*[0,4]) / 1.5 = [4/3, 4/3]
+    np.testing.assert_allclose(strategy.model[0], [10 - 4 / 3, 10 - 4 / 3], rtol=1e-6)
+
+
+def test_weight_normalization_cancels_staleness_when_a_whole_buffer_is_equally_stale():
+    by_weight = fedbuff([0.0], buffer_size=2, buffer_normalization="weight")
+    by_count = fedbuff([0.0], buffer_size=2, buffer_normalization="count")
+    for strategy in (by_weight, by_count):
+        strategy.receive(update(1, [2.0], staleness=3))
+        strategy.receive(update(2, [4.0], staleness=3))
+    np.testing.assert_allclose(by_weight.model[0], [-3.0])  # as if fresh
+    np.testing.assert_allclose(by_count.model[0], [-1.5])  # halved: s(3) = 0.5
+
+
+def test_a_buffer_with_zero_total_weight_applies_a_zero_pseudo_gradient():
+    strategy = fedbuff([1.0], buffer_size=2, buffer_normalization="weight",
+                       staleness_weight="threshold", staleness_cutoff=1)
+    assert strategy.receive(update(1, [5.0], staleness=2)).weight == 0.0
+    assert strategy.receive(update(2, [7.0], staleness=3)).stepped
+    np.testing.assert_array_equal(strategy.model[0], [1.0])
     assert strategy.version == 1
 
 
+def test_example_weights_multiply_staleness_weights():
+    strategy = fedbuff([0.0], buffer_size=1, example_weight="linear", example_reference=50.0,
+                       server_lr=0.5)
+    receipt = strategy.receive(update(1, [2.0], staleness=3, n=200))
+    assert receipt.weight == pytest.approx(4.0 * 0.5)  # e(200) = 200/50, s(3) = 1/2
+    np.testing.assert_allclose(strategy.model[0], [-0.5 * 2.0 * 2.0])
+
+
 def test_fedbuff_drops_updates_staler_than_max_staleness():
-    strategy = FedBuff(arrays(0.0), FedBuffConfig(buffer_size=1, max_staleness=2))
+    strategy = fedbuff([0.0], buffer_size=1, max_staleness=2)
     assert strategy.receive(update(1, [1.0], staleness=3)).outcome is Outcome.STALE
     assert strategy.version == 0
     assert strategy.receive(update(1, [1.0], staleness=2)).stepped
 
 
+def test_down_weight_policy_keeps_stale_updates_times_stale_factor():
+    strategy = fedbuff([0.0], buffer_size=1, max_staleness=2, stale_policy="down-weight",
+                       stale_factor=0.25, staleness_weight="constant")
+    within = strategy.receive(update(1, [4.0], staleness=2))
+    beyond = strategy.receive(update(2, [4.0], staleness=3))
+    assert (within.outcome, beyond.outcome) == (Outcome.ACCEPTED, Outcome.ACCEPTED)
+    assert (within.weight, beyond.weight) == (1.0, 0.25)
+    np.testing.assert_allclose(strategy.model[0], [-4.0 - 1.0])
+
+
 def test_a_second_update_from_one_client_waits_for_the_next_buffer():
-    strategy = FedBuff(arrays(0.0), FedBuffConfig(buffer_size=2, staleness_weight="constant"))
+    strategy = fedbuff([0.0], buffer_size=2, staleness_weight="constant")
     assert strategy.receive(update(1, [2.0])).outcome is Outcome.ACCEPTED
     assert strategy.receive(update(1, [100.0])).outcome is Outcome.ACCEPTED  # next buffer
     assert strategy.version == 0 and strategy.buffer_fill == 1
@@ -99,36 +107,16 @@ def test_a_second_update_from_one_client_waits_for_the_next_buffer():
 
 
 def test_a_client_flooding_one_buffer_is_refused_past_the_pending_limit():
-    strategy = FedBuff(arrays(0.0), FedBuffConfig(buffer_size=2))
-    outcomes = [strategy.receive(update(7, [1.0])).outcome for _ in range(FedBuff.max_pending_buffers + 1)]
+    strategy = fedbuff([0.0], buffer_size=2)
+    outcomes = [strategy.receive(update(7, [1.0])).outcome
+                for _ in range(FedBuff.max_pending_buffers + 1)]
     assert outcomes[-1] is Outcome.DUPLICATE
     assert outcomes[:-1] == [Outcome.ACCEPTED] * FedBuff.max_pending_buffers
     assert strategy.version == 0
 
 
-def test_k_equal_to_cohort_from_one_model_is_fedavg_with_equal_weights():
-    initial = arrays(1.0, -2.0, 3.0)
-    deltas = [np.array(d, dtype=np.float32) for d in ([0.3, 0.1, -0.2], [0.1, 0.5, 0.0], [-0.4, 0.0, 0.9])]
-    strategy = FedBuff(initial, FedBuffConfig(buffer_size=3))
-    for client, delta in enumerate(deltas):
-        strategy.receive(ClientUpdate(client, [delta], 5, staleness=0))
-    fedavg = initial[0] - np.mean(deltas, axis=0)
-    np.testing.assert_allclose(strategy.model[0], fedavg, rtol=1e-6)
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"buffer_size": 0}, "buffer-size must be >= 1"),
-        ({"staleness_weight": "hinge2"}, "staleness-weight must be one of"),
-        ({"max_staleness": -1}, "max-staleness must be >= 0"),
-    ],
-)
-def test_fedbuff_config_refuses_bad_values(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        FedBuffConfig(**kwargs)
-
-
-def test_server_sgd_config_refuses_non_positive_lr():
-    with pytest.raises(ValueError, match="server-lr must be > 0"):
-        ServerSGDConfig(lr=0.0)
+def test_fedbuff_steps_the_configured_server_optimizer_and_exposes_its_state():
+    strategy = fedbuff([0.0], buffer_size=1, server_optimizer="adam", server_lr=0.1)
+    strategy.receive(update(1, [1.0]))
+    assert strategy.optimizer.steps == 1
+    assert set(strategy.optimizer.state_dict()) == {"steps", "m.0", "v.0"}

@@ -10,7 +10,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedbuff.settings import RunSettings
 from server_app.loop import AsyncLoop
 from server_app.records import RunRecorder
-from strategies import FedBuff
+from strategies import build_strategy
 from tests.fakes import FakeGrid, error_reply, train_reply
 
 INITIAL = [np.zeros(4, np.float32)]
@@ -36,7 +36,7 @@ def distance_accuracy(arrays):
 def make_loop(tmp_path, grid, **overrides):
     settings = RunSettings(**{"concurrency": 3, "buffer_size": 2, "max_server_steps": 5,
                               "eval_every": 1, **overrides})
-    strategy = FedBuff(INITIAL, settings.fedbuff_config())
+    strategy = build_strategy(settings, INITIAL, settings.concurrency)
     recorder = RunRecorder(tmp_path)
     return AsyncLoop(grid, strategy, settings, distance_accuracy, events=recorder)
 
@@ -130,3 +130,18 @@ def test_new_nodes_are_admitted_while_running(tmp_path):
     grid.respond = respond_and_grow
     loop.run()
     assert {m.metadata.dst_node_id for m in grid.pushed} == {1, 2}
+
+
+def test_sync_barrier_waits_for_the_whole_round_and_steps_on_survivors(tmp_path):
+    def respond(msg):
+        if msg.metadata.dst_node_id == 9:
+            return error_reply(msg, ErrorCode.CLIENT_APP_RAISED_EXCEPTION)
+        return train_reply(msg, half_step)
+
+    grid = FakeGrid([1, 2, 9], respond)
+    loop = make_loop(tmp_path, grid, strategy="sync", max_server_steps=3)
+    loop.run()
+    assert loop.strategy.version == 3
+    assert loop.stats.staleness_max() == 0  # nobody ever trains on an old model
+    versions = Counter(int(m.content.config_records["config"]["server-version"]) for m in grid.pushed)
+    assert versions == {0: 3, 1: 3, 2: 3}  # one task per node per round, all from one model
