@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -134,9 +135,14 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
 
 @contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """Treat SIGTERM like Ctrl-C so that cleanup runs either way."""
+    """Treat SIGTERM like Ctrl-C so that cleanup runs either way (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
     def raise_interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
+
     previous = signal.signal(signal.SIGTERM, raise_interrupt)
     try:
         yield

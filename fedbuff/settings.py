@@ -48,6 +48,12 @@ class RunSettings(StrategyOptions):
     # device-tier emulation
     tier_speed_ratios: str = "high=1.0,mid=3.3,low=9.2"
     emulated_step_seconds: float = 0.05
+    # observability
+    metrics_enabled: bool = True
+    metrics_address: str = "127.0.0.1"
+    metrics_port: int = 9464
+    straggler_deadline_seconds: float = 60.0
+    write_plots: bool = True
     # outputs
     run_dir: str = ""
 
@@ -70,6 +76,8 @@ class RunSettings(StrategyOptions):
             self._at_least("dirichlet_alpha", 0, strict=True)
             self._within("test_fraction", "(0, 1)", 0 < self.test_fraction < 1)
             self._at_least("emulated_step_seconds", 0)
+            self._within("metrics_port", "[0, 65535]", 0 <= self.metrics_port <= 65535)
+            self._at_least("straggler_deadline_seconds", 0)
             self.speed_ratios()
         except ValueError as err:
             raise SettingsError(str(err)) from err

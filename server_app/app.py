@@ -11,8 +11,9 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedbuff.settings import RunSettings, SettingsError
-from server_app.events import EventSink
+from server_app.events import EventSink, Fanout
 from server_app.loop import AsyncLoop, Evaluation
+from server_app.metrics import MetricsConfig, MetricsExporter
 from server_app.records import RunRecorder, default_run_dir
 from server_app.stats import RunStats
 from strategies import build_strategy
@@ -50,16 +51,21 @@ def main(grid: Grid, context: Context) -> None:
         settings.strategy, settings.concurrency, settings.buffer_size, settings.max_server_steps,
         run_dir.resolve(),
     )
+    exporter = _start_exporter(settings)
     started = time.monotonic()
     try:
         reason, evaluations, stats, final, version = _train(
-            grid, settings, initial, evaluate_arrays, recorder
+            grid, settings, initial, evaluate_arrays, Fanout([recorder, *filter(None, [exporter])])
         )
         recorder.checkpoint(final, version)
         summary = _summary(settings, reason, evaluations, stats, version, time.monotonic() - started, run_dir)
         recorder.write_summary(summary)
     finally:
         recorder.close()
+        if exporter is not None:
+            exporter.close()
+    if settings.write_plots:
+        _write_plots(run_dir)
     log.info(
         "SUMMARY | %s | accuracy %.3f -> %.3f | %d server steps | updates accepted %d, refused %d | "
         "staleness mean %.2f max %d | %.1fs",
@@ -80,6 +86,36 @@ def _train(
     loop = AsyncLoop(grid, strategy, settings, evaluate, events)
     reason = loop.run()
     return reason, loop.evaluations, loop.stats, strategy.model, strategy.version
+
+
+def _start_exporter(settings: RunSettings) -> MetricsExporter | None:
+    """The Prometheus endpoint; a port in use costs the metrics, never the run."""
+    if not settings.metrics_enabled:
+        return None
+    exporter = MetricsExporter(MetricsConfig(
+        address=settings.metrics_address, port=settings.metrics_port,
+        straggler_deadline_seconds=settings.straggler_deadline_seconds,
+    ))
+    exporter.describe_run(buffer_size=settings.buffer_size, max_staleness=settings.max_staleness,
+                          concurrency=settings.concurrency)
+    try:
+        log.info("metrics at %s", exporter.start())
+    except OSError as err:
+        log.warning("metrics endpoint unavailable (%s); training goes on without it", err)
+        return None
+    return exporter
+
+
+def _write_plots(run_dir: Path) -> None:
+    """PNG plots of the finished run; a plotting failure never fails a finished run."""
+    from server_app.plots import write_plots
+
+    try:
+        written = write_plots(run_dir)
+    except Exception:  # the run's results are already on disk
+        log.exception("plotting failed")
+        return
+    log.info("plots: %s", ", ".join(str(p) for p in written))
 
 
 def _summary(

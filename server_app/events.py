@@ -11,7 +11,7 @@ is always present, ``tier`` is always a server-side label (``stats.TIER_LABELS``
 - ``error``: node, tier, reason (``loop.ERROR_REASONS`` values or ``lost``)
 - ``step``: version, in_flight, accepted, refused, staleness_mean, aggregate_seconds
 - ``eval``: version, loss, accuracy
-- ``node``: node, tier, state (admitted | retired), online
+- ``node``: node, tier, state (admitted | left | retired), online
 """
 
 from __future__ import annotations

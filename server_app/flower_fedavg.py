@@ -16,7 +16,7 @@ from flwr.serverapp import Grid
 
 from fedbuff.settings import RunSettings
 from server_app.events import EventSink
-from server_app.loop import ERROR_REASONS, Evaluation
+from server_app.loop import ERROR_REASONS, OTHER_ERROR, Evaluation
 from server_app.stats import RunStats, tier_label
 
 Evaluator = Callable[[list[np.ndarray]], tuple[float, float]]
@@ -42,7 +42,7 @@ class CountingGrid:
         for reply in replies:
             node = reply.metadata.src_node_id
             if reply.has_error():
-                reason = ERROR_REASONS.get(reply.error.code, "other-error")
+                reason = ERROR_REASONS.get(reply.error.code, OTHER_ERROR)
                 self._stats.errors[reason] += 1
                 self._events.event("error", node=node, tier="unknown", reason=reason, time=now)
                 continue

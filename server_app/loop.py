@@ -37,6 +37,8 @@ ERROR_REASONS = {
     ErrorCode.CLIENT_APP_CRASHED: "client-crashed",
     ErrorCode.LOAD_CLIENT_APP_EXCEPTION: "client-load-failed",
 }
+LOST_REASON = "lost"  # no reply at all, long past the TTL
+OTHER_ERROR = "other-error"  # an error code the loop has no name for
 LOST_GRACE_SECONDS = 30.0  # a task this long past its TTL with no reply at all is written off
 IDLE_SLEEP_SECONDS = 0.1
 
@@ -93,9 +95,8 @@ class AsyncLoop:
         self._started = time.monotonic()
         self._evaluate_now()
         while (reason := self._stop_reason()) is None:
-            now = time.monotonic()
-            self.nodes.refresh(now)
-            self._dispatch(now)
+            self.nodes.refresh(time.monotonic())
+            self._dispatch()
             replies = list(self.grid.pull_messages(list(self.tasks))) if self.tasks else []
             for reply in replies:
                 self._handle(reply, time.monotonic())
@@ -117,13 +118,13 @@ class AsyncLoop:
 
     # -- dispatch -------------------------------------------------------------------------
 
-    def _dispatch(self, now: float) -> None:
+    def _dispatch(self) -> None:
         if self.barrier and self.tasks:
             return
         load = Counter(task.node_id for task in self.tasks.values())
         free = self.settings.concurrency - len(self.tasks)
         per_node = 1 if self.barrier else self.settings.tasks_per_node
-        chosen = self.nodes.candidates(now, load, per_node)[: max(free, 0)]
+        chosen = self.nodes.candidates(load, per_node)[: max(free, 0)]
         if not chosen:
             return
         self._round_open = True
@@ -197,7 +198,7 @@ class AsyncLoop:
             self._after_step(aggregate_seconds)
 
     def _handle_error(self, task: Task, reply: Message, now: float) -> None:
-        reason = ERROR_REASONS.get(reply.error.code, "other-error")
+        reason = ERROR_REASONS.get(reply.error.code, OTHER_ERROR)
         self.stats.errors[reason] += 1
         log.warning("task on node %d failed: %s (code %d) %s", task.node_id, reason, reply.error.code,
                     reply.error.reason.strip()[:200])
@@ -219,9 +220,9 @@ class AsyncLoop:
         for message_id, task in list(self.tasks.items()):
             if now - task.sent_at > limit:
                 del self.tasks[message_id]
-                self.stats.errors["lost"] += 1
+                self.stats.errors[LOST_REASON] += 1
                 log.warning("task on node %d never answered; written off", task.node_id)
-                self._emit("error", node=task.node_id, reason="lost")
+                self._emit("error", node=task.node_id, reason=LOST_REASON)
 
     # -- server steps ---------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ class NodePool:
         self._refresh_seconds = refresh_seconds
         self._retire_seconds = retire_seconds
         self._online: set[int] = set()
-        self._known: set[int] = set()
+        self._known: set[int] = set()  # admitted: online and not retired
         self._retired_until: dict[int, float] = {}
         self._last_used: dict[int, float] = {}
         self._next_refresh = 0.0
@@ -46,26 +46,25 @@ class NodePool:
             return
         self._next_refresh = now + self._refresh_seconds
         self._online = set(self._grid.get_node_ids())
-        for node_id in sorted(self._online - self._known):
+        admitted = {n for n in self._online if self._retired_until.get(n, 0.0) <= now}
+        for node_id in sorted(admitted - self._known):
             log.info("node %d admitted (%d online)", node_id, len(self._online))
             self._on_change(node_id, "admitted", len(self._online))
-        self._known |= self._online
+        for node_id in sorted(self._known - self._online):
+            log.info("node %d left (%d online)", node_id, len(self._online))
+            self._on_change(node_id, "left", len(self._online))
+        self._known = admitted
 
     def retire(self, node_id: int, now: float) -> None:
         """Stop sending to ``node_id`` for a while: it left or cannot be reached."""
         self._retired_until[node_id] = now + self._retire_seconds
         self._known.discard(node_id)
-        self._online.discard(node_id)
         log.warning("node %d retired (unavailable)", node_id)
         self._on_change(node_id, "retired", len(self._online))
 
-    def candidates(self, now: float, load: Counter[int], per_node: int) -> list[int]:
+    def candidates(self, load: Counter[int], per_node: int) -> list[int]:
         """Eligible nodes with spare capacity, least recently dispatched first."""
-        eligible = [
-            n
-            for n in self._online
-            if self._retired_until.get(n, 0.0) <= now and load[n] < per_node
-        ]
+        eligible = [n for n in self._known if load[n] < per_node]
         return sorted(eligible, key=lambda n: (self._last_used.get(n, 0.0), n))
 
     def mark_used(self, node_id: int, now: float) -> None:

@@ -50,7 +50,7 @@ class StrategyOptions:
         for field in fields(self):  # subclasses (the run settings) are checked too
             kind, value = type(field.default), getattr(self, field.name)
             widened = kind is float and isinstance(value, int)
-            if isinstance(value, bool) or not (isinstance(value, kind) or widened):
+            if isinstance(value, bool) != (kind is bool) or not (isinstance(value, kind) or widened):
                 self._fail(field.name, kind.__name__)
         self._one_of("strategy", (*STRATEGIES, FLOWER_FEDAVG))
         self._at_least("buffer_size", 1)

@@ -1,0 +1,461 @@
+"""Prometheus exporter for the asynchronous loop: one more sink of ``server_app.events``.
+
+The exporter owns its own :class:`prometheus_client.CollectorRegistry` (never the
+process-global one) and turns each loop event into metric updates. It serves
+``/metrics`` over HTTP once :meth:`MetricsExporter.start` is called.
+
+Naming (DESIGN.md §7): every series starts with ``fl_``, uses base units (seconds,
+bytes, ratios 0..1), counters end in ``_total``, distributions are histograms (never
+summaries), and labels come only from bounded, server-side allow-lists:
+
+- ``device_tier``: ``stats.TIER_LABELS`` (high, mid, low, real) plus ``unknown``;
+- ``device_kind``: ``cuda``, ``mps``, ``cpu``, ``unknown``;
+- ``outcome``: ``accepted``, ``stale``, ``duplicate``, ``invalid``, ``error``;
+- ``reason``: ``validation.REJECTION_REASONS`` (+ ``other``) for invalid updates, the
+  loop's error reasons for stragglers and drop-outs (see below);
+- ``direction``: ``up`` (client → server) and ``down`` (server → client).
+
+A node id or any client-supplied string never becomes a label value: unknown values
+map to ``unknown`` / ``other`` / ``other-error``.
+
+Stragglers and drop-outs, precisely:
+
+- ``fl_stragglers_total{reason="deadline"}`` counts every *reply* (an ``update`` or an
+  ``invalid`` event) whose server-measured round trip exceeded
+  ``MetricsConfig.straggler_deadline_seconds`` (0 disables this count). The reply is
+  still used; being late is not an error.
+- ``fl_stragglers_total{reason="ttl"}`` counts every ``error`` event whose reason is
+  ``ttl-expired``: the task's TTL ran out before the node answered.
+- ``fl_dropouts_total{reason}`` counts every other ``error`` event: ``node-unavailable``
+  (the node left), ``lost`` (no reply at all, written off by the loop), and the client
+  failures ``client-raised``, ``client-crashed``, ``client-load-failed``, ``other-error``.
+
+Every straggler-by-TTL and every drop-out is also counted in
+``fl_updates_total{outcome="error"}``.
+
+A non-finite (or non-numeric) value is never observed: a NaN would poison a
+histogram's ``_sum`` for the life of the process. It is counted in
+``fl_dropped_observations_total{metric}`` instead. A missing field is simply skipped.
+The exporter never raises into the loop: an exception while handling an event is
+logged once and counted in ``fl_exporter_errors_total``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from threading import Thread
+from typing import Any
+
+from flwr.common.constant import ErrorCode
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import start_http_server
+
+from server_app.loop import ERROR_REASONS, LOST_REASON, OTHER_ERROR
+from server_app.stats import TIER_LABELS
+from server_app.validation import REJECTION_REASONS
+from strategies import Outcome
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 9464
+TIERS = (*TIER_LABELS, "unknown")
+DEVICE_KINDS = ("cuda", "mps", "cpu", "unknown")
+UPDATE_OUTCOMES = tuple(outcome.value for outcome in Outcome)
+OUTCOMES = (*UPDATE_OUTCOMES, "invalid", "error")
+INVALID_REASONS = (*REJECTION_REASONS, "other")
+TTL_REASON = ERROR_REASONS[ErrorCode.MESSAGE_UNAVAILABLE]
+DROPOUT_REASONS = (*(r for r in ERROR_REASONS.values() if r != TTL_REASON), LOST_REASON, OTHER_ERROR)
+STRAGGLER_REASONS = ("deadline", "ttl")
+DIRECTIONS = ("up", "down")
+
+STALENESS_BUCKETS = (0, 1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 30, 50, 100)
+SECONDS_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600)
+FAST_SECONDS_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                        1, 2.5, 5, 10)
+NORM_BUCKETS = (0.001, 0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100, 300, 1000, 3000, 10000)
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Where the exporter listens and how it classifies stragglers.
+
+    ``address`` defaults to loopback: exposing metrics beyond the host is a deliberate
+    choice (``0.0.0.0`` inside a container). ``port`` defaults to 9464, a fixed port so a
+    Prometheus scrape config can name it; ``0`` asks the OS for any free port (tests,
+    several runs on one host), and :meth:`MetricsExporter.start` returns the actual URL.
+    ``straggler_deadline_seconds``: a reply slower than this counts as a straggler
+    (``reason="deadline"``); ``0`` disables that count.
+    """
+
+    address: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    straggler_deadline_seconds: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"metrics port must be in [0, 65535], got {self.port}")
+        if not self.straggler_deadline_seconds >= 0:
+            raise ValueError(
+                f"straggler deadline must be >= 0 seconds, got {self.straggler_deadline_seconds}"
+            )
+
+
+def tier_of(value: object) -> str:
+    """A ``device_tier`` label value: the allow-listed tier or ``unknown``."""
+    return value if isinstance(value, str) and value in TIERS else "unknown"
+
+
+def device_kind_of(value: object) -> str:
+    """A ``device_kind`` label value: ``cuda``/``mps``/``cpu`` (``cuda:1`` → ``cuda``) or ``unknown``."""
+    if not isinstance(value, str):
+        return "unknown"
+    kind = value.split(":", 1)[0].strip().lower()
+    return kind if kind in DEVICE_KINDS else "unknown"
+
+
+def _finite(value: object) -> float | None:
+    """``value`` as a finite float, or ``None`` (NaN, ±Inf, not a number)."""
+    if isinstance(value, bool | str | bytes):  # True is not a count; "3" is a client's string
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _package_version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class MetricsExporter:
+    """An :class:`~server_app.events.EventSink` that keeps Prometheus series up to date.
+
+    Call :meth:`event` from the loop's thread only (the HTTP server thread only reads
+    the registry, which ``prometheus_client`` makes thread-safe).
+    """
+
+    def __init__(self, config: MetricsConfig | None = None,
+                 registry: CollectorRegistry | None = None) -> None:
+        self.config = config or MetricsConfig()
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self._server: Any = None
+        self._thread: Thread | None = None
+        self.url: str | None = None
+        self._last_step_time: float | None = None
+        self._in_flight: dict[object, list[str]] = {}  # node → tiers of its tasks in flight (FIFO)
+        self._node_tier: dict[object, str] = {}  # connected node → its tier label
+        self._warned = False
+        self._handlers: Mapping[str, Callable[[Mapping[str, Any]], None]] = {
+            "dispatch": self._on_dispatch,
+            "update": self._on_update,
+            "invalid": self._on_invalid,
+            "error": self._on_error,
+            "step": self._on_step,
+            "eval": self._on_eval,
+            "node": self._on_node,
+        }
+        self._define()
+
+    # -- series ---------------------------------------------------------------------------
+
+    def _define(self) -> None:
+        r = self.registry
+        tier = ("device_tier",)
+        self.build_info = Gauge("fl_build_info", "Build of the ServerApp (value is always 1)",
+                                ("version", "flwr_version", "python_version"), registry=r)
+        self.build_info.labels(
+            _package_version("fedbuff-deploy"), _package_version("flwr"), platform.python_version()
+        ).set(1)
+        # run constants (describe_run)
+        self.buffer_size = Gauge("fl_buffer_size", "Updates per buffer flush (K)", registry=r)
+        self.max_staleness = Gauge(
+            "fl_max_staleness", "Configured max-staleness in versions (0 = no limit)", registry=r)
+        self.concurrency = Gauge("fl_concurrency", "Configured tasks in flight", registry=r)
+        # model and buffer
+        self.model_version = Gauge("fl_model_version", "Version (server steps) of the global model",
+                                   registry=r)
+        self.server_steps = Counter("fl_server_steps", "Server optimizer steps taken", registry=r)
+        self.buffer_fill = Gauge("fl_buffer_fill", "Updates waiting in the buffer that flushes next",
+                                 registry=r)
+        self.buffer_fill_duration = Histogram(
+            "fl_buffer_fill_duration_seconds",
+            "Time to fill a buffer: seconds between consecutive server steps (the first from run start)",
+            buckets=SECONDS_BUCKETS, registry=r)
+        self.aggregation_duration = Histogram(
+            "fl_aggregation_duration_seconds",
+            "Time the strategy took to take in the update that completed a buffer, including the step",
+            buckets=FAST_SECONDS_BUCKETS, registry=r)
+        # tasks and nodes
+        self.dispatched = Counter("fl_tasks_dispatched", "Train tasks pushed to nodes", tier, registry=r)
+        self.in_flight = Gauge("fl_tasks_in_flight", "Train tasks pushed and not yet answered",
+                               tier, registry=r)
+        self.connected = Gauge("fl_connected_nodes", "Nodes admitted and not retired", tier,
+                               registry=r)
+        # replies
+        self.updates = Counter("fl_updates", "Replies by what happened to them", ("outcome", *tier),
+                               registry=r)
+        self.invalid = Counter("fl_invalid_updates", "Replies refused by validation", ("reason",),
+                               registry=r)
+        self.stragglers = Counter(
+            "fl_stragglers", "Late tasks: replies past the straggler deadline, or TTL expiries",
+            ("reason", *tier), registry=r)
+        self.dropouts = Counter("fl_dropouts", "Tasks that failed: node gone, lost, client error",
+                                ("reason", *tier), registry=r)
+        self.staleness = Histogram(
+            "fl_update_staleness",
+            "Staleness on arrival (server version minus version at dispatch) of valid updates",
+            buckets=STALENESS_BUCKETS, registry=r)
+        self.round_trip = Histogram("fl_round_trip_seconds", "Dispatch to reply, measured by the server",
+                                    tier, buckets=SECONDS_BUCKETS, registry=r)
+        self.train_seconds = Histogram(
+            "fl_client_train_seconds", "Local training time reported by the client",
+            ("device_tier", "device_kind"), buckets=SECONDS_BUCKETS, registry=r)
+        self.update_norm = Histogram("fl_update_norm", "L2 norm of valid update deltas",
+                                     buckets=NORM_BUCKETS, registry=r)
+        self.payload_bytes = Counter(
+            "fl_payload_bytes", "Array payload bytes: down = model sent, up = valid update received",
+            ("direction",), registry=r)
+        # evaluation and privacy
+        self.eval_loss = Gauge("fl_eval_loss", "Central evaluation loss of the latest evaluated model",
+                               registry=r)
+        self.eval_accuracy = Gauge("fl_eval_accuracy_ratio",
+                                   "Central evaluation accuracy (0..1) of the latest evaluated model",
+                                   registry=r)
+        self.eval_version = Gauge("fl_eval_model_version", "Model version of the latest evaluation",
+                                  registry=r)
+        self.epsilon = Gauge("fl_privacy_epsilon", "Privacy spent so far (ε of (ε, δ)-DP)", registry=r)
+        self.delta = Gauge("fl_privacy_delta", "δ of the reported (ε, δ)-DP guarantee", registry=r)
+        # the exporter itself
+        self.dropped = Counter("fl_dropped_observations",
+                               "Values not observed because they were NaN, ±Inf or not numbers",
+                               ("metric",), registry=r)
+        self.exporter_errors = Counter("fl_exporter_errors", "Events the exporter failed to handle",
+                                       registry=r)
+
+        # Children are created up front: every series exists (at 0) from the first scrape,
+        # so rate() and alerts see a counter start, and hot paths skip .labels().
+        self._updates = {(o, t): self.updates.labels(o, t) for o in OUTCOMES for t in TIERS}
+        self._invalid = {reason: self.invalid.labels(reason) for reason in INVALID_REASONS}
+        self._stragglers = {(r_, t): self.stragglers.labels(r_, t)
+                            for r_ in STRAGGLER_REASONS for t in TIERS}
+        self._dropouts = {(r_, t): self.dropouts.labels(r_, t) for r_ in DROPOUT_REASONS for t in TIERS}
+        self._dispatched = {t: self.dispatched.labels(t) for t in TIERS}
+        self._in_flight_g = {t: self.in_flight.labels(t) for t in TIERS}
+        self._connected_g = {t: self.connected.labels(t) for t in TIERS}
+        self._bytes = {d: self.payload_bytes.labels(d) for d in DIRECTIONS}
+        self._round_trip: dict[str, Any] = {}
+        self._train: dict[tuple[str, str], Any] = {}
+        self._dropped: dict[str, Any] = {}
+
+    # -- public ---------------------------------------------------------------------------
+
+    def event(self, kind: str, **fields: object) -> None:
+        """Update the series one loop event (schema: ``server_app.events``) moves."""
+        handler = self._handlers.get(kind)
+        if handler is None:
+            return
+        try:
+            handler(fields)
+        except Exception:  # metrics must never stop training
+            self.exporter_errors.inc()
+            if not self._warned:
+                self._warned = True
+                log.exception("metrics exporter failed on a %r event (further failures only counted)",
+                              kind)
+
+    def describe_run(self, *, buffer_size: int | None = None, max_staleness: int | None = None,
+                     concurrency: int | None = None) -> None:
+        """Publish the run's constants that alerts compare against (buffer size, max staleness)."""
+        for gauge, value, name in ((self.buffer_size, buffer_size, "fl_buffer_size"),
+                                   (self.max_staleness, max_staleness, "fl_max_staleness"),
+                                   (self.concurrency, concurrency, "fl_concurrency")):
+            if value is not None:
+                self._set(gauge, value, name)
+
+    def set_privacy(self, epsilon: float, delta: float | None = None) -> None:
+        """Publish the privacy spent so far (ε, and δ when given); non-finite values are dropped."""
+        self._set(self.epsilon, epsilon, "fl_privacy_epsilon")
+        if delta is not None:
+            self._set(self.delta, delta, "fl_privacy_delta")
+
+    def start(self) -> str:
+        """Serve ``/metrics`` on ``config.address:config.port``; return the actual URL.
+
+        Raises ``OSError`` when the address cannot be bound (port taken), ``RuntimeError``
+        when already started.
+        """
+        if self._server is not None:
+            raise RuntimeError(f"metrics exporter already serving at {self.url}")
+        self._server, self._thread = start_http_server(
+            self.config.port, self.config.address, registry=self.registry
+        )
+        host, port = self._server.server_address[:2]
+        host = f"[{host}]" if ":" in str(host) else host
+        self.url = f"http://{host}:{port}/metrics"
+        return self.url
+
+    @property
+    def port(self) -> int | None:
+        """The port actually bound (``None`` before :meth:`start`)."""
+        return None if self._server is None else int(self._server.server_address[1])
+
+    def close(self) -> None:
+        """Stop serving (idempotent); the registry keeps its values."""
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    # -- event handlers -------------------------------------------------------------------
+
+    def _on_dispatch(self, f: Mapping[str, Any]) -> None:
+        tier = tier_of(f.get("tier"))
+        self._dispatched[tier].inc()
+        self._in_flight_g[tier].inc()
+        self._in_flight.setdefault(f.get("node"), []).append(tier)
+        self._add_bytes("down", f.get("bytes"))
+
+    def _on_update(self, f: Mapping[str, Any]) -> None:
+        tier = tier_of(f.get("tier"))
+        node = f.get("node")
+        self._task_done(node)
+        self._learn_tier(node, tier)
+        outcome = f.get("outcome")
+        if outcome in UPDATE_OUTCOMES:
+            self._updates[(outcome, tier)].inc()
+        else:  # an outcome this exporter does not know: counted, bounded, as "other"
+            self.updates.labels("other", tier).inc()
+        self._observe(self.staleness, f.get("staleness"), "fl_update_staleness")
+        self._reply_timing(f.get("round_trip"), tier)
+        if "train_seconds" in f:
+            key = (tier, device_kind_of(f.get("device_kind")))
+            child = self._train.get(key)
+            if child is None:
+                child = self._train[key] = self.train_seconds.labels(*key)
+            self._observe(child, f["train_seconds"], "fl_client_train_seconds")
+        self._observe(self.update_norm, f.get("norm"), "fl_update_norm")
+        self._add_bytes("up", f.get("bytes"))
+        if "buffer_fill" in f:
+            self._set(self.buffer_fill, f["buffer_fill"], "fl_buffer_fill")
+
+    def _on_invalid(self, f: Mapping[str, Any]) -> None:
+        tier = tier_of(f.get("tier"))
+        self._task_done(f.get("node"))
+        self._updates[("invalid", tier)].inc()
+        reason = f.get("reason")
+        self._invalid[reason if reason in self._invalid else "other"].inc()
+        self._reply_timing(f.get("round_trip"), tier)
+
+    def _on_error(self, f: Mapping[str, Any]) -> None:
+        tier = tier_of(f.get("tier"))
+        self._task_done(f.get("node"))
+        self._updates[("error", tier)].inc()
+        reason = f.get("reason")
+        if reason == TTL_REASON:
+            self._stragglers[("ttl", tier)].inc()
+        else:
+            self._dropouts[(reason if reason in DROPOUT_REASONS else OTHER_ERROR, tier)].inc()
+
+    def _on_step(self, f: Mapping[str, Any]) -> None:
+        self.server_steps.inc()
+        self._set(self.model_version, f.get("version"), "fl_model_version")
+        self._observe(self.aggregation_duration, f.get("aggregate_seconds"),
+                      "fl_aggregation_duration_seconds")
+        now = _finite(f.get("time"))
+        if now is not None:
+            self._observe(self.buffer_fill_duration, now - (self._last_step_time or 0.0),
+                          "fl_buffer_fill_duration_seconds")
+            self._last_step_time = now
+
+    def _on_eval(self, f: Mapping[str, Any]) -> None:
+        self._set(self.eval_loss, f.get("loss"), "fl_eval_loss")
+        self._set(self.eval_accuracy, f.get("accuracy"), "fl_eval_accuracy_ratio")
+        self._set(self.eval_version, f.get("version"), "fl_eval_model_version")
+
+    def _on_node(self, f: Mapping[str, Any]) -> None:
+        """``admitted`` adds a connected node; ``retired`` (or ``left``) removes it."""
+        node, state = f.get("node"), f.get("state")
+        if state == "admitted" and node not in self._node_tier:
+            tier = self._node_tier[node] = tier_of(f.get("tier"))
+            self._connected_g[tier].inc()
+        elif state in ("retired", "left") and node in self._node_tier:
+            self._connected_g[self._node_tier.pop(node)].dec()
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _task_done(self, node: object) -> None:
+        """A task of ``node`` ended: release the in-flight slot it took at dispatch."""
+        tiers = self._in_flight.get(node)
+        if not tiers:
+            return
+        self._in_flight_g[tiers.pop(0)].dec()
+        if not tiers:
+            del self._in_flight[node]
+
+    def _learn_tier(self, node: object, tier: str) -> None:
+        """A reply told a connected node's tier: move it out of ``unknown``."""
+        old = self._node_tier.get(node)
+        if old is not None and old != tier and tier != "unknown":
+            self._connected_g[old].dec()
+            self._connected_g[tier].inc()
+            self._node_tier[node] = tier
+
+    def _reply_timing(self, round_trip: object, tier: str) -> None:
+        if round_trip is None:
+            return
+        value = _finite(round_trip)
+        if value is None:
+            self._drop("fl_round_trip_seconds")
+            return
+        child = self._round_trip.get(tier)
+        if child is None:
+            child = self._round_trip[tier] = self.round_trip.labels(tier)
+        child.observe(value)
+        deadline = self.config.straggler_deadline_seconds
+        if deadline and value > deadline:
+            self._stragglers[("deadline", tier)].inc()
+
+    def _add_bytes(self, direction: str, value: object) -> None:
+        if value is None:
+            return
+        number = _finite(value)
+        if number is None or number < 0:
+            self._drop("fl_payload_bytes_total")
+        else:
+            self._bytes[direction].inc(number)
+
+    def _observe(self, metric: Any, value: object, name: str) -> None:
+        if value is None:
+            return
+        number = _finite(value)
+        if number is None:
+            self._drop(name)
+        else:
+            metric.observe(number)
+
+    def _set(self, gauge: Gauge, value: object, name: str) -> None:
+        if value is None:
+            return
+        number = _finite(value)
+        if number is None:
+            self._drop(name)
+        else:
+            gauge.set(number)
+
+    def _drop(self, name: str) -> None:
+        child = self._dropped.get(name)
+        if child is None:
+            child = self._dropped[name] = self.dropped.labels(name)
+        child.inc()

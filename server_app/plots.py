@@ -1,0 +1,190 @@
+"""End-of-run plots from a run folder's ``metrics.jsonl`` (the loop's event history).
+
+``write_plots(run_dir)`` writes PNGs under ``run_dir/plots/`` and returns their paths:
+
+- ``accuracy_vs_time.png``: central eval accuracy (and loss) against wall time;
+- ``staleness_histogram.png``: staleness of accepted updates (and of refused ones);
+- ``participation_by_tier.png``: each tier's share of accepted updates, next to its share
+  of dispatched tasks;
+- ``round_trip_by_tier.png``: round-trip time distribution per tier;
+- ``accuracy_by_tier.png``: only when ``eval`` events carry ``accuracy_by_tier``
+  (a ``{tier: accuracy}`` mapping), per-tier accuracy against wall time.
+
+A plot with no data is skipped, malformed lines are ignored, and a missing history
+yields no plots. matplotlib is imported lazily and only through its object API with the
+Agg canvas: no pyplot global state, no display needed, safe in a ServerApp thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+TIER_ORDER = ("high", "mid", "low", "real", "unknown")
+PLOTS_DIR = "plots"
+
+
+def read_events(path: Path) -> Iterator[dict[str, Any]]:
+    """Each JSON object line of ``path``; blank or malformed lines are skipped."""
+    with open(path, encoding="utf-8") as lines:
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("event"), str):
+                yield record
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _tiers(present: set[str]) -> list[str]:
+    return [t for t in TIER_ORDER if t in present] + sorted(present - set(TIER_ORDER))
+
+
+def write_plots(run_dir: str | Path) -> list[Path]:
+    """Write the run's PNG plots under ``run_dir/plots``; return the files written."""
+    run_dir = Path(run_dir)
+    history = run_dir / "metrics.jsonl"
+    if not history.is_file():
+        return []
+    evals: list[tuple[float, float, float | None]] = []
+    tier_evals: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    staleness: dict[str, Counter[int]] = defaultdict(Counter)
+    accepted: Counter[str] = Counter()
+    dispatched: Counter[str] = Counter()
+    round_trips: dict[str, list[float]] = defaultdict(list)
+    for record in read_events(history):
+        kind, time = record["event"], _number(record.get("time"))
+        tier = str(record.get("tier", "unknown"))
+        if kind == "eval":
+            accuracy = _number(record.get("accuracy"))
+            if time is not None and accuracy is not None:
+                evals.append((time, accuracy, _number(record.get("loss"))))
+                by_tier = record.get("accuracy_by_tier")
+                if isinstance(by_tier, dict):
+                    for name, value in by_tier.items():
+                        if (number := _number(value)) is not None:
+                            tier_evals[str(name)].append((time, number))
+        elif kind == "update":
+            outcome = str(record.get("outcome", ""))
+            tau = _number(record.get("staleness"))
+            if tau is not None:
+                staleness["accepted" if outcome == "accepted" else "refused"][int(tau)] += 1
+            if outcome == "accepted":
+                accepted[tier] += 1
+            if (rt := _number(record.get("round_trip"))) is not None:
+                round_trips[tier].append(rt)
+        elif kind == "invalid":
+            if (rt := _number(record.get("round_trip"))) is not None:
+                round_trips[tier].append(rt)
+        elif kind == "dispatch":
+            dispatched[tier] += 1
+
+    if not (evals or staleness or accepted or round_trips):
+        return []
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # lazy: matplotlib is heavy
+    from matplotlib.figure import Figure
+
+    out_dir = run_dir / PLOTS_DIR
+    written: list[Path] = []
+
+    def save(fig: Any, name: str) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        FigureCanvasAgg(fig)
+        fig.tight_layout()
+        path = out_dir / name
+        fig.savefig(path, dpi=100)
+        written.append(path)
+
+    if evals:
+        fig = Figure(figsize=(7, 4))
+        ax = fig.add_subplot()
+        times = [t for t, _, _ in evals]
+        ax.plot(times, [a for _, a, _ in evals], marker="o", color="tab:blue", label="accuracy")
+        ax.set_xlabel("wall time (s)")
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        losses = [(t, loss) for t, _, loss in evals if loss is not None]
+        if losses:
+            ax2 = ax.twinx()
+            ax2.plot([t for t, _ in losses], [v for _, v in losses], color="tab:red", alpha=0.6,
+                     linestyle="--", label="loss")
+            ax2.set_ylabel("loss")
+            handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+            ax.legend(handles, [h.get_label() for h in handles], loc="center right")
+        ax.set_title("Central evaluation vs wall time")
+        save(fig, "accuracy_vs_time.png")
+
+    if staleness:
+        fig = Figure(figsize=(7, 4))
+        ax = fig.add_subplot()
+        taus = sorted(set().union(*staleness.values()))
+        width = 0.4 if len(staleness) > 1 else 0.8
+        for i, (label, counts) in enumerate(sorted(staleness.items())):
+            offset = (i - (len(staleness) - 1) / 2) * width
+            ax.bar([t + offset for t in taus], [counts[t] for t in taus], width=width, label=label)
+        ax.set_xlabel("staleness (model versions)")
+        ax.set_ylabel("updates")
+        ax.set_xticks(taus)
+        ax.legend()
+        ax.set_title("Staleness on arrival")
+        save(fig, "staleness_histogram.png")
+
+    if accepted:
+        fig = Figure(figsize=(7, 4))
+        ax = fig.add_subplot()
+        tiers = _tiers(set(accepted) | set(dispatched))
+        total_accepted, total_dispatched = sum(accepted.values()), sum(dispatched.values())
+        xs = range(len(tiers))
+        ax.bar([x - 0.2 for x in xs], [accepted[t] / total_accepted for t in tiers], width=0.4,
+               label=f"accepted updates ({total_accepted})")
+        if total_dispatched:
+            ax.bar([x + 0.2 for x in xs], [dispatched[t] / total_dispatched for t in tiers], width=0.4,
+                   label=f"dispatched tasks ({total_dispatched})", alpha=0.6)
+        ax.set_xticks(list(xs), tiers)
+        ax.set_ylabel("share")
+        ax.set_ylim(0, 1)
+        ax.legend()
+        ax.set_title("Participation by device tier")
+        save(fig, "participation_by_tier.png")
+
+    if round_trips:
+        fig = Figure(figsize=(7, 4))
+        ax = fig.add_subplot()
+        tiers = _tiers(set(round_trips))
+        ax.boxplot([round_trips[t] for t in tiers])
+        ax.set_xticks(range(1, len(tiers) + 1), [f"{t}\n(n={len(round_trips[t])})" for t in tiers])
+        ax.set_ylabel("round trip (s)")
+        ax.grid(alpha=0.3, axis="y")
+        ax.set_title("Round-trip time by device tier")
+        save(fig, "round_trip_by_tier.png")
+
+    if tier_evals:
+        fig = Figure(figsize=(7, 4))
+        ax = fig.add_subplot()
+        for tier in _tiers(set(tier_evals)):
+            points = tier_evals[tier]
+            ax.plot([t for t, _ in points], [a for _, a in points], marker=".", label=tier)
+        ax.set_xlabel("wall time (s)")
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(0, 1)
+        ax.legend()
+        ax.grid(alpha=0.3)
+        ax.set_title("Accuracy by device tier")
+        save(fig, "accuracy_by_tier.png")
+
+    log.info("wrote %d plots under %s", len(written), out_dir)
+    return written
