@@ -85,21 +85,40 @@ def train(msg: Message, context: Context) -> Message:
         time.sleep(target - train_seconds)
 
     update = _inject_fault(node.test_fault, update)
-    content = RecordDict(
+    records: dict[str, ArrayRecord | MetricRecord | ConfigRecord] = {
+        "device": ConfigRecord({"device-tier": node.device_tier, "device-kind": device.type}),
+    }
+    if settings.secagg and not reply_weights:
+        update, records["secagg"] = _mask(update, settings, context, config)
+    records["arrays"] = ArrayRecord(update)
+    records["metrics"] = MetricRecord(
         {
-            "arrays": ArrayRecord(update),
-            "metrics": MetricRecord(
-                {
-                    "num-examples": len(labels),
-                    "train-loss": loss,
-                    "train-seconds": train_seconds,
-                    "task-seconds": time.monotonic() - started,
-                }
-            ),
-            "device": ConfigRecord({"device-tier": node.device_tier, "device-kind": device.type}),
+            "num-examples": len(labels),
+            "train-loss": loss,
+            "train-seconds": train_seconds,
+            "task-seconds": time.monotonic() - started,
         }
     )
-    return Message(content, reply_to=msg)
+    return Message(RecordDict(records), reply_to=msg)
+
+
+def _mask(delta: list[np.ndarray], settings: RunSettings, context: Context,
+          config: ConfigRecord) -> tuple[list[np.ndarray], ConfigRecord]:
+    """Replace the delta by its masked ring vector; only the envelope travels beside it."""
+    from client_app.masking import NodeSecAggConfig, mask_update, secagg_context
+
+    node = NodeSecAggConfig.from_node_config(context.node_config)
+    service_key = node.service_key(config["secagg-service-key"])  # checked against the pin
+    length = sum(int(d.size) for d in delta)
+    masked = mask_update(delta, settings.ring_codec(), service_key, node.signing_key(),
+                         secagg_context(context.run_id, length))
+    envelope = ConfigRecord({
+        "ephemeral-public": masked.ephemeral_public,
+        "signature": masked.signature,
+        "node-key-fingerprint": masked.node_key_fingerprint,
+        "clipped-coordinates": masked.clipped,
+    })
+    return [masked.masked], envelope
 
 
 def _inject_fault(fault: str, arrays: list[np.ndarray]) -> list[np.ndarray]:

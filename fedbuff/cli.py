@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
                             "'real' disables emulation)")
     local.add_argument("--simulation", action="store_true",
                        help="run the nodes as virtual SuperNodes in Flower's simulation engine (Ray)")
+    local.add_argument("--secagg", action="store_true",
+                       help="secure aggregation: start a mask service, give every node a signing key")
     local.add_argument("--runs-dir", default="runs", help="where run folders are created (default runs/)")
     local.add_argument("--app-dir", type=Path, default=APP_DIR, help="the Flower app (default: this project)")
     local.add_argument("-c", "--run-config", action="append", default=[],
@@ -37,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
             tiers=[t.strip() for t in args.tiers.split(",") if t.strip()],
             run_config=" ".join(args.run_config),
             simulation=args.simulation,
+            secagg=args.secagg,
         )
         summary = run_local(federation)
     except LaunchError as err:

@@ -50,6 +50,7 @@ class LocalFederation:
     run_config: str = ""
     node_overrides: dict[int, str] = field(default_factory=dict)
     simulation: bool = False
+    secagg: bool = False
 
     def __post_init__(self) -> None:
         if self.num_nodes < 1:
@@ -57,17 +58,18 @@ class LocalFederation:
         bad = [t for t in self.tiers if t not in (*DEVICE_TIERS, "real")]
         if bad or not self.tiers:
             raise LaunchError(f"unknown device tier(s) {bad}; choose from {(*DEVICE_TIERS, 'real')}")
+        if self.secagg and self.simulation:
+            raise LaunchError("--secagg needs real SuperNodes (each with its own signing key), not --simulation")
 
     def tier_of(self, index: int) -> str:
         """Node ``index`` gets tier ``tiers[index % len(tiers)]``."""
         return self.tiers[index % len(self.tiers)]
 
-    def node_config(self, index: int) -> str:
+    def node_config(self, index: int, extra: str = "") -> str:
         config = (
             f'partition-id={index} num-partitions={self.num_nodes} device-tier="{self.tier_of(index)}"'
         )
-        extra = self.node_overrides.get(index)
-        return f"{config} {extra}" if extra else config
+        return " ".join(filter(None, [config, extra, self.node_overrides.get(index, "")]))
 
 
 def find_binary(name: str) -> str:
@@ -203,16 +205,20 @@ def run_local(federation: LocalFederation, out: IO[str] = sys.stdout) -> dict[st
                 *(["--simulation"] if federation.simulation else []),
             ], env, logs / "superlink.log")
             wait_for_superlink(port, group)
+            overrides = [f'run-dir="{run_dir}"']
+            node_extras = [""] * federation.num_nodes
+            if federation.secagg:
+                address, node_extras = _start_mask_service(federation, run_dir, env, logs, group, out)
+                overrides.append(f'secagg=true secagg-address="{address}"')
             if federation.simulation:
                 _say(out, f"{federation.num_nodes} virtual SuperNodes in Flower's simulation engine")
             else:
-                _start_supernodes(federation, binaries["flower-supernode"], port, env, logs, group, out)
+                _start_supernodes(federation, binaries["flower-supernode"], port, env, logs, group, out,
+                                  node_extras)
             write_connection(Path(home), port, federation.num_nodes if federation.simulation else 0)
-            overrides = f'run-dir="{run_dir}"'
-            if federation.run_config:
-                overrides = f"{overrides} {federation.run_config}"
+            overrides.append(federation.run_config)
             argv = [binaries["flwr"], "run", str(federation.app_dir), CONNECTION, "--stream",
-                    "--run-config", overrides]
+                    "--run-config", " ".join(filter(None, overrides))]
             _say(out, "submitting: " + shlex.join(argv[1:]))
             returncode = _stream(argv, env, out, logs / "serverapp.log")
             summary_path = run_dir / "summary.json"
@@ -228,15 +234,47 @@ def run_local(federation: LocalFederation, out: IO[str] = sys.stdout) -> dict[st
 
 
 def _start_supernodes(federation: LocalFederation, binary: str, superlink_port: int,
-                      env: dict[str, str], logs: Path, group: ProcessGroup, out: IO[str]) -> None:
+                      env: dict[str, str], logs: Path, group: ProcessGroup, out: IO[str],
+                      node_extras: Sequence[str]) -> None:
     for index in range(federation.num_nodes):
         group.start(f"supernode-{index}", [
             binary, "--insecure", "--superlink", f"127.0.0.1:{superlink_port}",
             "--host", "127.0.0.1", "--port", str(free_port()),
-            "--node-config", federation.node_config(index),
+            "--node-config", federation.node_config(index, node_extras[index]),
         ], env, logs / f"supernode-{index}.log")
     tiers = ", ".join(federation.tier_of(i) for i in range(federation.num_nodes))
     _say(out, f"started {federation.num_nodes} flower-supernode processes (tiers: {tiers})")
+
+
+def _start_mask_service(federation: LocalFederation, run_dir: Path, env: dict[str, str], logs: Path,
+                        group: ProcessGroup, out: IO[str]) -> tuple[str, list[str]]:
+    """Node keys, the mask service, and each node's secure-aggregation node config.
+
+    Keys live in ``<run>/secagg`` (a run folder is never committed); every node's public
+    key is registered with the service, and every node pins the service's fingerprint.
+    """
+    from fedbuff.node_keys import write_node_key
+
+    secagg_dir = run_dir / "secagg"
+    registered = secagg_dir / "registered"
+    registered.mkdir(parents=True, exist_ok=True)
+    signing_keys = []
+    for index in range(federation.num_nodes):
+        private, public = write_node_key(secagg_dir / "nodes", f"node-{index}")
+        shutil.copy(public, registered / public.name)
+        signing_keys.append(private)
+    service = [sys.executable, "-m", "mask_service", "--state-dir", str(secagg_dir / "service")]
+    printed = subprocess.run([*service, "--print-fingerprint"], env=env, capture_output=True, text=True,
+                             timeout=60)
+    fingerprint = dict(line.split("=", 1) for line in printed.stdout.split() if "=" in line).get("fingerprint")
+    if printed.returncode != 0 or not fingerprint:
+        raise LaunchError(f"the mask service could not create its key: {printed.stderr.strip()[-500:]}")
+    address = f"127.0.0.1:{free_port()}"
+    group.start("mask-service", [*service, "--registered-keys", str(registered), "--host", "127.0.0.1",
+                                 "--port", address.rsplit(":", 1)[1]], env, logs / "mask-service.log")
+    _say(out, f"started the mask service on {address} (fingerprint {fingerprint[:16]}…)")
+    extras = [f'secagg-signing-key="{key}" secagg-service-fingerprint="{fingerprint}"' for key in signing_keys]
+    return address, extras
 
 
 def _stream(argv: list[str], env: dict[str, str], out: IO[str], log_path: Path) -> int:

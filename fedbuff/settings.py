@@ -14,8 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
 from strategies import StrategyOptions
+from strategies.ring import RingCodec
 
 DEVICE_TIERS = ("high", "mid", "low")
+SECAGG_STRATEGIES = ("fedbuff",)  # a buffer that only adds, built by server_app.secagg
 
 
 class SettingsError(ValueError):
@@ -48,6 +50,14 @@ class RunSettings(StrategyOptions):
     # device-tier emulation
     tier_speed_ratios: str = "high=1.0,mid=3.3,low=9.2"
     emulated_step_seconds: float = 0.05
+    # secure aggregation
+    secagg: bool = False
+    secagg_address: str = "127.0.0.1:9095"
+    secagg_scale_bits: int = 24
+    secagg_clip: float = 8.0
+    secagg_weight_scale: int = 65536
+    secagg_max_weight: int = 262144
+    secagg_timeout_seconds: float = 120.0
     # observability
     metrics_enabled: bool = True
     metrics_address: str = "127.0.0.1"
@@ -79,6 +89,11 @@ class RunSettings(StrategyOptions):
             self._within("metrics_port", "[0, 65535]", 0 <= self.metrics_port <= 65535)
             self._at_least("straggler_deadline_seconds", 0)
             self.speed_ratios()
+            self._at_least("secagg_timeout_seconds", 0, strict=True)
+            if self.secagg:
+                if self.strategy not in SECAGG_STRATEGIES:
+                    self._fail("strategy", f"one of {SECAGG_STRATEGIES} with secagg=true (a buffer to mask)")
+                self.ring_codec()
         except ValueError as err:
             raise SettingsError(str(err)) from err
 
@@ -94,6 +109,17 @@ class RunSettings(StrategyOptions):
                 widen = isinstance(field.default, float) and type(value) is int
                 values[field.name] = float(value) if widen else value
         return cls(**values)
+
+    def ring_codec(self) -> RingCodec:
+        """Fixed-point encoding both ends of secure aggregation share (headroom-checked)."""
+        try:
+            return RingCodec(
+                scale_bits=self.secagg_scale_bits, clip=self.secagg_clip,
+                max_weight=self.secagg_max_weight, weight_scale=self.secagg_weight_scale,
+                max_summands=max(self.buffer_size, self.concurrency),
+            )
+        except (TypeError, ValueError) as err:
+            raise SettingsError(f"secagg-* knobs: {err}") from err
 
     def speed_ratios(self) -> dict[str, float]:
         """Parse ``tier-speed-ratios`` ("high=1.0,mid=3.3,low=9.2") into a dict."""

@@ -55,7 +55,8 @@ def main(grid: Grid, context: Context) -> None:
     started = time.monotonic()
     try:
         reason, evaluations, stats, final, version = _train(
-            grid, settings, initial, evaluate_arrays, Fanout([recorder, *filter(None, [exporter])])
+            grid, settings, context.run_id, initial, evaluate_arrays,
+            Fanout([recorder, *filter(None, [exporter])]),
         )
         recorder.checkpoint(final, version)
         summary = _summary(settings, reason, evaluations, stats, version, time.monotonic() - started, run_dir)
@@ -75,17 +76,29 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def _train(
-    grid: Grid, settings: RunSettings, initial: list[np.ndarray], evaluate, events: EventSink
+    grid: Grid, settings: RunSettings, run_id: int, initial: list[np.ndarray], evaluate,
+    events: EventSink,
 ) -> tuple[str, list[Evaluation], RunStats, list[np.ndarray], int]:
     """Run the chosen strategy; return (stop reason, evaluations, stats, final model, version)."""
     if settings.strategy == FLOWER_FEDAVG:
         from server_app.flower_fedavg import run_flower_fedavg
 
         return run_flower_fedavg(grid, settings, initial, evaluate, events)
-    strategy = build_strategy(settings, initial, settings.concurrency)
-    loop = AsyncLoop(grid, strategy, settings, evaluate, events)
-    reason = loop.run()
-    return reason, loop.evaluations, loop.stats, strategy.model, strategy.version
+    if settings.secagg:
+        from server_app import secagg
+
+        secure = secagg.connect(settings, run_id, initial)
+        loop = AsyncLoop(grid, secure.strategy, settings, evaluate, events,
+                         validate=secure.validate, task_config=secure.task_config)
+        try:
+            reason = loop.run()
+        finally:
+            secure.client.close()
+    else:
+        loop = AsyncLoop(grid, build_strategy(settings, initial, settings.concurrency), settings,
+                         evaluate, events)
+        reason = loop.run()
+    return reason, loop.evaluations, loop.stats, loop.strategy.model, loop.strategy.version
 
 
 def _start_exporter(settings: RunSettings) -> MetricsExporter | None:
@@ -111,11 +124,9 @@ def _write_plots(run_dir: Path) -> None:
     from server_app.plots import write_plots
 
     try:
-        written = write_plots(run_dir)
+        write_plots(run_dir)
     except Exception:  # the run's results are already on disk
         log.exception("plotting failed")
-        return
-    log.info("plots: %s", ", ".join(str(p) for p in written))
 
 
 def _summary(

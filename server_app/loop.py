@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
@@ -23,12 +25,13 @@ from fedbuff.settings import RunSettings
 from server_app.events import EventSink
 from server_app.nodes import NodePool
 from server_app.stats import RunStats, tier_label
-from server_app.validation import Rejection, validate_reply
+from server_app.validation import Rejection, ValidUpdate, validate_reply
 from strategies import AsyncStrategy, ClientUpdate, Outcome
 
 log = logging.getLogger(__name__)
 
 Evaluator = Callable[[list[np.ndarray]], tuple[float, float]]
+Validator = Callable[[RecordDict], ValidUpdate | Rejection]
 
 ERROR_REASONS = {
     ErrorCode.MESSAGE_UNAVAILABLE: "ttl-expired",
@@ -71,12 +74,20 @@ class AsyncLoop:
         settings: RunSettings,
         evaluate: Evaluator,
         events: EventSink,
+        validate: Validator | None = None,
+        task_config: Mapping[str, object] | None = None,
     ) -> None:
+        """``validate`` checks each reply (default: a plaintext delta shaped like the model);
+        ``task_config`` goes into every task's config (e.g. the mask service's public key)."""
         self.grid = grid
         self.strategy = strategy
         self.settings = settings
         self.evaluate = evaluate
         self.events = events
+        self.validate = validate or partial(
+            validate_reply, template=strategy.model, max_update_norm=settings.max_update_norm
+        )
+        self.task_config = dict(task_config or {})
         self.nodes = NodePool(grid, on_change=self._node_changed)
         self.stats = RunStats()
         self.tasks: dict[str, Task] = {}
@@ -146,9 +157,8 @@ class AsyncLoop:
         # TTL counts from Message.created_at: build each message right before pushing it.
         if self._payload is None or self._payload[0] != version:
             self._payload = (version, ArrayRecord(self.strategy.model))
-        content = RecordDict(
-            {"arrays": self._payload[1], "config": ConfigRecord({"server-version": version})}
-        )
+        config = ConfigRecord({**self.task_config, "server-version": version})
+        content = RecordDict({"arrays": self._payload[1], "config": config})
         return Message(
             content,
             dst_node_id=node_id,
@@ -170,7 +180,7 @@ class AsyncLoop:
         round_trip = now - task.sent_at
         self.stats.replies += 1
         self.stats.round_trip_sum += round_trip
-        checked = validate_reply(reply.content, self.strategy.model, self.settings.max_update_norm)
+        checked = self.validate(reply.content)
         if isinstance(checked, Rejection):
             self.stats.rejected[checked.reason] += 1
             log.warning("rejected update from node %d (%s): %s", task.node_id, checked.reason, checked.detail)
@@ -179,9 +189,15 @@ class AsyncLoop:
         tier = self.node_tiers[task.node_id] = tier_label(checked.device.get("device-tier"))
         staleness = self.strategy.version - task.version
         aggregate_started = time.perf_counter()
-        receipt = self.strategy.receive(
-            ClientUpdate(task.node_id, checked.delta, checked.num_examples, staleness)
-        )
+        try:
+            receipt = self.strategy.receive(
+                ClientUpdate(task.node_id, checked.delta, checked.num_examples, staleness, checked.mask)
+            )
+        except ValueError as err:  # e.g. a replayed mask: the buffer is left as it was
+            self.stats.rejected["refused"] += 1
+            log.warning("strategy refused the update from node %d: %s", task.node_id, err)
+            self._emit("invalid", node=task.node_id, reason="refused", round_trip=round(round_trip, 3))
+            return
         aggregate_seconds = time.perf_counter() - aggregate_started
         self.stats.outcomes[receipt.outcome.value] += 1
         if receipt.outcome is Outcome.ACCEPTED:
@@ -191,9 +207,14 @@ class AsyncLoop:
             "update", node=task.node_id, outcome=receipt.outcome.value, staleness=staleness,
             weight=round(receipt.weight, 6), round_trip=round(round_trip, 3),
             train_seconds=round(checked.metrics.get("train-seconds", 0.0), 3),
-            bytes=sum(d.nbytes for d in checked.delta), norm=round(checked.norm, 6),
-            buffer_fill=self.strategy.buffer_fill, device_kind=checked.device.get("device-kind", "unknown"),
+            bytes=sum(d.nbytes for d in checked.delta), buffer_fill=self.strategy.buffer_fill,
+            device_kind=checked.device.get("device-kind", "unknown"),
+            **({} if checked.norm is None else {"norm": round(checked.norm, 6)}),
         )
+        if receipt.flush_error is not None:
+            self.stats.errors[receipt.flush_error] += 1
+            log.warning("buffer dropped at flush: %s", receipt.flush_error)
+            self._emit("flush-failed", reason=receipt.flush_error)
         if receipt.stepped:
             self._after_step(aggregate_seconds)
 

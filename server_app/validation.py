@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import RecordDict
 
+from strategies.base import MaskEnvelope
+
 REJECTION_REASONS = (
     "missing-field",
     "array-count",
@@ -15,18 +17,27 @@ REJECTION_REASONS = (
     "non-finite",
     "norm",
     "num-examples",
+    "mask-envelope",
+    "refused",  # well-formed, but the strategy would not take it (e.g. a replayed mask)
 )
+EPHEMERAL_KEY_BYTES = 32  # X25519
+MAX_SIGNATURE_BYTES = 256
 
 
 @dataclass(frozen=True)
 class ValidUpdate:
-    """The parts of a reply the server uses, after validation."""
+    """The parts of a reply the server uses, after validation.
+
+    With secure aggregation ``delta`` is one masked ring vector, ``mask`` says how to
+    unmask it, and ``norm`` is ``None``: the server cannot see it.
+    """
 
     delta: list[np.ndarray]
     num_examples: int
-    norm: float
+    norm: float | None
     metrics: dict[str, float]
     device: dict[str, str]
+    mask: MaskEnvelope | None = None
 
 
 @dataclass(frozen=True)
@@ -40,15 +51,14 @@ class Rejection:
 def validate_reply(
     content: RecordDict, template: list[np.ndarray], max_update_norm: float
 ) -> ValidUpdate | Rejection:
-    """Validate a train reply against the model's layout; ``max_update_norm`` 0 disables the norm bound."""
-    arrays = content.array_records.get("arrays")
-    metrics = content.metric_records.get("metrics")
-    if arrays is None or metrics is None or "num-examples" not in metrics:
-        return Rejection("missing-field", "reply needs ArrayRecord 'arrays' and MetricRecord 'metrics' with num-examples")
-    try:
-        delta = arrays.to_numpy_ndarrays()
-    except Exception as err:  # a malformed array payload is the sender's problem, not ours
-        return Rejection("dtype", f"arrays do not deserialise: {err}")
+    """Validate a plaintext train reply against the model's layout.
+
+    ``max_update_norm`` 0 disables the norm bound.
+    """
+    arrays = _common(content)
+    if isinstance(arrays, Rejection):
+        return arrays
+    delta, num_examples = arrays
     if len(delta) != len(template):
         return Rejection("array-count", f"expected {len(template)} arrays, got {len(delta)}")
     for i, (got, want) in enumerate(zip(delta, template)):
@@ -58,17 +68,66 @@ def validate_reply(
             return Rejection("dtype", f"array {i}: expected {want.dtype}, got {got.dtype}")
         if not np.isfinite(got).all():
             return Rejection("non-finite", f"array {i} holds NaN or Inf")
-    num_examples = metrics["num-examples"]
-    if not isinstance(num_examples, int) or num_examples < 1:
-        return Rejection("num-examples", f"num-examples must be a positive int, got {num_examples!r}")
     norm = float(np.sqrt(sum(float(np.vdot(d, d)) for d in delta)))
     if max_update_norm and not norm <= max_update_norm:
         return Rejection("norm", f"update L2 norm {norm:.3g} exceeds max-update-norm {max_update_norm}")
+    return _valid(content, delta, num_examples, norm)
+
+
+def validate_masked_reply(content: RecordDict, length: int) -> ValidUpdate | Rejection:
+    """Validate a secure-aggregation reply: one uint64 ring vector of ``length`` plus its envelope.
+
+    Finite values and the norm cannot be checked on a masked vector; the client's clipping
+    and the codec's overflow check at flush stand in for them.
+    """
+    arrays = _common(content)
+    if isinstance(arrays, Rejection):
+        return arrays
+    delta, num_examples = arrays
+    if len(delta) != 1:
+        return Rejection("array-count", f"expected 1 masked vector, got {len(delta)} arrays")
+    if delta[0].dtype != np.uint64:
+        return Rejection("dtype", f"masked vector must be uint64, got {delta[0].dtype}")
+    if delta[0].shape != (length,):
+        return Rejection("shape", f"masked vector: expected ({length},), got {delta[0].shape}")
+    envelope = content.config_records.get("secagg")
+    try:
+        mask = MaskEnvelope(
+            ephemeral_public=bytes(envelope["ephemeral-public"]),  # type: ignore[index]
+            signature=bytes(envelope["signature"]),  # type: ignore[index]
+            node_key_fingerprint=str(envelope["node-key-fingerprint"]),  # type: ignore[index]
+        )
+    except (KeyError, TypeError, ValueError):
+        return Rejection("mask-envelope", "ConfigRecord 'secagg' needs ephemeral-public, signature, node-key-fingerprint")
+    if len(mask.ephemeral_public) != EPHEMERAL_KEY_BYTES or not 0 < len(mask.signature) <= MAX_SIGNATURE_BYTES:
+        return Rejection("mask-envelope", "ephemeral key or signature has the wrong size")
+    return _valid(content, delta, num_examples, None, mask)
+
+
+def _common(content: RecordDict) -> tuple[list[np.ndarray], int] | Rejection:
+    arrays = content.array_records.get("arrays")
+    metrics = content.metric_records.get("metrics")
+    if arrays is None or metrics is None or "num-examples" not in metrics:
+        return Rejection("missing-field", "reply needs ArrayRecord 'arrays' and MetricRecord 'metrics' with num-examples")
+    try:
+        delta = arrays.to_numpy_ndarrays()
+    except Exception as err:  # a malformed array payload is the sender's problem, not ours
+        return Rejection("dtype", f"arrays do not deserialise: {err}")
+    num_examples = metrics["num-examples"]
+    if not isinstance(num_examples, int) or num_examples < 1:
+        return Rejection("num-examples", f"num-examples must be a positive int, got {num_examples!r}")
+    return delta, num_examples
+
+
+def _valid(content: RecordDict, delta: list[np.ndarray], num_examples: int, norm: float | None,
+           mask: MaskEnvelope | None = None) -> ValidUpdate:
     device = content.config_records.get("device")
+    metrics = content.metric_records["metrics"]
     return ValidUpdate(
         delta=delta,
         num_examples=num_examples,
         norm=norm,
         metrics={k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
         device={k: str(v) for k, v in (device or {}).items()},
+        mask=mask,
     )

@@ -20,17 +20,40 @@ class Outcome(str, enum.Enum):
 
 
 @dataclass(frozen=True)
+class MaskEnvelope:
+    """What the mask service needs to unmask one masked vector (secure aggregation)."""
+
+    ephemeral_public: bytes
+    signature: bytes
+    node_key_fingerprint: str
+
+
+@dataclass(frozen=True)
 class ClientUpdate:
     """One client's contribution, with the metadata the server computed for it.
 
     ``delta`` is ``model_at_dispatch - model_after_local_training`` (FLSim's sign), and
-    ``staleness`` is ``version_now - version_at_dispatch``, computed by the server.
+    ``staleness`` is ``version_now - version_at_dispatch``, computed by the server. With
+    secure aggregation ``delta`` is one masked uint64 ring vector and ``mask`` says how
+    to unmask it.
     """
 
     client_id: int
     delta: Arrays
     num_examples: int
     staleness: int
+    mask: MaskEnvelope | None = None
+
+
+class FlushError(Exception):
+    """A full buffer could not be turned into a pseudo-gradient; it is dropped.
+
+    ``reason`` is a short, bounded label (for counters), e.g. ``unmask-refused``.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -40,6 +63,7 @@ class Receipt:
     outcome: Outcome
     weight: float = 0.0
     stepped: bool = False
+    flush_error: str | None = None  # the buffer this update completed was dropped, and why
 
 
 class AsyncStrategy(abc.ABC):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING
 
-from strategies.base import Arrays, AsyncStrategy, ClientUpdate, Outcome, Receipt
+from strategies.base import Arrays, AsyncStrategy, ClientUpdate, FlushError, Outcome, Receipt
 from strategies.buffer import WeightedSumBuffer
 from strategies.server_opt import ServerOptimizer, server_optimizer
 from strategies.weights import example_weight, staleness_limit, staleness_weight
@@ -41,7 +41,7 @@ class FedBuff(AsyncStrategy):
         self._staleness_weight = staleness_weight(options)
         self._example_weight = example_weight(options)
         self._optimizer = server_optimizer(options)
-        self._buffers: deque[WeightedSumBuffer] = deque([WeightedSumBuffer()])
+        self._buffers: deque[WeightedSumBuffer] = deque([self._new_buffer()])
 
     @property
     def buffer_fill(self) -> int:
@@ -61,36 +61,54 @@ class FedBuff(AsyncStrategy):
         if buffer is None:
             if len(self._buffers) >= self.max_pending_buffers:
                 return Receipt(Outcome.DUPLICATE)
-            buffer = WeightedSumBuffer()
+            buffer = self._new_buffer()
             self._buffers.append(buffer)
         weight = (
             factor
             * self._staleness_weight(update.staleness)
             * self._example_weight(update.num_examples)
         )
-        buffer.add(update.client_id, update.delta, weight)
+        if not self._add(buffer, update, weight):
+            return Receipt(Outcome.STALE)
         if len(self._buffers[0]) < self.options.buffer_size:
             return Receipt(Outcome.ACCEPTED, weight=weight)
-        self._step()
-        return Receipt(Outcome.ACCEPTED, weight=weight, stepped=True)
+        failure = self._step()
+        return Receipt(Outcome.ACCEPTED, weight=weight, stepped=failure is None, flush_error=failure)
 
     def flush(self) -> bool:
-        """Step on the head buffer now, however full; ``False`` if it is empty.
+        """Step on the head buffer now, however full; ``False`` if it is empty or failed.
 
         The synchronous barrier needs it when a round ends with fewer than K updates
         (a drop-out): the round's survivors are averaged over their own count.
         """
-        if not len(self._buffers[0]):
-            return False
-        self._step()
+        return bool(len(self._buffers[0])) and self._step() is None
+
+    # -- what a buffer is: overridden by the secure-aggregation variant ---------------------
+
+    def _new_buffer(self) -> WeightedSumBuffer:
+        return WeightedSumBuffer()
+
+    def _add(self, buffer: WeightedSumBuffer, update: ClientUpdate, weight: float) -> bool:
+        """Add the update with ``weight``; ``False`` if it carries no weight at all."""
+        buffer.add(update.client_id, update.delta, weight)
         return True
 
-    def _step(self) -> None:
-        total, count, total_weight = self._buffers.popleft().flush()
+    def _drain(self, buffer: WeightedSumBuffer) -> tuple[Arrays, int, float]:
+        """``(Σ w_i·Δ_i, count, Σ w_i)``; raises :class:`FlushError` if it cannot be read."""
+        return buffer.flush()
+
+    def _step(self) -> str | None:
+        """Apply the head buffer; the reason if it could not be read (it is then dropped)."""
+        buffer = self._buffers.popleft()
         if not self._buffers:
-            self._buffers.append(WeightedSumBuffer())
+            self._buffers.append(self._new_buffer())
+        try:
+            total, count, total_weight = self._drain(buffer)
+        except FlushError as err:
+            return err.reason
         if self.options.buffer_normalization == "count":
             scale = 1.0 / count
         else:
             scale = 1.0 / total_weight if total_weight > 0 else 0.0
         self._commit(self._optimizer.step(self.model, [s * scale for s in total]))
+        return None

@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOWER_PROCESS_MARKERS = ("flower-superlink", "flower-supernode", "flower-superexec",
-                          "flwr-serverapp", "flwr-clientapp", "flwr-simulation")
+                          "flwr-serverapp", "flwr-clientapp", "flwr-simulation", "mask_service")
 
 
 def flower_processes(marker: str) -> dict[int, str]:

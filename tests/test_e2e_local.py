@@ -101,3 +101,23 @@ def test_ctrl_c_stops_every_process_the_launcher_started(tmp_path, no_leftover_p
 def test_a_missing_flower_binary_is_a_clear_error():
     with pytest.raises(LaunchError, match="'flower-nonexistent' not found"):
         find_binary("flower-nonexistent")
+
+
+def test_secure_aggregation_trains_with_only_masked_updates_on_the_wire(tmp_path, no_leftover_processes):
+    run_dir = tmp_path / "run"
+    federation = LocalFederation(
+        app_dir=ROOT,
+        run_dir=run_dir,
+        num_nodes=3,
+        tiers=["high", "mid", "high"],
+        secagg=True,
+        run_config="max-server-steps=4 buffer-size=2 concurrency=3 eval-every=4 metrics-port=0",
+    )
+    summary = run_local(federation, out=sys.stdout)
+    assert summary["server_steps"] == 4
+    assert summary["final_accuracy"] > summary["initial_accuracy"] + 0.2
+    assert not summary["errors_by_reason"] and not summary["rejected_by_reason"]
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    updates = [e for e in events if e["event"] == "update"]
+    assert updates and all("norm" not in e for e in updates)  # the server never saw a plaintext delta
+    assert (run_dir / "secagg" / "service").is_dir()  # the service's key and used-mask log

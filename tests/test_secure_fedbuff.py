@@ -1,0 +1,76 @@
+"""SecureFedBuff: the masked buffer steps like plaintext FedBuff, and drops what it cannot unmask."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mask_service import MaskServiceError
+from strategies import ClientUpdate, FedBuff, Outcome, StrategyOptions
+from strategies.base import FlushError, MaskEnvelope
+from strategies.secure_fedbuff import SecureFedBuff
+from tests.test_mask_service import CODEC, CONTEXT, SHAPES, Federation
+from tests.test_secagg_support import contribution_of
+
+OPTIONS = StrategyOptions(buffer_size=3)
+
+
+def unmask_with(federation):
+    def unmask(contributions, length):
+        try:
+            return federation.service.unmask(CONTEXT, length, contributions)
+        except MaskServiceError as err:
+            raise FlushError("unmask-refused", str(err)) from err
+    return unmask
+
+
+def masked(update, client, staleness):
+    return ClientUpdate(client, [update.masked], 10, staleness, MaskEnvelope(
+        update.ephemeral_public, update.signature, update.node_key_fingerprint))
+
+
+@pytest.fixture
+def federation(tmp_path):
+    fed = Federation(tmp_path, nodes=4, k_min=2)
+    yield fed
+    fed.service.close()
+
+
+def initial():
+    return [np.zeros(s, np.float32) for s in SHAPES]
+
+
+def test_masked_fedbuff_matches_plaintext_fedbuff_within_quantisation(federation):
+    plain = FedBuff(initial(), OPTIONS)
+    secure = SecureFedBuff(initial(), OPTIONS, CODEC, unmask_with(federation))
+    for round_ in range(2):
+        for client, ((delta, update), tau) in enumerate(zip(federation.updates(federation.nodes[:3]), (0, 1, 3))):
+            plain.receive(ClientUpdate(client, delta, 10, tau))
+            receipt = secure.receive(masked(update, client, tau))
+            assert receipt.outcome is Outcome.ACCEPTED
+    assert secure.version == plain.version == 2
+    # weights are quantised to 1/weight_scale and values to 2^-scale_bits
+    for got, want in zip(secure.model, plain.model):
+        np.testing.assert_allclose(got, want, atol=2e-3)
+
+
+def test_a_buffer_the_service_refuses_is_dropped_and_the_model_does_not_move(federation):
+    secure = SecureFedBuff(initial(), StrategyOptions(buffer_size=2), CODEC, unmask_with(federation))
+    (_, first), (_, second) = federation.updates(federation.nodes[:2])
+    secure.receive(masked(first, 0, 0))
+    # someone replays the first mask to the service behind the server's back: it is burnt
+    (_, other), = federation.updates(federation.nodes[3:4])
+    federation.service.unmask(CONTEXT, first.masked.size, [contribution_of(first, 1), contribution_of(other, 1)])
+    receipt = secure.receive(masked(second, 1, 0))
+    assert receipt.flush_error == "unmask-refused" and not receipt.stepped
+    assert secure.version == 0
+    assert all(not a.any() for a in secure.model)
+
+
+def test_a_replayed_mask_in_one_buffer_is_refused_before_it_is_added(federation):
+    secure = SecureFedBuff(initial(), StrategyOptions(buffer_size=3), CODEC, unmask_with(federation))
+    (_, update), = federation.updates(federation.nodes[:1])
+    secure.receive(masked(update, 0, 0))
+    with pytest.raises(ValueError, match="already in the buffer"):
+        secure.receive(masked(update, 1, 0))
+    assert secure.buffer_fill == 1
