@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 app = ClientApp()
 
 PARTITION_KEY = "partition"
+DP_SGD_STATE = "dp-sgd-accountant"
 
 
 def local_partition(context: Context, settings: RunSettings, node: NodeProfile) -> tuple[np.ndarray, np.ndarray]:
@@ -62,21 +63,27 @@ def train(msg: Message, context: Context) -> Message:
     set_weights(model, dispatched)
     device = pick_device()
     train_started = time.monotonic()
-    loss, batches = train_model(
-        model,
-        features,
-        labels,
-        epochs=settings.local_epochs,
-        steps=settings.local_steps,
-        batch_size=settings.batch_size,
-        lr=settings.client_lr,
-        seed=settings.seed + 7919 * version + node.partition_id,
-        device=device,
-    )
+    privacy_metrics: dict[str, float] = {}
+    if settings.dp_sgd:
+        loss, batches, privacy_metrics = _train_dp_sgd(model, features, labels, settings, context, device)
+    else:
+        loss, batches = train_model(
+            model,
+            features,
+            labels,
+            epochs=settings.local_epochs,
+            steps=settings.local_steps,
+            batch_size=settings.batch_size,
+            lr=settings.client_lr,
+            seed=settings.seed + 7919 * version + node.partition_id,
+            device=device,
+        )
     train_seconds = time.monotonic() - train_started
     trained = get_weights(model)
     # Flower's FedAvg averages whole models; the async strategies add deltas.
     update = trained if reply_weights else [b - a for b, a in zip(dispatched, trained)]
+    if settings.user_dp and not reply_weights:
+        update = _privatize(update, settings)
 
     target = node.emulated_seconds(
         train_seconds, batches, settings.emulated_step_seconds, settings.speed_ratios()
@@ -97,9 +104,39 @@ def train(msg: Message, context: Context) -> Message:
             "train-loss": loss,
             "train-seconds": train_seconds,
             "task-seconds": time.monotonic() - started,
+            **privacy_metrics,
         }
     )
     return Message(RecordDict(records), reply_to=msg)
+
+
+def _train_dp_sgd(model, features: np.ndarray, labels: np.ndarray, settings: RunSettings,
+                  context: Context, device) -> tuple[float, int, dict[str, float]]:
+    """Opacus DP-SGD; this node's accountant history lives in ``context.state`` across messages."""
+    from client_app.dp_sgd import train_dp_sgd
+
+    history = context.state.config_records.get(DP_SGD_STATE)
+    result = train_dp_sgd(
+        model, features, labels, options=settings, epochs=settings.local_epochs,
+        steps=settings.local_steps, batch_size=settings.batch_size, lr=settings.client_lr,
+        device=device, history=dict(history) if history else None,
+    )
+    context.state[DP_SGD_STATE] = ConfigRecord(result.history)
+    loss = result.loss if np.isfinite(result.loss) else 0.0  # every Poisson batch was empty
+    return loss, result.steps, {"dp-epsilon": result.epsilon, "dp-noise-multiplier": result.noise_multiplier}
+
+
+def _privatize(delta: list[np.ndarray], settings: RunSettings) -> list[np.ndarray]:
+    """User-level DP on the client: clip to the L2 bound, then (distributed mode) add a noise share.
+
+    Both happen before masking, so they work with secure aggregation. The noise generator
+    is seeded by the OS: a server that knows the seed could remove the noise.
+    """
+    from strategies.dp import add_noise_share, clip_by_l2
+
+    clipped, _ = clip_by_l2(delta, settings.user_dp_clip)
+    std = settings.share_std(settings.buffer_size)
+    return add_noise_share(clipped, std, np.random.default_rng()) if std > 0 else clipped
 
 
 def _mask(delta: list[np.ndarray], settings: RunSettings, context: Context,

@@ -2,8 +2,9 @@
 
 Every field maps to the ``[tool.flwr.app.config]`` key of the same name with ``_``
 written as ``-``; pyproject.toml holds the defaults users see (a test keeps both equal).
-The strategy knobs come from :class:`strategies.StrategyOptions`, which this extends with
-the loop, training, data, emulation and output knobs.
+The strategy and privacy knobs come from :class:`strategies.StrategyOptions`,
+:class:`strategies.dp.UserDPOptions` and :class:`client_app.dp_sgd.DPSGDOptions`, which
+this extends with the loop, training, data, emulation and output knobs.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
+from client_app.dp_sgd import DPSGDOptions
 from strategies import StrategyOptions
+from strategies.dp import UserDPOptions, check_user_dp
 from strategies.ring import RingCodec
 
 DEVICE_TIERS = ("high", "mid", "low")
@@ -25,8 +28,9 @@ class SettingsError(ValueError):
 
 
 @dataclass(frozen=True)
-class RunSettings(StrategyOptions):
-    """All knobs of a run: strategy (inherited), loop, client training, data, emulation, outputs."""
+class RunSettings(StrategyOptions, UserDPOptions, DPSGDOptions):
+    """All knobs of a run: strategy, user-level DP and DP-SGD (inherited), loop, client
+    training, data, emulation, secure aggregation, observability, outputs."""
 
     # asynchronous loop (server_app)
     concurrency: int = 6
@@ -69,7 +73,9 @@ class RunSettings(StrategyOptions):
 
     def __post_init__(self) -> None:
         try:
-            super().__post_init__()
+            StrategyOptions.__post_init__(self)
+            UserDPOptions.__post_init__(self)
+            DPSGDOptions.__post_init__(self)
             self._at_least("concurrency", 1)
             self._at_least("tasks_per_node", 1)
             self._at_least("max_server_steps", 1)
@@ -94,6 +100,7 @@ class RunSettings(StrategyOptions):
                 if self.strategy not in SECAGG_STRATEGIES:
                     self._fail("strategy", f"one of {SECAGG_STRATEGIES} with secagg=true (a buffer to mask)")
                 self.ring_codec()
+            check_user_dp(self)
         except ValueError as err:
             raise SettingsError(str(err)) from err
 

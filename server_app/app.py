@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from flwr.app import Context
@@ -18,6 +19,9 @@ from server_app.records import RunRecorder, default_run_dir
 from server_app.stats import RunStats
 from strategies import build_strategy
 from strategies.registry import FLOWER_FEDAVG
+
+if TYPE_CHECKING:
+    from server_app.privacy import PrivacyBudget
 
 log = logging.getLogger(__name__)
 app = ServerApp()
@@ -52,14 +56,18 @@ def main(grid: Grid, context: Context) -> None:
         run_dir.resolve(),
     )
     exporter = _start_exporter(settings)
+    events = Fanout([recorder, *filter(None, [exporter])])
     started = time.monotonic()
+    budget = _privacy_budget(settings, events, started)
     try:
         reason, evaluations, stats, final, version = _train(
-            grid, settings, context.run_id, initial, evaluate_arrays,
-            Fanout([recorder, *filter(None, [exporter])]),
+            grid, settings, context.run_id, initial, evaluate_arrays, events, budget
         )
         recorder.checkpoint(final, version)
         summary = _summary(settings, reason, evaluations, stats, version, time.monotonic() - started, run_dir)
+        if budget is not None:
+            summary["user_dp_epsilon"] = budget.accountant.epsilon()
+            summary["user_dp_delta"] = settings.user_dp_delta
         recorder.write_summary(summary)
     finally:
         recorder.close()
@@ -77,28 +85,49 @@ def main(grid: Grid, context: Context) -> None:
 
 def _train(
     grid: Grid, settings: RunSettings, run_id: int, initial: list[np.ndarray], evaluate,
-    events: EventSink,
+    events: EventSink, budget: PrivacyBudget | None,
 ) -> tuple[str, list[Evaluation], RunStats, list[np.ndarray], int]:
     """Run the chosen strategy; return (stop reason, evaluations, stats, final model, version)."""
     if settings.strategy == FLOWER_FEDAVG:
         from server_app.flower_fedavg import run_flower_fedavg
 
         return run_flower_fedavg(grid, settings, initial, evaluate, events)
+    privacy = None
+    if budget is not None:
+        from strategies.dp import FlushPrivacy
+
+        k = settings.concurrency if settings.strategy == "sync" else settings.buffer_size
+        privacy = FlushPrivacy(settings, k, budget.release)
+    stop_when = budget.stop_reason if budget is not None else None
     if settings.secagg:
         from server_app import secagg
 
-        secure = secagg.connect(settings, run_id, initial)
-        loop = AsyncLoop(grid, secure.strategy, settings, evaluate, events,
-                         validate=secure.validate, task_config=secure.task_config)
+        secure = secagg.connect(settings, run_id, initial, privacy)
+        loop = AsyncLoop(grid, secure.strategy, settings, evaluate, events, validate=secure.validate,
+                         task_config=secure.task_config, stop_when=stop_when)
         try:
             reason = loop.run()
         finally:
             secure.client.close()
     else:
-        loop = AsyncLoop(grid, build_strategy(settings, initial, settings.concurrency), settings,
-                         evaluate, events)
+        strategy = build_strategy(settings, initial, settings.concurrency, privacy)
+        loop = AsyncLoop(grid, strategy, settings, evaluate, events, stop_when=stop_when)
         reason = loop.run()
     return reason, loop.evaluations, loop.stats, loop.strategy.model, loop.strategy.version
+
+
+def _privacy_budget(settings: RunSettings, events: EventSink, started: float) -> PrivacyBudget | None:
+    """User-level DP accounting (Opacus' RDP accountant), publishing ε after each flush."""
+    if not settings.user_dp:
+        return None
+    from server_app.privacy import PrivacyBudget
+
+    def publish(epsilon: float) -> None:
+        events.event("privacy", epsilon=epsilon, delta=settings.user_dp_delta,
+                     time=round(time.monotonic() - started, 3))
+
+    return PrivacyBudget(settings.user_dp_noise_multiplier, settings.user_dp_delta,
+                         settings.user_dp_epsilon_budget, publish)
 
 
 def _start_exporter(settings: RunSettings) -> MetricsExporter | None:

@@ -7,12 +7,13 @@ is always present, ``tier`` is always a server-side label (``stats.TIER_LABELS``
 - ``dispatch``: node, tier, version, bytes (model payload), in_flight
 - ``update``: node, tier, outcome (accepted | stale | duplicate), staleness, weight,
   round_trip, train_seconds, bytes, norm (absent under secure aggregation), buffer_fill,
-  device_kind
+  device_kind, dp_epsilon (the client's DP-SGD ε so far, when DP-SGD is on)
 - ``invalid``: node, tier, reason (``validation.REJECTION_REASONS``), round_trip
 - ``error``: node, tier, reason (``loop.ERROR_REASONS`` values or ``lost``)
 - ``step``: version, in_flight, accepted, refused, staleness_mean, aggregate_seconds
 - ``eval``: version, loss, accuracy
 - ``node``: node, tier, state (admitted | left | retired), online
+- ``privacy``: epsilon, delta (user-level DP spent so far, after each released flush)
 - ``flush-failed``: reason (``unmask-refused``, ``ring-overflow``, …): a full buffer was dropped
 """
 

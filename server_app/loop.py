@@ -76,9 +76,11 @@ class AsyncLoop:
         events: EventSink,
         validate: Validator | None = None,
         task_config: Mapping[str, object] | None = None,
+        stop_when: Callable[[], str | None] | None = None,
     ) -> None:
         """``validate`` checks each reply (default: a plaintext delta shaped like the model);
-        ``task_config`` goes into every task's config (e.g. the mask service's public key)."""
+        ``task_config`` goes into every task's config (e.g. the mask service's public key);
+        ``stop_when`` is one more stop condition (e.g. the privacy budget): a reason or None."""
         self.grid = grid
         self.strategy = strategy
         self.settings = settings
@@ -88,6 +90,7 @@ class AsyncLoop:
             validate_reply, template=strategy.model, max_update_norm=settings.max_update_norm
         )
         self.task_config = dict(task_config or {})
+        self.stop_when = stop_when or (lambda: None)
         self.nodes = NodePool(grid, on_change=self._node_changed)
         self.stats = RunStats()
         self.tasks: dict[str, Task] = {}
@@ -210,6 +213,7 @@ class AsyncLoop:
             bytes=sum(d.nbytes for d in checked.delta), buffer_fill=self.strategy.buffer_fill,
             device_kind=checked.device.get("device-kind", "unknown"),
             **({} if checked.norm is None else {"norm": round(checked.norm, 6)}),
+            **({"dp_epsilon": checked.metrics["dp-epsilon"]} if "dp-epsilon" in checked.metrics else {}),
         )
         if receipt.flush_error is not None:
             self.stats.errors[receipt.flush_error] += 1
@@ -284,6 +288,8 @@ class AsyncLoop:
 
     def _stop_reason(self) -> str | None:
         settings = self.settings
+        if (reason := self.stop_when()) is not None:
+            return reason
         if self.strategy.version >= settings.max_server_steps:
             return f"max-server-steps ({settings.max_server_steps}) reached"
         latest = self.evaluations[-1]

@@ -162,6 +162,7 @@ class MetricsExporter:
             "step": self._on_step,
             "eval": self._on_eval,
             "node": self._on_node,
+            "privacy": lambda f: self.set_privacy(f.get("epsilon"), f.get("delta")),  # type: ignore[arg-type]
         }
         self._define()
 

@@ -20,6 +20,7 @@ from mask_service.wire import MaskServiceError
 from server_app.loop import Validator
 from server_app.validation import validate_masked_reply
 from strategies.base import FlushError
+from strategies.dp import FlushPrivacy
 from strategies.ring import Contribution
 from strategies.secure_fedbuff import SecureFedBuff
 
@@ -41,7 +42,8 @@ class SecureAggregation:
     client: MaskServiceClient
 
 
-def connect(settings: RunSettings, run_id: int, initial: list[np.ndarray]) -> SecureAggregation:
+def connect(settings: RunSettings, run_id: int, initial: list[np.ndarray],
+            privacy: FlushPrivacy | None = None) -> SecureAggregation:
     """Reach the mask service, check its limits against ours, and build the masked FedBuff."""
     client = MaskServiceClient(settings.secagg_address, timeout=settings.secagg_timeout_seconds)
     try:
@@ -74,7 +76,7 @@ def connect(settings: RunSettings, run_id: int, initial: list[np.ndarray]) -> Se
     log.info("secure aggregation on: mask service %s (fingerprint %s…, K_min %d)",
              settings.secagg_address, info.fingerprint[:16], info.k_min)
     return SecureAggregation(
-        strategy=SecureFedBuff(initial, settings, codec, unmask),
+        strategy=SecureFedBuff(initial, settings, codec, unmask, privacy),
         validate=partial(validate_masked_reply, length=length),
         task_config={"secagg-service-key": info.public_key},
         client=client,

@@ -17,7 +17,7 @@ class WeightedSumBuffer:
     def __init__(self) -> None:
         self._sum: Arrays | None = None
         self._contributors: set[int] = set()
-        self._total_weight = 0.0
+        self._weights: list[float] = []
 
     def __len__(self) -> int:
         return len(self._contributors)
@@ -25,7 +25,12 @@ class WeightedSumBuffer:
     @property
     def total_weight(self) -> float:
         """Σ w_i over the updates in the buffer."""
-        return self._total_weight
+        return sum(self._weights)
+
+    @property
+    def weights(self) -> list[float]:
+        """The weight each update got (user-level DP needs the largest and Σw²)."""
+        return list(self._weights)
 
     def holds(self, client_id: int) -> bool:
         """Whether ``client_id`` already contributed to this buffer."""
@@ -42,12 +47,12 @@ class WeightedSumBuffer:
             for acc, part in zip(self._sum, scaled, strict=True):
                 acc += part
         self._contributors.add(client_id)
-        self._total_weight += weight
+        self._weights.append(weight)
 
     def flush(self) -> tuple[Arrays, int, float]:
         """Return ``(weighted_sum, count, total_weight)`` and empty the buffer."""
         if self._sum is None:
             raise ValueError("cannot flush an empty buffer")
-        result = (self._sum, len(self._contributors), self._total_weight)
-        self._sum, self._contributors, self._total_weight = None, set(), 0.0
+        result = (self._sum, len(self._contributors), self.total_weight)
+        self._sum, self._contributors, self._weights = None, set(), []
         return result

@@ -11,7 +11,10 @@ from strategies.server_opt import ServerOptimizer, server_optimizer
 from strategies.weights import example_weight, staleness_limit, staleness_weight
 
 if TYPE_CHECKING:
+    from strategies.dp import FlushPrivacy
     from strategies.options import StrategyOptions
+
+PRIVACY_BUDGET = "privacy-budget"  # flush error: releasing it would exceed the ε budget
 
 BUFFER_NORMALIZATIONS = ("count", "weight")
 
@@ -35,9 +38,10 @@ class FedBuff(AsyncStrategy):
 
     max_pending_buffers = 4
 
-    def __init__(self, initial: Arrays, options: StrategyOptions) -> None:
+    def __init__(self, initial: Arrays, options: StrategyOptions, privacy: FlushPrivacy | None = None) -> None:
         super().__init__(initial)
         self.options = options
+        self.privacy = privacy
         self._staleness_weight = staleness_weight(options)
         self._example_weight = example_weight(options)
         self._optimizer = server_optimizer(options)
@@ -102,10 +106,16 @@ class FedBuff(AsyncStrategy):
         buffer = self._buffers.popleft()
         if not self._buffers:
             self._buffers.append(self._new_buffer())
+        weights = buffer.weights
         try:
             total, count, total_weight = self._drain(buffer)
         except FlushError as err:
             return err.reason
+        if self.privacy is not None:
+            released = self.privacy.privatize(total, weights)
+            if released is None:
+                return PRIVACY_BUDGET
+            total = released
         if self.options.buffer_normalization == "count":
             scale = 1.0 / count
         else:

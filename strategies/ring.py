@@ -383,6 +383,11 @@ class MaskedBuffer:
         return self._integer_weight / self.codec.weight_scale
 
     @property
+    def weights(self) -> list[float]:
+        """The weight each contribution got, as a float (``q_i / weight_scale``)."""
+        return [c.weight / self.codec.weight_scale for c in self._contributions]
+
+    @property
     def contributions(self) -> list[Contribution]:
         """The unmask request for this buffer, in the order they were added."""
         return list(self._contributions)

@@ -17,6 +17,7 @@ from strategies.fedbuff import FedBuff
 from strategies.ring import Contribution, MaskedBuffer, RingCodec, RingOverflowError
 
 if TYPE_CHECKING:
+    from strategies.dp import FlushPrivacy
     from strategies.options import StrategyOptions
 
 # Σ q_i·m_i for the given contributions and vector length; raises FlushError when refused.
@@ -32,11 +33,12 @@ class SecureFedBuff(FedBuff):
     whose decoded sum overflowed, is dropped whole: no partial information leaves it.
     """
 
-    def __init__(self, initial: Arrays, options: StrategyOptions, codec: RingCodec, unmask: Unmask) -> None:
+    def __init__(self, initial: Arrays, options: StrategyOptions, codec: RingCodec, unmask: Unmask,
+                 privacy: FlushPrivacy | None = None) -> None:
         self.codec = codec
         self._unmask = unmask
         self._shapes = [np.shape(a) for a in initial]
-        super().__init__(initial, options)
+        super().__init__(initial, options, privacy)
 
     def _new_buffer(self) -> MaskedBuffer:  # type: ignore[override]
         return MaskedBuffer(self.codec, self._shapes)

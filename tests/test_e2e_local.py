@@ -121,3 +121,35 @@ def test_secure_aggregation_trains_with_only_masked_updates_on_the_wire(tmp_path
     updates = [e for e in events if e["event"] == "update"]
     assert updates and all("norm" not in e for e in updates)  # the server never saw a plaintext delta
     assert (run_dir / "secagg" / "service").is_dir()  # the service's key and used-mask log
+
+
+def test_user_level_dp_with_secure_aggregation_and_dp_sgd_stops_at_the_budget(
+    tmp_path, no_leftover_processes
+):
+    from server_app.privacy import UserLevelAccountant
+
+    sigma, delta, flushes = 0.8, 1e-5, 3
+    budget = UserLevelAccountant(sigma, delta).epsilon_after(flushes) * 1.0001
+    run_dir = tmp_path / "run"
+    federation = LocalFederation(
+        app_dir=ROOT,
+        run_dir=run_dir,
+        num_nodes=3,
+        tiers=["high"],
+        secagg=True,
+        run_config=(
+            'user-dp=true user-dp-mode="distributed" user-dp-clip=1.0 user-dp-k-min=2 '
+            f"user-dp-noise-multiplier={sigma} user-dp-epsilon-budget={budget} secagg-clip=32.0 "
+            'staleness-weight="constant" dp-sgd=true dp-noise-multiplier=0.5 '
+            "max-server-steps=20 buffer-size=2 concurrency=3 eval-every=10 metrics-port=0"
+        ),
+    )
+    summary = run_local(federation, out=sys.stdout)
+    # distributed shares from K_min = 2 equal weights give each flush exactly σ
+    assert summary["stop_reason"].startswith("user-dp-epsilon-budget")
+    assert summary["server_steps"] == flushes
+    assert summary["user_dp_epsilon"] == pytest.approx(UserLevelAccountant(sigma, delta).epsilon_after(flushes))
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    client_eps = [e["dp_epsilon"] for e in events if e["event"] == "update"]
+    assert client_eps and all(0 < eps < float("inf") for eps in client_eps)
+    assert max(client_eps) > min(client_eps)  # a node's ε grows across its messages
