@@ -438,22 +438,20 @@ class MetricsExporter:
             self._bytes[direction].inc(number)
 
     def _observe(self, metric: Any, value: object, name: str) -> None:
-        if value is None:
-            return
-        number = _finite(value)
-        if number is None:
-            self._drop(name)
-        else:
-            metric.observe(number)
+        self._record(metric.observe, value, name)
 
     def _set(self, gauge: Gauge, value: object, name: str) -> None:
+        self._record(gauge.set, value, name)
+
+    def _record(self, apply: Callable[[float], None], value: object, name: str) -> None:
+        """Apply a finite value; count a non-finite one as dropped; skip a missing one."""
         if value is None:
             return
         number = _finite(value)
         if number is None:
             self._drop(name)
         else:
-            gauge.set(number)
+            apply(number)
 
     def _drop(self, name: str) -> None:
         child = self._dropped.get(name)
