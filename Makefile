@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 PYTEST_ARGS ?=
+# Flower's SuperLink and SuperNode start flower-superexec by name: the venv's bin goes first.
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: run test install clean
 

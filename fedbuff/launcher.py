@@ -194,7 +194,10 @@ def run_local(federation: LocalFederation, out: IO[str] = sys.stdout) -> dict[st
     logs.mkdir(parents=True, exist_ok=True)
     group = ProcessGroup()
     with tempfile.TemporaryDirectory(prefix="fedbuff-flwr-home-") as home, _sigterm_as_interrupt():
-        env = {**os.environ, "FLWR_HOME": home, "FLWR_TELEMETRY_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+        # The SuperLink and SuperNodes spawn flower-superexec by name: it must be on PATH.
+        bin_dirs = os.pathsep.join(dict.fromkeys(str(Path(b).parent) for b in binaries.values()))
+        env = {**os.environ, "FLWR_HOME": home, "FLWR_TELEMETRY_ENABLED": "0", "PYTHONUNBUFFERED": "1",
+               "PATH": os.pathsep.join(filter(None, [bin_dirs, os.environ.get("PATH", "")]))}
         try:
             port = free_port()
             mode = "simulation " if federation.simulation else ""

@@ -13,10 +13,12 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 from client_app.dp_sgd import DPSGDOptions
 from strategies import StrategyOptions
 from strategies.dp import UserDPOptions, check_user_dp
+from strategies.registry import FLOWER_FEDAVG
 from strategies.ring import RingCodec
 
 DEVICE_TIERS = ("high", "mid", "low")
@@ -70,6 +72,9 @@ class RunSettings(StrategyOptions, UserDPOptions, DPSGDOptions):
     write_plots: bool = True
     # outputs
     run_dir: str = ""
+    # fault tolerance (server_app.checkpoint)
+    checkpoint_every: int = 5
+    resume_from: str = ""
 
     def __post_init__(self) -> None:
         try:
@@ -96,6 +101,8 @@ class RunSettings(StrategyOptions, UserDPOptions, DPSGDOptions):
             self._at_least("straggler_deadline_seconds", 0)
             self.speed_ratios()
             self._at_least("secagg_timeout_seconds", 0, strict=True)
+            self._at_least("checkpoint_every", 0)
+            self._check_resume()
             if self.secagg:
                 if self.strategy not in SECAGG_STRATEGIES:
                     self._fail("strategy", f"one of {SECAGG_STRATEGIES} with secagg=true (a buffer to mask)")
@@ -103,6 +110,20 @@ class RunSettings(StrategyOptions, UserDPOptions, DPSGDOptions):
             check_user_dp(self)
         except ValueError as err:
             raise SettingsError(str(err)) from err
+
+    def _check_resume(self) -> None:
+        """A resumed run writes into the folder it resumes; Flower's FedAvg has no resume."""
+        if not self.resume_from:
+            return
+        if self.strategy == FLOWER_FEDAVG:
+            self._fail("strategy", f"an asynchronous strategy, not {FLOWER_FEDAVG!r}, with resume-from")
+        if self.run_dir and Path(self.run_dir).resolve() != self.resume_dir().resolve():
+            self._fail("run_dir", f"empty or the folder resume-from names ({self.resume_dir()})")
+
+    def resume_dir(self) -> Path:
+        """The run folder ``resume-from`` names (it may name the checkpoint file in it)."""
+        path = Path(self.resume_from)
+        return path.parent if path.suffix == ".npz" else path
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, object]) -> RunSettings:

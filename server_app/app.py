@@ -12,6 +12,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedbuff.settings import RunSettings, SettingsError
+from server_app.checkpoint import CheckpointError, CheckpointWriter, ServerState, load_latest, snapshot
 from server_app.events import EventSink, Fanout
 from server_app.loop import AsyncLoop, Evaluation
 from server_app.metrics import MetricsConfig, MetricsExporter
@@ -47,7 +48,11 @@ def main(grid: Grid, context: Context) -> None:
         set_weights(model, arrays)
         return evaluate(model, test.features, test.labels)
 
-    run_dir = Path(settings.run_dir) if settings.run_dir else default_run_dir()
+    resumed = _load_checkpoint(settings)
+    if resumed is not None:
+        run_dir = settings.resume_dir()
+    else:
+        run_dir = Path(settings.run_dir) if settings.run_dir else default_run_dir()
     recorder = RunRecorder(run_dir)
     recorder.write_config(settings.as_dict())
     log.info(
@@ -59,11 +64,13 @@ def main(grid: Grid, context: Context) -> None:
     events = Fanout([recorder, *filter(None, [exporter])])
     started = time.monotonic()
     budget = _privacy_budget(settings, events, started)
+    checkpoints = CheckpointWriter(run_dir)
     try:
+        if resumed is not None:
+            _resume(settings, resumed, budget, events)
         reason, evaluations, stats, final, version = _train(
-            grid, settings, context.run_id, initial, evaluate_arrays, events, budget
+            grid, settings, context.run_id, initial, evaluate_arrays, events, budget, resumed, checkpoints
         )
-        recorder.checkpoint(final, version)
         summary = _summary(settings, reason, evaluations, stats, version, time.monotonic() - started, run_dir)
         if budget is not None:
             summary["user_dp_epsilon"] = budget.accountant.epsilon()
@@ -85,13 +92,30 @@ def main(grid: Grid, context: Context) -> None:
 
 def _train(
     grid: Grid, settings: RunSettings, run_id: int, initial: list[np.ndarray], evaluate,
-    events: EventSink, budget: PrivacyBudget | None,
+    events: EventSink, budget: PrivacyBudget | None, resumed: ServerState | None,
+    checkpoints: CheckpointWriter,
 ) -> tuple[str, list[Evaluation], RunStats, list[np.ndarray], int]:
-    """Run the chosen strategy; return (stop reason, evaluations, stats, final model, version)."""
+    """Run the chosen strategy, checkpointing on the cadence and at the end; return
+    (stop reason, evaluations, stats, final model, version)."""
     if settings.strategy == FLOWER_FEDAVG:
         from server_app.flower_fedavg import run_flower_fedavg
 
-        return run_flower_fedavg(grid, settings, initial, evaluate, events)
+        reason, evaluations, stats, final, version = run_flower_fedavg(grid, settings, initial, evaluate, events)
+        checkpoints.write(ServerState(final, version, settings.strategy, stats=stats, evaluations=evaluations))
+        return reason, evaluations, stats, final, version
+
+    def save(loop: AsyncLoop) -> None:
+        """A failed write (disk full) costs this checkpoint, never the run: the last good one stays."""
+        accountant = budget.accountant.state_dict() if budget is not None else None
+        try:
+            checkpoints.write(snapshot(loop, settings.strategy, accountant))
+        except OSError:
+            log.exception("checkpoint at version %d not written", loop.strategy.version)
+
+    def on_step(loop: AsyncLoop) -> None:
+        if settings.checkpoint_every and loop.strategy.version % settings.checkpoint_every == 0:
+            save(loop)
+
     privacy = None
     if budget is not None:
         from strategies.dp import FlushPrivacy
@@ -104,16 +128,60 @@ def _train(
 
         secure = secagg.connect(settings, run_id, initial, privacy)
         loop = AsyncLoop(grid, secure.strategy, settings, evaluate, events, validate=secure.validate,
-                         task_config=secure.task_config, stop_when=stop_when)
+                         task_config=secure.task_config, stop_when=stop_when, on_step=on_step)
         try:
+            _continue(loop, resumed)
             reason = loop.run()
         finally:
             secure.client.close()
     else:
         strategy = build_strategy(settings, initial, settings.concurrency, privacy)
-        loop = AsyncLoop(grid, strategy, settings, evaluate, events, stop_when=stop_when)
+        loop = AsyncLoop(grid, strategy, settings, evaluate, events, stop_when=stop_when, on_step=on_step)
+        _continue(loop, resumed)
         reason = loop.run()
+    save(loop)
     return reason, loop.evaluations, loop.stats, loop.strategy.model, loop.strategy.version
+
+
+def _load_checkpoint(settings: RunSettings) -> ServerState | None:
+    """The checkpoint ``resume-from`` names (newest good one, else the previous), or None."""
+    if not settings.resume_from:
+        return None
+    try:
+        state, path = load_latest(Path(settings.resume_from))
+        if state.strategy != settings.strategy:
+            raise CheckpointError(f"{path} is a checkpoint of strategy {state.strategy!r}, "
+                                  f"this run's is {settings.strategy!r}")
+        if (state.accountant is not None) != settings.user_dp:
+            raise CheckpointError(f"{path}: user-dp must be {state.accountant is not None} as in the "
+                                  "checkpointed run (ε would not add up otherwise)")
+    except CheckpointError as err:
+        log.error("cannot resume: %s", err)
+        raise
+    return state
+
+
+def _resume(settings: RunSettings, state: ServerState, budget: PrivacyBudget | None, events: EventSink) -> None:
+    """Continue ε where the checkpoint left it, and record the resume in the run history."""
+    if budget is not None:
+        try:
+            budget.accountant.load_state_dict(state.accountant)  # type: ignore[arg-type]
+        except (KeyError, ValueError) as err:
+            raise CheckpointError(f"{settings.resume_from}: user-DP accountant state: {err}") from err
+        events.event("privacy", epsilon=budget.accountant.epsilon(), delta=settings.user_dp_delta, time=0.0)
+    log.info("resuming at version %d; dropped %d buffered update(s) and %d task(s) in flight",
+             state.version, state.buffer_fill, state.in_flight)
+    events.event("resume", time=0.0, version=state.version, accepted=state.stats.accepted,
+                 discarded_buffered=state.buffer_fill, abandoned_in_flight=state.in_flight)
+
+
+def _continue(loop: AsyncLoop, resumed: ServerState | None) -> None:
+    """Hand a fresh loop the checkpoint's model, version, optimizer state and counters."""
+    if resumed is None:
+        return
+    loop.strategy.restore(resumed.model, resumed.version, resumed.optimizer)
+    loop.stats = resumed.stats
+    loop.evaluations = list(resumed.evaluations)
 
 
 def _privacy_budget(settings: RunSettings, events: EventSink, started: float) -> PrivacyBudget | None:

@@ -14,6 +14,7 @@ is always present, ``tier`` is always a server-side label (``stats.TIER_LABELS``
 - ``eval``: version, loss, accuracy
 - ``node``: node, tier, state (admitted | left | retired), online
 - ``privacy``: epsilon, delta (user-level DP spent so far, after each released flush)
+- ``resume``: version, accepted, discarded_buffered, abandoned_in_flight (a resumed run)
 - ``flush-failed``: reason (``unmask-refused``, ``ring-overflow``, …): a full buffer was dropped
 """
 

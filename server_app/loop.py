@@ -77,10 +77,14 @@ class AsyncLoop:
         validate: Validator | None = None,
         task_config: Mapping[str, object] | None = None,
         stop_when: Callable[[], str | None] | None = None,
+        on_step: Callable[[AsyncLoop], None] | None = None,
     ) -> None:
         """``validate`` checks each reply (default: a plaintext delta shaped like the model);
         ``task_config`` goes into every task's config (e.g. the mask service's public key);
-        ``stop_when`` is one more stop condition (e.g. the privacy budget): a reason or None."""
+        ``stop_when`` is one more stop condition (e.g. the privacy budget): a reason or None;
+        ``on_step`` runs after every server step (e.g. the checkpoint cadence).
+
+        A resumed run sets ``stats`` and ``evaluations`` to the checkpoint's before :meth:`run`."""
         self.grid = grid
         self.strategy = strategy
         self.settings = settings
@@ -91,6 +95,7 @@ class AsyncLoop:
         )
         self.task_config = dict(task_config or {})
         self.stop_when = stop_when or (lambda: None)
+        self.on_step = on_step or (lambda loop: None)
         self.nodes = NodePool(grid, on_change=self._node_changed)
         self.stats = RunStats()
         self.tasks: dict[str, Task] = {}
@@ -107,7 +112,8 @@ class AsyncLoop:
     def run(self) -> str:
         """Train until a stop condition holds; return the reason (also logged)."""
         self._started = time.monotonic()
-        self._evaluate_now()
+        if not self.evaluations or self.evaluations[-1].version != self.strategy.version:
+            self._evaluate_now()
         while (reason := self._stop_reason()) is None:
             self.nodes.refresh(time.monotonic())
             self._dispatch()
@@ -269,6 +275,7 @@ class AsyncLoop:
             refused=self.stats.refused, staleness_mean=round(self.stats.staleness_mean(), 3),
             aggregate_seconds=round(aggregate_seconds, 6),
         )
+        self.on_step(self)
 
     def _evaluate_now(self) -> Evaluation:
         loss, accuracy = self.evaluate(self.strategy.model)

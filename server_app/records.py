@@ -1,4 +1,7 @@
-"""The run folder: exact config, metric history (JSON lines), checkpoint, summary."""
+"""The run folder: exact config, metric history (JSON lines), summary.
+
+Checkpoints are written into the same folder by :mod:`server_app.checkpoint`.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,6 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO
-
-import numpy as np
 
 
 def default_run_dir(root: str | Path = "runs") -> Path:
@@ -32,14 +33,6 @@ class RunRecorder:
         """Append one loop event (``server_app.events``) to ``metrics.jsonl``, flushed at once."""
         self._history.write(json.dumps({"event": kind, **fields}) + "\n")
         self._history.flush()
-
-    def checkpoint(self, arrays: list[np.ndarray], version: int) -> Path:
-        """Save the model as ``checkpoint.npz`` (``arr_0``… plus ``version``)."""
-        path = self.run_dir / "checkpoint.npz"
-        tmp = path.with_name("checkpoint.tmp.npz")
-        np.savez(tmp, *arrays, version=np.int64(version))
-        os.replace(tmp, path)
-        return path
 
     def write_summary(self, summary: dict[str, object]) -> None:
         self._write_json("summary.json", summary)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,6 +100,29 @@ class AsyncStrategy(abc.ABC):
     def flush(self) -> bool:
         """Apply whatever is buffered now (the sync barrier's end of round); ``True`` if stepped."""
         return False
+
+    def restore(self, model: Arrays, version: int, optimizer_state: Mapping[str, object] | None = None) -> None:
+        """Continue from a checkpoint: the global model, its version and the optimizer state.
+
+        Only state that survives a server restart is restored: anything accepted but not
+        yet applied (a partly filled buffer) is gone, and the loop ignores replies to tasks
+        dispatched before the restart. Raises ``ValueError`` if ``model`` is not shaped like
+        the current one or the strategy has no use for a non-empty ``optimizer_state``.
+        """
+        if version < 0:
+            raise ValueError(f"version must be >= 0, got {version}")
+        shapes = [np.shape(a) for a in model]
+        if shapes != [a.shape for a in self._model]:
+            raise ValueError(f"checkpoint model shapes {shapes} differ from this run's "
+                             f"{[a.shape for a in self._model]}")
+        self._restore_optimizer(dict(optimizer_state or {}))
+        self._model = [np.array(a, dtype=np.float32, copy=True) for a in model]
+        self._version = int(version)
+
+    def _restore_optimizer(self, state: dict[str, object]) -> None:
+        """Load server-optimizer state; strategies without an optimizer accept none."""
+        if state:
+            raise ValueError(f"{type(self).__name__} has no server optimizer to restore state into")
 
     def _commit(self, model: Arrays) -> None:
         self._model = [np.asarray(a, dtype=np.float32) for a in model]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -34,6 +35,11 @@ class FedAsync(AsyncStrategy):
         limited = options.max_staleness and options.stale_policy == "drop"
         window = options.max_staleness + (0 if limited else self.max_history)
         self._history: deque[Arrays] = deque([self.model], maxlen=window + 1)
+
+    def restore(self, model: Arrays, version: int, optimizer_state: Mapping[str, object] | None = None) -> None:
+        """Continue from a checkpoint; the mixing history restarts at the restored model."""
+        super().restore(model, version, optimizer_state)
+        self._history = deque([self.model], maxlen=self._history.maxlen)
 
     def receive(self, update: ClientUpdate) -> Receipt:
         factor = staleness_limit(self.options, update.staleness)

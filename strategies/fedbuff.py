@@ -57,6 +57,17 @@ class FedBuff(AsyncStrategy):
         """The server optimizer (its ``state_dict`` belongs in a checkpoint)."""
         return self._optimizer
 
+    def _restore_optimizer(self, state: dict[str, object]) -> None:
+        """Load the server optimizer's state and start from an empty buffer.
+
+        A partly filled buffer is never part of a checkpoint: keeping individual updates
+        across a crash would mean storing them, and under secure aggregation their masks
+        are single-use, so they could not be unmasked by a restarted server anyway.
+        """
+        if state:
+            self._optimizer.load_state_dict(state)  # type: ignore[arg-type]
+        self._buffers = deque([self._new_buffer()])
+
     def receive(self, update: ClientUpdate) -> Receipt:
         factor = staleness_limit(self.options, update.staleness)
         if factor is None:
