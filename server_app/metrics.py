@@ -235,6 +235,9 @@ class MetricsExporter:
                                   registry=r)
         self.epsilon = Gauge("fl_privacy_epsilon", "Privacy spent so far (ε of (ε, δ)-DP)", registry=r)
         self.delta = Gauge("fl_privacy_delta", "δ of the reported (ε, δ)-DP guarantee", registry=r)
+        self.client_epsilon = Gauge("fl_client_dp_epsilon",
+                                    "Largest DP-SGD ε a client of the tier reported (0 while DP-SGD is off)",
+                                    tier, registry=r)
         # the exporter itself
         self.dropped = Counter("fl_dropped_observations",
                                "Values not observed because they were NaN, ±Inf or not numbers",
@@ -253,6 +256,8 @@ class MetricsExporter:
         self._in_flight_g = {t: self.in_flight.labels(t) for t in TIERS}
         self._connected_g = {t: self.connected.labels(t) for t in TIERS}
         self._bytes = {d: self.payload_bytes.labels(d) for d in DIRECTIONS}
+        self._client_epsilon = {t: self.client_epsilon.labels(t) for t in TIERS}
+        self._client_epsilon_max: dict[str, float] = {}
         self._round_trip: dict[str, Any] = {}
         self._train: dict[tuple[str, str], Any] = {}
         self._dropped: dict[str, Any] = {}
@@ -347,6 +352,10 @@ class MetricsExporter:
                 child = self._train[key] = self.train_seconds.labels(*key)
             self._observe(child, f["train_seconds"], "fl_client_train_seconds")
         self._observe(self.update_norm, f.get("norm"), "fl_update_norm")
+        epsilon = _finite(f.get("dp_epsilon")) if "dp_epsilon" in f else None
+        if epsilon is not None and epsilon > self._client_epsilon_max.get(tier, 0.0):
+            self._client_epsilon_max[tier] = epsilon
+            self._client_epsilon[tier].set(epsilon)
         self._add_bytes("up", f.get("bytes"))
         if "buffer_fill" in f:
             self._set(self.buffer_fill, f["buffer_fill"], "fl_buffer_fill")

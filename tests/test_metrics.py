@@ -428,3 +428,14 @@ def test_a_taken_port_raises_oserror(exporter):
             clash.start()
     finally:
         exporter.close()
+
+
+def test_client_dp_sgd_epsilon_is_the_largest_reported_per_tier():
+    exporter = MetricsExporter(MetricsConfig(port=0))
+    for node, tier, eps in ((1, "low", 0.5), (2, "low", 1.5), (1, "low", 1.0), (3, "high", 0.2)):
+        exporter.event("update", time=1.0, node=node, tier=tier, outcome="accepted", staleness=0,
+                       dp_epsilon=eps)
+    exporter.event("update", time=2.0, node=3, tier="high", outcome="accepted", dp_epsilon=float("nan"))
+    assert exporter.registry.get_sample_value("fl_client_dp_epsilon", {"device_tier": "low"}) == 1.5
+    assert exporter.registry.get_sample_value("fl_client_dp_epsilon", {"device_tier": "high"}) == 0.2
+    assert exporter.registry.get_sample_value("fl_client_dp_epsilon", {"device_tier": "mid"}) == 0.0
