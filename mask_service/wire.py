@@ -18,6 +18,11 @@ Methods (service ``fedbuff.mask.v1.MaskService``):
     "node_key_fingerprint": hex, "weight": int}, ...]}``, no payload; response header
     ``{"length": n, "count": k}`` and payload ``Σ weight_i·mask_i (mod 2^64)`` as ``8·n``
     little-endian bytes.
+``Check``
+    request header ``{"context": base64, "length": n (optional), "contribution": {one
+    contribution as in Unmask}}``, no payload; response header ``{"ok": true}``, no payload.
+    Refuses with the same reasons as ``Unmask`` when that one contribution would be
+    refused on its own (registration, signature, already used, bounds); records nothing.
 
 Refusals are gRPC errors whose details read ``"<reason>: <explanation>"`` with reason one of
 :data:`REASONS`.
@@ -40,6 +45,7 @@ from strategies.ring import Contribution
 SERVICE_NAME = "fedbuff.mask.v1.MaskService"
 UNMASK_METHOD = f"/{SERVICE_NAME}/Unmask"
 PUBLIC_KEY_METHOD = f"/{SERVICE_NAME}/PublicKey"
+CHECK_METHOD = f"/{SERVICE_NAME}/Check"
 PROTOCOL = "fedbuff-mask-v1"
 MAGIC = b"FBM1"
 _HEADER = struct.Struct(">4sI")

@@ -9,23 +9,25 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
+from flwr.app import RecordDict
 
 from client_app.masking import secagg_context
 from fedbuff.settings import RunSettings
 from mask_service.client import MaskServiceClient
-from mask_service.wire import MaskServiceError
+from mask_service.wire import REASONS, MaskServiceError
 from server_app.loop import Validator
-from server_app.validation import validate_masked_reply
+from server_app.validation import Rejection, ValidUpdate, validate_masked_reply
 from strategies.base import FlushError
 from strategies.dp import FlushPrivacy
-from strategies.ring import Contribution
+from strategies.ring import Contribution, ring_digest
 from strategies.secure_fedbuff import SecureFedBuff
 
 log = logging.getLogger(__name__)
 READY_TIMEOUT_SECONDS = 15.0
+# a check is one signature verification and one indexed lookup; it runs in the loop's thread
+CHECK_TIMEOUT_SECONDS = 10.0
 
 
 class SecAggSetupError(RuntimeError):
@@ -40,6 +42,44 @@ class SecureAggregation:
     validate: Validator
     task_config: dict[str, object]
     client: MaskServiceClient
+
+
+def masked_validator(client: MaskServiceClient, context: bytes, length: int,
+                     timeout: float = CHECK_TIMEOUT_SECONDS) -> Validator:
+    """The reply check of secure aggregation: :func:`validate_masked_reply`, then the service's ``Check``.
+
+    A contribution the service would refuse at flush (forged or mis-attributed signature,
+    node key not registered, mask already unmasked, ...) is a :class:`Rejection`
+    ``mask-refused`` with the service's reason in its detail, before the buffer is touched.
+    A service that cannot be asked (down, deadline, transport error) gives
+    ``mask-service-unavailable``: fail closed, so every buffered contribution was checked;
+    the node is simply sent new work. Nothing here raises into the loop.
+    """
+
+    def validate(content: RecordDict) -> ValidUpdate | Rejection:
+        checked = validate_masked_reply(content, length)
+        if isinstance(checked, Rejection):
+            return checked
+        mask = checked.mask
+        assert mask is not None  # validate_masked_reply always sets it
+        node = mask.node_key_fingerprint[:16]
+        try:
+            # the digest of the vector as received: what the buffer will forward at flush
+            contribution = Contribution(mask.ephemeral_public, mask.signature, ring_digest(checked.delta[0]),
+                                        mask.node_key_fingerprint, 1)
+            client.check(context, contribution, length, timeout=timeout)
+        except MaskServiceError as err:
+            if err.reason in REASONS:
+                log.warning("mask service refuses the contribution of node key %s…: %s", node, err.details)
+                return Rejection("mask-refused", err.details)
+            log.warning("cannot check the contribution of node key %s… with the mask service: %s", node, err)
+            return Rejection("mask-service-unavailable", str(err))
+        except Exception as err:  # noqa: BLE001 - a broken check must never stop the loop
+            log.exception("checking the contribution of node key %s… failed", node)
+            return Rejection("mask-service-unavailable", f"check failed: {err!r}")
+        return checked
+
+    return validate
 
 
 def connect(settings: RunSettings, run_id: int, initial: list[np.ndarray],
@@ -77,7 +117,8 @@ def connect(settings: RunSettings, run_id: int, initial: list[np.ndarray],
              settings.secagg_address, info.fingerprint[:16], info.k_min)
     return SecureAggregation(
         strategy=SecureFedBuff(initial, settings, codec, unmask, privacy),
-        validate=partial(validate_masked_reply, length=length),
+        validate=masked_validator(client, context, length,
+                                  timeout=min(CHECK_TIMEOUT_SECONDS, settings.secagg_timeout_seconds)),
         task_config={"secagg-service-key": info.public_key},
         client=client,
     )

@@ -19,6 +19,8 @@ REJECTION_REASONS = (
     "num-examples",
     "mask-envelope",
     "refused",  # well-formed, but the strategy would not take it (e.g. a replayed mask)
+    "mask-refused",  # the mask service's Check refused the contribution (its reason is in the detail)
+    "mask-service-unavailable",  # the mask service could not be asked; fail closed
 )
 EPHEMERAL_KEY_BYTES = 32  # X25519
 MAX_SIGNATURE_BYTES = 256

@@ -153,3 +153,49 @@ def test_user_level_dp_with_secure_aggregation_and_dp_sgd_stops_at_the_budget(
     client_eps = [e["dp_epsilon"] for e in events if e["event"] == "update"]
     assert client_eps and all(0 < eps < float("inf") for eps in client_eps)
     assert max(client_eps) > min(client_eps)  # a node's ε grows across its messages
+
+
+def test_secure_aggregation_trains_like_plaintext_and_a_killed_node_does_not_block_a_flush(
+    tmp_path, no_leftover_processes
+):
+    """Masked and plaintext runs end within async run-to-run noise of each other (quantisation
+    itself is 2^-24 per coordinate); in the masked run one SuperNode is SIGKILLed mid-run."""
+    import os
+    import threading
+    import time
+
+    from tests.conftest import flower_processes
+
+    config = ('max-server-steps=6 buffer-size=2 concurrency=4 eval-every=6 metrics-port=0 '
+              'staleness-weight="constant"')
+
+    def federation(name: str, secagg: bool) -> LocalFederation:
+        return LocalFederation(app_dir=ROOT, run_dir=tmp_path / name, num_nodes=4, tiers=["high"],
+                               secagg=secagg, run_config=config)
+
+    plain = run_local(federation("plain", False), out=sys.stdout)
+
+    marker = f"FEDBUFF_TEST_RUN={os.environ['FEDBUFF_TEST_RUN']}"
+    killed: list[int] = []
+
+    def kill_node_3_after_the_first_step() -> None:
+        history = tmp_path / "secure" / "metrics.jsonl"
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not killed:
+            if history.exists() and '"event": "step"' in history.read_text():
+                for pid, cmd in flower_processes(marker).items():
+                    if "flower-supernode" in cmd and "partition-id=3 " in cmd:
+                        os.killpg(pid, 9)  # the SuperNode and the ClientApp it runs
+                        killed.append(pid)
+            time.sleep(0.5)
+
+    killer = threading.Thread(target=kill_node_3_after_the_first_step, daemon=True)
+    killer.start()
+    secure = run_local(federation("secure", True), out=sys.stdout)
+    killer.join(timeout=5)
+
+    assert killed, "the node was never killed"
+    assert secure["server_steps"] == plain["server_steps"] == 6
+    assert plain["final_accuracy"] > plain["initial_accuracy"] + 0.2
+    assert abs(secure["final_accuracy"] - plain["final_accuracy"]) <= 0.15
+    assert not any(reason.startswith(("unmask", "ring")) for reason in secure["errors_by_reason"])
