@@ -74,3 +74,30 @@ def test_a_replayed_mask_in_one_buffer_is_refused_before_it_is_added(federation)
     with pytest.raises(ValueError, match="already in the buffer"):
         secure.receive(masked(update, 1, 0))
     assert secure.buffer_fill == 1
+
+
+def test_the_secure_buffer_only_accepts_masked_ring_vectors(federation):
+    """Structural: with secure aggregation on, a plaintext float delta has no way in."""
+    from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+    from server_app.validation import Rejection, validate_masked_reply
+    from strategies.ring import MaskedBuffer
+
+    (delta, update), = federation.updates(federation.nodes[:1])
+    buffer = MaskedBuffer(CODEC, SHAPES)
+    flat = np.concatenate([d.ravel() for d in delta])
+    with pytest.raises(TypeError, match="uint64"):
+        buffer.add(0, flat, weight=1, ephemeral_public=update.ephemeral_public, signature=update.signature,
+                   node_key_fingerprint=update.node_key_fingerprint)
+    secure = SecureFedBuff(initial(), OPTIONS, CODEC, unmask_with(federation))
+    with pytest.raises(ValueError, match="masked vector"):
+        secure.receive(ClientUpdate(0, delta, 10, 0))  # no envelope: a plaintext update
+    reply = RecordDict({
+        "arrays": ArrayRecord([flat]),
+        "metrics": MetricRecord({"num-examples": 10}),
+        "secagg": ConfigRecord({"ephemeral-public": update.ephemeral_public, "signature": update.signature,
+                                "node-key-fingerprint": update.node_key_fingerprint}),
+    })
+    checked = validate_masked_reply(reply, flat.size)
+    assert isinstance(checked, Rejection) and checked.reason == "dtype"
+    assert secure.buffer_fill == 0 and len(buffer) == 0
