@@ -35,9 +35,10 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import numpy as np
@@ -68,6 +69,7 @@ from mask_service.wire import (
 from strategies.ring import Contribution, to_wire, weighted_add, zeros
 
 log = logging.getLogger("mask_service")
+T = TypeVar("T")
 
 KEY_FILE = "mask_service_key.pem"
 PUBLIC_FILE = "mask_service_key.pub"
@@ -471,49 +473,55 @@ class _Servicer:
         })
 
     def check(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        peer = context.peer()
-        try:
-            try:
-                header, _ = decode_frame(request)
-                ctx = unb64(header.get("context"), "context")
-                length = header.get("length")
-                contribution = contribution_from_json(header.get("contribution"))
-            except ValueError as err:
-                raise MaskServiceError("malformed", str(err)) from err
-            self.service.check(ctx, contribution, length)
-        except MaskServiceError as err:
-            log.warning("check from %s: would refuse: %s", peer, err.details)
-            context.abort(err.code, err.details)
-        except Exception:  # noqa: BLE001 - never leak a stack trace to the caller
-            log.exception("check failed")
-            context.abort(grpc.StatusCode.INTERNAL, "internal: the mask service failed; see its log")
-        return encode_frame({"ok": True})
+        def run() -> bytes:
+            header, _ = _decode(request)
+            contribution = _parse(contribution_from_json, header.get("contribution"))
+            self.service.check(_parse(unb64, header.get("context"), "context"), contribution, header.get("length"))
+            return encode_frame({"ok": True})
+
+        return _answer(context, "check", run)
 
     def unmask(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        peer = context.peer()
-        try:
-            try:
-                header, _ = decode_frame(request)
-                ctx = unb64(header.get("context"), "context")
-                length = header.get("length")
-                items = header.get("contributions")
-                if not isinstance(items, list):
-                    raise ValueError("contributions must be a list")
-                if len(items) > self.service.max_contributions:
-                    raise MaskServiceError(
-                        "too-many-contributions", f"{len(items)} contributions > {self.service.max_contributions}"
-                    )
-                contributions = [contribution_from_json(item) for item in items]
-            except ValueError as err:
-                raise MaskServiceError("malformed", str(err)) from err
-            total = self.service.unmask(ctx, length, contributions)
-        except MaskServiceError as err:
-            log.warning("refused unmask from %s: %s", peer, err.details)
-            context.abort(err.code, err.details)
-        except Exception:  # noqa: BLE001 - never leak a stack trace to the caller
-            log.exception("unmask failed")
-            context.abort(grpc.StatusCode.INTERNAL, "internal: the mask service failed; see its log")
-        return encode_frame({"length": int(total.size), "count": len(contributions)}, to_wire(total))
+        def run() -> bytes:
+            header, _ = _decode(request)
+            items = header.get("contributions")
+            if not isinstance(items, list):
+                raise MaskServiceError("malformed", "contributions must be a list")
+            if len(items) > self.service.max_contributions:
+                raise MaskServiceError(
+                    "too-many-contributions", f"{len(items)} contributions > {self.service.max_contributions}"
+                )
+            contributions = [_parse(contribution_from_json, item) for item in items]
+            ctx = _parse(unb64, header.get("context"), "context")
+            total = self.service.unmask(ctx, header.get("length"), contributions)
+            return encode_frame({"length": int(total.size), "count": len(contributions)}, to_wire(total))
+
+        return _answer(context, "unmask", run)
+
+
+def _decode(request: bytes) -> tuple[dict, bytes]:
+    return _parse(decode_frame, request)
+
+
+def _parse(parser: Callable[..., T], *args: object) -> T:
+    """Run a request parser; its ValueError is the caller's fault: ``malformed``."""
+    try:
+        return parser(*args)
+    except ValueError as err:
+        raise MaskServiceError("malformed", str(err)) from err
+
+
+def _answer(context: grpc.ServicerContext, what: str, run: Callable[[], bytes]) -> bytes:
+    """Run one RPC: a refusal becomes its gRPC status, anything else INTERNAL without a trace."""
+    try:
+        return run()
+    except MaskServiceError as err:
+        log.warning("%s from %s refused: %s", what, context.peer(), err.details)
+        context.abort(err.code, err.details)
+    except Exception:  # noqa: BLE001 - never leak a stack trace to the caller
+        log.exception("%s failed", what)
+        context.abort(grpc.StatusCode.INTERNAL, "internal: the mask service failed; see its log")
+    raise AssertionError("context.abort always raises")
 
 
 def build_server(service: MaskService, host: str = "127.0.0.1", port: int = 0, *, workers: int = 4,

@@ -62,3 +62,12 @@ def no_leftover_processes(monkeypatch):
         except OSError:
             pass
     assert not leftover, f"processes left behind: {leftover}"
+
+
+@pytest.fixture
+def task_identity(monkeypatch):
+    """Flower stamps messages with the identity of the running task; play a ServerApp."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 0)):
+        monkeypatch.setattr(TaskIdentity, name, value)

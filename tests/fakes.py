@@ -64,3 +64,13 @@ def train_reply(msg: Message, delta_fn: Callable[[list[np.ndarray]], list[np.nda
 
 def error_reply(msg: Message, code: int) -> Message:
     return Message(Error(code=code, reason="injected by test"), reply_to=msg)
+
+
+def half_step(arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """A client delta that always moves the model half-way towards 1.0."""
+    return [(a - 1.0) * 0.5 for a in arrays]
+
+
+def distance_accuracy(arrays: list[np.ndarray]) -> tuple[float, float]:
+    """An evaluator for the fakes: accuracy 1 - mean distance to the all-ones optimum."""
+    return 0.0, float(max(0.0, 1.0 - np.abs(arrays[0] - 1.0).mean()))

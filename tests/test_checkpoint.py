@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flwr.app import Context, Message, MessageType, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedbuff.settings import RunSettings, SettingsError
 from server_app import checkpoint
@@ -30,24 +29,11 @@ from server_app.privacy import UserLevelAccountant
 from server_app.records import RunRecorder
 from server_app.stats import RunStats
 from strategies import ClientUpdate, build_strategy
-from tests.fakes import FakeGrid, train_reply
+from tests.fakes import FakeGrid, distance_accuracy, half_step, train_reply
+
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 INITIAL = [np.zeros(4, np.float32), np.zeros((2, 3), np.float32)]
-
-
-@pytest.fixture(autouse=True)
-def task_identity(monkeypatch):
-    """Flower stamps messages with the identity of the running task; play a ServerApp."""
-    for name, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 0)):
-        monkeypatch.setattr(TaskIdentity, name, value)
-
-
-def half_step(arrays):
-    return [(a - 1.0) * 0.5 for a in arrays]
-
-
-def distance_accuracy(arrays):
-    return 0.0, float(max(0.0, 1.0 - np.abs(arrays[0] - 1.0).mean()))
 
 
 def a_state(version=3, **overrides) -> ServerState:

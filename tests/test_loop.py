@@ -5,32 +5,16 @@ from collections import Counter
 import numpy as np
 import pytest
 from flwr.common.constant import ErrorCode
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedbuff.settings import RunSettings
 from server_app.loop import AsyncLoop
 from server_app.records import RunRecorder
 from strategies import build_strategy
-from tests.fakes import FakeGrid, error_reply, train_reply
+from tests.fakes import FakeGrid, distance_accuracy, error_reply, half_step, train_reply
+
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 INITIAL = [np.zeros(4, np.float32)]
-
-
-@pytest.fixture(autouse=True)
-def task_identity(monkeypatch):
-    """Flower stamps messages with the identity of the running task; play a ServerApp."""
-    for name, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 0)):
-        monkeypatch.setattr(TaskIdentity, name, value)
-
-
-def half_step(arrays):
-    """A client that always moves the model half-way towards 1.0."""
-    return [(a - 1.0) * 0.5 for a in arrays]
-
-
-def distance_accuracy(arrays):
-    """Accuracy proxy: 1 - mean distance to the all-ones optimum."""
-    return 0.0, float(max(0.0, 1.0 - np.abs(arrays[0] - 1.0).mean()))
 
 
 def make_loop(tmp_path, grid, **overrides):

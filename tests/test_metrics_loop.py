@@ -4,13 +4,16 @@ the loop's own books, and the run history it wrote next to it plots."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from flwr.common.constant import ErrorCode
 
 from server_app.events import Fanout
 from server_app.metrics import OUTCOMES, TIERS, MetricsConfig, MetricsExporter
 from server_app.plots import write_plots
-from tests.fakes import FakeGrid, error_reply, train_reply
-from tests.test_loop import half_step, make_loop, task_identity  # noqa: F401 (autouse fixture)
+from tests.fakes import FakeGrid, error_reply, half_step, train_reply
+from tests.test_loop import make_loop
+
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 TIER_OF = {1: "high", 2: "mid", 3: "low"}
 
