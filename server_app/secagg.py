@@ -7,6 +7,7 @@ the masks from a sum of at least K_min of them (DESIGN.md §5, docs/secure-aggre
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -63,9 +64,10 @@ def masked_validator(client: MaskServiceClient, context: bytes, length: int,
         mask = checked.mask
         assert mask is not None  # validate_masked_reply always sets it
         node = mask.node_key_fingerprint[:16]
+        # the digest of the vector as received: checked now, forwarded by the buffer at flush
+        mask = dataclasses.replace(mask, masked_digest=ring_digest(checked.delta[0]))
         try:
-            # the digest of the vector as received: what the buffer will forward at flush
-            contribution = Contribution(mask.ephemeral_public, mask.signature, ring_digest(checked.delta[0]),
+            contribution = Contribution(mask.ephemeral_public, mask.signature, mask.masked_digest,
                                         mask.node_key_fingerprint, 1)
             client.check(context, contribution, length, timeout=timeout)
         except MaskServiceError as err:
@@ -77,7 +79,7 @@ def masked_validator(client: MaskServiceClient, context: bytes, length: int,
         except Exception as err:  # noqa: BLE001 - a broken check must never stop the loop
             log.exception("checking the contribution of node key %s… failed", node)
             return Rejection("mask-service-unavailable", f"check failed: {err!r}")
-        return checked
+        return dataclasses.replace(checked, mask=mask)
 
     return validate
 

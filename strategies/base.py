@@ -27,6 +27,7 @@ class MaskEnvelope:
     ephemeral_public: bytes
     signature: bytes
     node_key_fingerprint: str
+    masked_digest: bytes = b""  # SHA-256 of the vector as received, once the server computed it
 
 
 @dataclass(frozen=True)

@@ -393,8 +393,14 @@ class MaskedBuffer:
         return list(self._contributions)
 
     def add(self, client_id: int, masked: np.ndarray, *, weight: int, ephemeral_public: bytes,
-            signature: bytes, node_key_fingerprint: str, example_weight: int = 1) -> Contribution:
-        """Add ``weight·masked``; the digest is computed here from the vector as received."""
+            signature: bytes, node_key_fingerprint: str, example_weight: int = 1,
+            masked_digest: bytes | None = None) -> Contribution:
+        """Add ``weight·masked``.
+
+        ``masked_digest`` is the SHA-256 of this very vector when the caller already computed
+        it (the server's arrival check does); otherwise it is computed here. The service
+        verifies it against the client's signature at flush, so a wrong one fails the flush.
+        """
         if client_id in self._clients:
             raise ValueError(f"client {client_id} already contributed to this buffer")
         if bytes(ephemeral_public) in self._masks:
@@ -419,7 +425,7 @@ class MaskedBuffer:
         contribution = Contribution(
             ephemeral_public=bytes(ephemeral_public),
             signature=bytes(signature),
-            masked_digest=ring_digest(masked),
+            masked_digest=masked_digest or ring_digest(masked),
             node_key_fingerprint=str(node_key_fingerprint),
             weight=int(weight),
         )

@@ -53,6 +53,7 @@ class SecureFedBuff(FedBuff):
             update.client_id, update.delta[0], weight=quantized,
             ephemeral_public=update.mask.ephemeral_public, signature=update.mask.signature,
             node_key_fingerprint=update.mask.node_key_fingerprint,
+            masked_digest=update.mask.masked_digest or None,
         )
         return True
 
