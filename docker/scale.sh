@@ -41,13 +41,9 @@ node_config() {  # index -> the --node-config value
     printf 'partition-id=%d num-partitions=%d device-tier="%s"' "$1" "$nodes" "${tiers[$(($1 % 3))]}"
 }
 
-{
-    echo "# Written by docker/scale.sh $nodes$([ "$gpu" = 1 ] && echo " --gpu"): do not edit, re-run the script."
-    echo "services:"
-    for ((i = 0; i < BASE_NODES; i++)); do
-        if ((i < nodes)); then
-            cat <<EOF
-  supernode-$i:
+# The flags every SuperNode runs with (as in compose.yml), as the YAML of a service's command.
+supernode_command() {  # index -> YAML lines
+    cat <<EOF
     command:
       - --superlink=superlink:8000
       - --root-certificates=/run/secrets/ca_crt
@@ -56,7 +52,18 @@ node_config() {  # index -> the --node-config value
       - --superexec-auth-secret-file=/run/secrets/superexec_supernode_secret
       - --host=0.0.0.0
       - --port=9094
-      - '--node-config=$(node_config "$i")'
+      - '--node-config=$(node_config "$1")'
+EOF
+}
+
+{
+    echo "# Written by docker/scale.sh $nodes$([ "$gpu" = 1 ] && echo " --gpu"): do not edit, re-run the script."
+    echo "services:"
+    for ((i = 0; i < BASE_NODES; i++)); do
+        if ((i < nodes)); then
+            cat <<EOF
+  supernode-$i:
+$(supernode_command "$i")
 EOF
         else
             printf '  supernode-%d:\n    profiles: ["scaled-out"]\n' "$i"
@@ -75,15 +82,7 @@ EOF
         APP_UID: \${APP_UID:-1000}
     restart: unless-stopped
     entrypoint: ["flower-supernode"]
-    command:
-      - --superlink=superlink:8000
-      - --root-certificates=/run/secrets/ca_crt
-      - --auth-supernode-private-key=/run/secrets/node_key
-      - --isolation=process
-      - --superexec-auth-secret-file=/run/secrets/superexec_supernode_secret
-      - --host=0.0.0.0
-      - --port=9094
-      - '--node-config=$(node_config "$i")'
+$(supernode_command "$i")
     secrets:
       - ca_crt
       - superexec_supernode_secret
