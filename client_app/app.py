@@ -91,7 +91,10 @@ def train(msg: Message, context: Context) -> Message:
     if target > train_seconds:
         time.sleep(target - train_seconds)
 
-    update = _inject_fault(node.test_fault, update)
+    if node.test_fault:
+        from client_app.faults import inject
+
+        update = inject(node.test_fault, update, context)
     records: dict[str, ArrayRecord | MetricRecord | ConfigRecord] = {
         "device": ConfigRecord({"device-tier": node.device_tier, "device-kind": device.type}),
     }
@@ -156,13 +159,3 @@ def _mask(delta: list[np.ndarray], settings: RunSettings, context: Context,
         "clipped-coordinates": masked.clipped,
     })
     return [masked.masked], envelope
-
-
-def _inject_fault(fault: str, arrays: list[np.ndarray]) -> list[np.ndarray]:
-    """Corrupt the reply on purpose (``test-fault`` node config; tests only)."""
-    if fault == "nan":
-        arrays[0] = arrays[0].copy()
-        arrays[0].flat[0] = np.nan
-    elif fault == "shape":
-        arrays[0] = arrays[0][:-1]
-    return arrays

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from client_app.faults import FAULTS
 from fedbuff.settings import DEVICE_TIERS
 
 REAL_DEVICE = "real"
-FAULTS = ("", "nan", "shape")
 
 
 @dataclass(frozen=True)
@@ -16,7 +16,7 @@ class NodeProfile:
     """Partition, device tier and (tests only) an injected fault of one SuperNode.
 
     ``device-tier`` ``real`` (the default) means no emulation: the device is as fast
-    as it is. ``test-fault`` makes every reply malformed; only tests set it.
+    as it is. ``test-fault`` breaks every reply (``client_app.faults``); only tests set it.
     """
 
     partition_id: int

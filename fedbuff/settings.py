@@ -43,6 +43,9 @@ class RunSettings(StrategyOptions, UserDPOptions, DPSGDOptions):
     eval_every: int = 5
     task_ttl_seconds: float = 120.0
     max_update_norm: float = 1000.0
+    max_update_bytes: int = 0
+    error_backoff_seconds: float = 5.0
+    error_backoff_max_seconds: float = 300.0
     # local training (client_app)
     local_epochs: int = 1
     local_steps: int = 0
@@ -89,6 +92,10 @@ class RunSettings(StrategyOptions, UserDPOptions, DPSGDOptions):
             self._at_least("eval_every", 1)
             self._at_least("task_ttl_seconds", 0, strict=True)
             self._at_least("max_update_norm", 0)
+            self._at_least("max_update_bytes", 0)
+            self._at_least("error_backoff_seconds", 0)
+            if not self.error_backoff_seconds <= self.error_backoff_max_seconds < math.inf:
+                self._fail("error_backoff_max_seconds", ">= error-backoff-seconds and finite")
             self._at_least("local_epochs", 1)
             self._at_least("local_steps", 0)
             self._at_least("batch_size", 1)

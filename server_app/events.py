@@ -8,11 +8,12 @@ is always present, ``tier`` is always a server-side label (``stats.TIER_LABELS``
 - ``update``: node, tier, outcome (accepted | stale | duplicate), staleness, weight,
   round_trip, train_seconds, bytes, norm (absent under secure aggregation), buffer_fill,
   device_kind, dp_epsilon (the client's DP-SGD ε so far, when DP-SGD is on)
-- ``invalid``: node, tier, reason (``validation.REJECTION_REASONS``), round_trip
+- ``invalid``: node, tier, reason (``validation.REJECTION_REASONS``), round_trip (no node,
+  tier or round_trip for ``unknown-task``: a reply to no task in flight)
 - ``error``: node, tier, reason (``loop.ERROR_REASONS`` values or ``lost``)
 - ``step``: version, in_flight, accepted, refused, staleness_mean, aggregate_seconds
 - ``eval``: version, loss, accuracy
-- ``node``: node, tier, state (admitted | left | retired), online
+- ``node``: node, tier, state (admitted | left | retired | backed-off), online
 - ``privacy``: epsilon, delta (user-level DP spent so far, after each released flush)
 - ``resume``: version, accepted, discarded_buffered, abandoned_in_flight (a resumed run)
 - ``flush-failed``: reason (``unmask-refused``, ``ring-overflow``, …): a full buffer was dropped

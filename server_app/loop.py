@@ -25,7 +25,7 @@ from fedbuff.settings import RunSettings
 from server_app.events import EventSink
 from server_app.nodes import NodePool
 from server_app.stats import RunStats, tier_label
-from server_app.validation import Rejection, ValidUpdate, validate_reply
+from server_app.validation import Rejection, ValidUpdate, update_byte_limit, validate_reply
 from strategies import AsyncStrategy, ClientUpdate, Outcome
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,8 @@ ERROR_REASONS = {
 }
 LOST_REASON = "lost"  # no reply at all, long past the TTL
 OTHER_ERROR = "other-error"  # an error code the loop has no name for
+# Errors the client side caused (not slowness, not a departure): they count towards a node's back-off.
+CLIENT_FAULTS = ("client-raised", "client-crashed", "client-load-failed", OTHER_ERROR)
 LOST_GRACE_SECONDS = 30.0  # a task this long past its TTL with no reply at all is written off
 IDLE_SLEEP_SECONDS = 0.1
 
@@ -91,12 +93,15 @@ class AsyncLoop:
         self.evaluate = evaluate
         self.events = events
         self.validate = validate or partial(
-            validate_reply, template=strategy.model, max_update_norm=settings.max_update_norm
+            validate_reply, template=strategy.model, max_update_norm=settings.max_update_norm,
+            max_bytes=update_byte_limit(settings.max_update_bytes, strategy.model),
         )
         self.task_config = dict(task_config or {})
         self.stop_when = stop_when or (lambda: None)
         self.on_step = on_step or (lambda loop: None)
-        self.nodes = NodePool(grid, on_change=self._node_changed)
+        self.nodes = NodePool(grid, on_change=self._node_changed,
+                              backoff_seconds=settings.error_backoff_seconds,
+                              backoff_max_seconds=settings.error_backoff_max_seconds)
         self.stats = RunStats()
         self.tasks: dict[str, Task] = {}
         self.node_tiers: dict[int, str] = {}  # learned from replies, allow-listed
@@ -144,7 +149,7 @@ class AsyncLoop:
         load = Counter(task.node_id for task in self.tasks.values())
         free = self.settings.concurrency - len(self.tasks)
         per_node = 1 if self.barrier else self.settings.tasks_per_node
-        chosen = self.nodes.candidates(load, per_node)[: max(free, 0)]
+        chosen = self.nodes.candidates(load, per_node, time.monotonic())[: max(free, 0)]
         if not chosen:
             return
         self._round_open = True
@@ -180,8 +185,10 @@ class AsyncLoop:
 
     def _handle(self, reply: Message, now: float) -> None:
         task = self.tasks.pop(reply.metadata.reply_to_message_id, None)
-        if task is None:
+        if task is None:  # answered already, written off, or never sent by this server
+            self.stats.rejected["unknown-task"] += 1
             log.warning("ignoring a reply to an unknown task %s", reply.metadata.reply_to_message_id)
+            self._emit("invalid", reason="unknown-task")
             return
         if reply.has_error():
             self._handle_error(task, reply, now)
@@ -194,6 +201,7 @@ class AsyncLoop:
             self.stats.rejected[checked.reason] += 1
             log.warning("rejected update from node %d (%s): %s", task.node_id, checked.reason, checked.detail)
             self._emit("invalid", node=task.node_id, reason=checked.reason, round_trip=round(round_trip, 3))
+            self.nodes.failed(task.node_id, now)
             return
         tier = self.node_tiers[task.node_id] = tier_label(checked.device.get("device-tier"))
         staleness = self.strategy.version - task.version
@@ -206,12 +214,14 @@ class AsyncLoop:
             self.stats.rejected["refused"] += 1
             log.warning("strategy refused the update from node %d: %s", task.node_id, err)
             self._emit("invalid", node=task.node_id, reason="refused", round_trip=round(round_trip, 3))
+            self.nodes.failed(task.node_id, now)
             return
         aggregate_seconds = time.perf_counter() - aggregate_started
         self.stats.outcomes[receipt.outcome.value] += 1
         if receipt.outcome is Outcome.ACCEPTED:
             self.stats.staleness[staleness] += 1
             self.stats.accepted_by_tier[tier] += 1
+            self.nodes.succeeded(task.node_id)
         self._emit(
             "update", node=task.node_id, outcome=receipt.outcome.value, staleness=staleness,
             weight=round(receipt.weight, 6), round_trip=round(round_trip, 3),
@@ -236,6 +246,8 @@ class AsyncLoop:
         self._emit("error", node=task.node_id, reason=reason)
         if reply.error.code == ErrorCode.NODE_UNAVAILABLE:
             self.nodes.retire(task.node_id, now)
+        elif reason in CLIENT_FAULTS:
+            self.nodes.failed(task.node_id, now)
 
     def _close_round(self) -> None:
         """Under the barrier, a round whose tasks all returned steps on what it got."""

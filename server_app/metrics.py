@@ -201,6 +201,8 @@ class MetricsExporter:
                                tier, registry=r)
         self.connected = Gauge("fl_connected_nodes", "Nodes admitted and not retired", tier,
                                registry=r)
+        self.backoffs = Counter("fl_node_backoffs", "Nodes backed off after failed replies in a row",
+                                tier, registry=r)
         # replies
         self.updates = Counter("fl_updates", "Replies by what happened to them", ("outcome", *tier),
                                registry=r)
@@ -255,6 +257,7 @@ class MetricsExporter:
         self._dispatched = {t: self.dispatched.labels(t) for t in TIERS}
         self._in_flight_g = {t: self.in_flight.labels(t) for t in TIERS}
         self._connected_g = {t: self.connected.labels(t) for t in TIERS}
+        self._backoffs = {t: self.backoffs.labels(t) for t in TIERS}
         self._bytes = {d: self.payload_bytes.labels(d) for d in DIRECTIONS}
         self._client_epsilon = {t: self.client_epsilon.labels(t) for t in TIERS}
         self._client_epsilon_max: dict[str, float] = {}
@@ -395,9 +398,12 @@ class MetricsExporter:
         self._set(self.eval_version, f.get("version"), "fl_eval_model_version")
 
     def _on_node(self, f: Mapping[str, Any]) -> None:
-        """``admitted`` adds a connected node; ``retired`` (or ``left``) removes it."""
+        """``admitted`` adds a connected node; ``retired`` (or ``left``) removes it;
+        ``backed-off`` counts a back-off (the node stays connected)."""
         node, state = f.get("node"), f.get("state")
-        if state == "admitted" and node not in self._node_tier:
+        if state == "backed-off":
+            self._backoffs[tier_of(f.get("tier"))].inc()
+        elif state == "admitted" and node not in self._node_tier:
             tier = self._node_tier[node] = tier_of(f.get("tier"))
             self._connected_g[tier].inc()
         elif state in ("retired", "left") and node in self._node_tier:

@@ -19,7 +19,7 @@ from fedbuff.settings import RunSettings
 from mask_service.client import MaskServiceClient
 from mask_service.wire import REASONS, MaskServiceError
 from server_app.loop import Validator
-from server_app.validation import Rejection, ValidUpdate, validate_masked_reply
+from server_app.validation import Rejection, ValidUpdate, update_byte_limit, validate_masked_reply
 from strategies.base import FlushError
 from strategies.dp import FlushPrivacy
 from strategies.ring import Contribution, ring_digest
@@ -46,7 +46,7 @@ class SecureAggregation:
 
 
 def masked_validator(client: MaskServiceClient, context: bytes, length: int,
-                     timeout: float = CHECK_TIMEOUT_SECONDS) -> Validator:
+                     timeout: float = CHECK_TIMEOUT_SECONDS, max_bytes: int | None = None) -> Validator:
     """The reply check of secure aggregation: :func:`validate_masked_reply`, then the service's ``Check``.
 
     A contribution the service would refuse at flush (forged or mis-attributed signature,
@@ -58,7 +58,7 @@ def masked_validator(client: MaskServiceClient, context: bytes, length: int,
     """
 
     def validate(content: RecordDict) -> ValidUpdate | Rejection:
-        checked = validate_masked_reply(content, length)
+        checked = validate_masked_reply(content, length, max_bytes)
         if isinstance(checked, Rejection):
             return checked
         mask = checked.mask
@@ -120,7 +120,8 @@ def connect(settings: RunSettings, run_id: int, initial: list[np.ndarray],
     return SecureAggregation(
         strategy=SecureFedBuff(initial, settings, codec, unmask, privacy),
         validate=masked_validator(client, context, length,
-                                  timeout=min(CHECK_TIMEOUT_SECONDS, settings.secagg_timeout_seconds)),
+                                  timeout=min(CHECK_TIMEOUT_SECONDS, settings.secagg_timeout_seconds),
+                                  max_bytes=update_byte_limit(settings.max_update_bytes, initial)),
         task_config={"secagg-service-key": info.public_key},
         client=client,
     )

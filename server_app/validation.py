@@ -10,6 +10,7 @@ from flwr.app import RecordDict
 from strategies.base import MaskEnvelope
 
 REJECTION_REASONS = (
+    "oversize",  # the reply's arrays exceed the byte limit; refused before deserialising them
     "missing-field",
     "array-count",
     "shape",
@@ -21,9 +22,21 @@ REJECTION_REASONS = (
     "refused",  # well-formed, but the strategy would not take it (e.g. a replayed mask)
     "mask-refused",  # the mask service's Check refused the contribution (its reason is in the detail)
     "mask-service-unavailable",  # the mask service could not be asked; fail closed
+    "unknown-task",  # a reply to no task in flight: a replay, a duplicate, or a task of a crashed server
 )
 EPHEMERAL_KEY_BYTES = 32  # X25519
 MAX_SIGNATURE_BYTES = 256
+AUTO_LIMIT_SLACK_BYTES = 64 * 1024  # serialisation headers and the small records beside the arrays
+
+
+def update_byte_limit(configured: int, model: list[np.ndarray]) -> int:
+    """The largest reply the server deserialises: ``max-update-bytes``, or with 0 twice the
+    model's bytes plus 64 KiB (a masked uint64 vector of a float32 model fits, nothing much more).
+
+    Flower 1.41 streams arrays in chunks, so its transport puts no bound on a reply's size:
+    this is the explicit one.
+    """
+    return configured or 2 * sum(int(a.nbytes) for a in model) + AUTO_LIMIT_SLACK_BYTES
 
 
 @dataclass(frozen=True)
@@ -51,13 +64,13 @@ class Rejection:
 
 
 def validate_reply(
-    content: RecordDict, template: list[np.ndarray], max_update_norm: float
+    content: RecordDict, template: list[np.ndarray], max_update_norm: float, max_bytes: int | None = None
 ) -> ValidUpdate | Rejection:
     """Validate a plaintext train reply against the model's layout.
 
-    ``max_update_norm`` 0 disables the norm bound.
+    ``max_update_norm`` 0 disables the norm bound; ``max_bytes`` None the size bound.
     """
-    arrays = _common(content)
+    arrays = _common(content, max_bytes)
     if isinstance(arrays, Rejection):
         return arrays
     delta, num_examples = arrays
@@ -76,13 +89,13 @@ def validate_reply(
     return _valid(content, delta, num_examples, norm)
 
 
-def validate_masked_reply(content: RecordDict, length: int) -> ValidUpdate | Rejection:
+def validate_masked_reply(content: RecordDict, length: int, max_bytes: int | None = None) -> ValidUpdate | Rejection:
     """Validate a secure-aggregation reply: one uint64 ring vector of ``length`` plus its envelope.
 
     Finite values and the norm cannot be checked on a masked vector; the client's clipping
     and the codec's overflow check at flush stand in for them.
     """
-    arrays = _common(content)
+    arrays = _common(content, max_bytes)
     if isinstance(arrays, Rejection):
         return arrays
     delta, num_examples = arrays
@@ -106,7 +119,11 @@ def validate_masked_reply(content: RecordDict, length: int) -> ValidUpdate | Rej
     return _valid(content, delta, num_examples, None, mask)
 
 
-def _common(content: RecordDict) -> tuple[list[np.ndarray], int] | Rejection:
+def _common(content: RecordDict, max_bytes: int | None) -> tuple[list[np.ndarray], int] | Rejection:
+    if max_bytes is not None:
+        size = sum(len(array.data) for record in content.array_records.values() for array in record.values())
+        if size > max_bytes:
+            return Rejection("oversize", f"reply arrays hold {size} bytes, the limit is {max_bytes} (max-update-bytes)")
     arrays = content.array_records.get("arrays")
     metrics = content.metric_records.get("metrics")
     if arrays is None or metrics is None or "num-examples" not in metrics:

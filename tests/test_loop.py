@@ -8,6 +8,7 @@ from flwr.common.constant import ErrorCode
 
 from fedbuff.settings import RunSettings
 from server_app.loop import AsyncLoop
+from server_app.nodes import NodePool
 from server_app.records import RunRecorder
 from strategies import build_strategy
 from tests.fakes import FakeGrid, distance_accuracy, error_reply, half_step, train_reply
@@ -123,9 +124,77 @@ def test_sync_barrier_waits_for_the_whole_round_and_steps_on_survivors(tmp_path)
         return train_reply(msg, half_step)
 
     grid = FakeGrid([1, 2, 9], respond)
-    loop = make_loop(tmp_path, grid, strategy="sync", max_server_steps=3)
+    # no back-off: the failing node is sent its task in every round
+    loop = make_loop(tmp_path, grid, strategy="sync", max_server_steps=3, error_backoff_seconds=0.0)
     loop.run()
     assert loop.strategy.version == 3
     assert loop.stats.staleness_max() == 0  # nobody ever trains on an old model
     versions = Counter(int(m.content.config_records["config"]["server-version"]) for m in grid.pushed)
     assert versions == {0: 3, 1: 3, 2: 3}  # one task per node per round, all from one model
+
+
+def test_a_node_that_keeps_failing_is_backed_off_exponentially(tmp_path):
+    def respond(msg):
+        if msg.metadata.dst_node_id == 9:
+            return error_reply(msg, ErrorCode.CLIENT_APP_RAISED_EXCEPTION)
+        return train_reply(msg, half_step)
+
+    grid = FakeGrid([1, 2, 9], respond)
+    loop = make_loop(tmp_path, grid, max_server_steps=40, error_backoff_seconds=0.2,
+                     error_backoff_max_seconds=60.0)
+    loop.run()
+    sent_to_flooder = Counter(m.metadata.dst_node_id for m in grid.pushed)[9]
+    # without a back-off node 9 would get a task at every dispatch; 0.2, 0.4, 0.8 s ... leaves few
+    assert 1 <= sent_to_flooder <= 5
+    assert loop.stats.errors["client-raised"] == sent_to_flooder
+    assert loop.strategy.version == 40
+
+
+def test_a_backed_off_node_contributes_again_once_it_sends_good_updates(tmp_path):
+    failures = Counter()
+
+    def respond(msg):
+        node = msg.metadata.dst_node_id
+        if node == 9 and failures[node] < 2:
+            failures[node] += 1
+            return train_reply(msg, lambda arrays: [np.full_like(a, np.nan) for a in arrays])
+        return train_reply(msg, half_step, tier="low" if node == 9 else "high")
+
+    grid = FakeGrid([1, 2, 9], respond)
+    loop = make_loop(tmp_path, grid, max_server_steps=100_000, max_wall_seconds=1.0,
+                     error_backoff_seconds=0.05)
+    loop.run()
+    assert loop.stats.rejected["non-finite"] == 2
+    assert loop.stats.accepted_by_tier["low"] >= 1
+
+
+def test_node_pool_backs_off_exponentially_up_to_the_cap_and_forgives_a_good_update():
+    pool = NodePool(FakeGrid([1, 9], lambda msg: None), backoff_seconds=1.0, backoff_max_seconds=3.0)
+    pool.refresh(0.0)
+    assert [pool.failed(9, 0.0) for _ in range(4)] == [1.0, 2.0, 3.0, 3.0]
+    assert pool.candidates(Counter(), 1, now=2.9) == [1]
+    assert pool.candidates(Counter(), 1, now=3.0) == [1, 9]
+    pool.succeeded(9)
+    assert pool.failed(9, 10.0) == 1.0  # a new streak starts from the base again
+
+
+def test_a_replayed_reply_is_refused_and_counted_once(tmp_path):
+    answered = []
+
+    def respond(msg):
+        reply = train_reply(msg, half_step)
+        answered.append(reply)
+        return reply
+
+    grid = FakeGrid([1, 2, 3], respond)
+    original_pull = grid.pull_messages
+
+    def pull_with_replay(message_ids):
+        replies = original_pull(message_ids)
+        return replies + answered[:1] if replies else replies  # the first reply, again and again
+
+    grid.pull_messages = pull_with_replay
+    loop = make_loop(tmp_path, grid, max_server_steps=5)
+    loop.run()
+    assert loop.stats.rejected["unknown-task"] >= 1
+    assert loop.stats.accepted == 10  # the replay never entered a buffer

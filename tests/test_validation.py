@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
 
-from server_app.validation import Rejection, ValidUpdate, validate_reply
+from client_app.faults import MALFORMED, InjectedFault, inject
+from server_app.validation import Rejection, ValidUpdate, update_byte_limit, validate_reply
 
 TEMPLATE = [np.zeros((3, 2), np.float32), np.zeros(2, np.float32)]
 
@@ -53,3 +54,40 @@ def test_malformed_replies_are_rejected_with_a_reason(content, reason):
 def test_norm_bound_zero_disables_the_norm_check():
     big = [np.full((3, 2), 1e6, np.float32), np.ones(2, np.float32)]
     assert isinstance(validate_reply(reply(big), TEMPLATE, max_update_norm=0.0), ValidUpdate)
+
+
+def test_a_reply_over_the_byte_limit_is_refused_before_it_is_deserialised():
+    padded = [*good(), np.zeros(1000, np.float32)]
+    checked = validate_reply(reply(padded), TEMPLATE, max_update_norm=10.0, max_bytes=2000)
+    assert isinstance(checked, Rejection) and checked.reason == "oversize"
+    assert "max-update-bytes" in checked.detail
+    assert isinstance(validate_reply(reply(good()), TEMPLATE, 10.0, max_bytes=2000), ValidUpdate)
+
+
+def test_the_automatic_byte_limit_fits_a_masked_vector_and_little_more():
+    model = [np.zeros(100_000, np.float32)]
+    limit = update_byte_limit(0, model)
+    assert 8 * 100_000 < limit < 4 * 400_000  # the uint64 ring vector fits; four model copies do not
+    assert update_byte_limit(1234, model) == 1234
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [("nan", "non-finite"), ("inf", "non-finite"), ("shape", "shape"), ("dtype", "dtype"),
+     ("extra-array", "array-count"), ("huge-norm", "norm"), ("oversize", "oversize")],
+)
+def test_every_test_fault_of_the_client_is_refused_for_its_reason(fault, reason):
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    broken = inject(fault, good(), context)
+    checked = validate_reply(reply(broken), TEMPLATE, max_update_norm=10.0,
+                             max_bytes=update_byte_limit(0, TEMPLATE))
+    assert isinstance(checked, Rejection) and checked.reason == reason
+
+
+def test_the_cycle_fault_walks_through_every_malformed_kind():
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    reasons = [validate_reply(reply(inject("cycle", good(), context)), TEMPLATE, 10.0,
+                              max_bytes=update_byte_limit(0, TEMPLATE)).reason for _ in MALFORMED]
+    assert sorted(set(reasons)) == sorted({"non-finite", "shape", "dtype", "array-count", "norm", "oversize"})
+    with pytest.raises(InjectedFault):
+        inject("raise", good(), context)
