@@ -1,8 +1,8 @@
 """Deliberately broken replies, for the tests' abuse cases only (node config ``test-fault``).
 
 Each fault breaks the reply in one way the server must refuse for a named reason; ``raise``
-makes the ClientApp fail outright, and ``cycle`` walks through the malformed ones, one per
-message, so that one node exercises them all within a short run.
+makes the ClientApp fail outright, and ``cycle`` walks through all of them, one per message
+(starting at the node's partition id), so that a few nodes exercise every kind in a short run.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import numpy as np
 from flwr.app import Context, MetricRecord
 
 MALFORMED = ("nan", "inf", "shape", "dtype", "extra-array", "huge-norm", "oversize")
-FAULTS = ("", *MALFORMED, "raise", "cycle")
+CYCLE = (*MALFORMED, "raise")
+FAULTS = ("", *CYCLE, "cycle")
 OVERSIZE_MIN_BYTES = 1 << 20
 HUGE_NORM_FACTOR = 1e6
 _CYCLE_STATE = "test-fault-cycle"
@@ -49,8 +50,8 @@ def inject(fault: str, arrays: list[np.ndarray], context: Context) -> list[np.nd
 
 
 def _next_in_cycle(context: Context) -> str:
-    """The malformed fault for this message; the position persists in ``context.state``."""
+    """The fault for this message; the position persists in ``context.state``."""
     record = context.state.metric_records.get(_CYCLE_STATE)
-    position = int(record["position"]) if record is not None else 0
+    position = int(record["position"]) if record is not None else int(context.node_config.get("partition-id", 0))
     context.state[_CYCLE_STATE] = MetricRecord({"position": position + 1})
-    return MALFORMED[position % len(MALFORMED)]
+    return CYCLE[position % len(CYCLE)]

@@ -1,4 +1,5 @@
-"""``fedbuff`` command line: ``fedbuff local`` runs a local federation with FedBuff."""
+"""``fedbuff`` command line: ``fedbuff local`` runs a local federation with FedBuff;
+``fedbuff resume`` continues a run folder from its checkpoint on a fresh local federation."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from fedbuff.launcher import LaunchError, LocalFederation, run_local
+from datetime import datetime, timezone
+
+from fedbuff.launcher import LaunchError, LocalFederation, resume_config, run_local
 from server_app.records import default_run_dir
 
 APP_DIR = Path(__file__).resolve().parents[1]
@@ -16,31 +19,33 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fedbuff", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     local = commands.add_parser("local", help="run a local federation (SuperLink + SuperNodes) with FedBuff")
-    local.add_argument("--nodes", type=int, default=6, help="number of SuperNodes (default 6)")
-    local.add_argument("--tiers", default="low,mid,high",
-                       help="device tiers assigned round-robin to the nodes (default low,mid,high; "
-                            "'real' disables emulation)")
+    _federation_options(local)
     local.add_argument("--simulation", action="store_true",
                        help="run the nodes as virtual SuperNodes in Flower's simulation engine (Ray)")
     local.add_argument("--secagg", action="store_true",
                        help="secure aggregation: start a mask service, give every node a signing key")
     local.add_argument("--runs-dir", default="runs", help="where run folders are created (default runs/)")
-    local.add_argument("--app-dir", type=Path, default=APP_DIR, help="the Flower app (default: this project)")
-    local.add_argument("-c", "--run-config", action="append", default=[],
-                       help="run-config overrides, e.g. -c 'max-server-steps=50 buffer-size=4' (repeatable)")
+    resume = commands.add_parser(
+        "resume", help="continue a run folder from its newest good checkpoint on a local federation")
+    resume.add_argument("run_dir", type=Path, help="the run folder (runs/<timestamp>)")
+    _federation_options(resume)
     args = parser.parse_args(argv)
 
-    run_dir = default_run_dir(args.runs_dir)
+    tiers = [t.strip() for t in args.tiers.split(",") if t.strip()]
     try:
-        federation = LocalFederation(
-            app_dir=args.app_dir,
-            run_dir=run_dir,
-            num_nodes=args.nodes,
-            tiers=[t.strip() for t in args.tiers.split(",") if t.strip()],
-            run_config=" ".join(args.run_config),
-            simulation=args.simulation,
-            secagg=args.secagg,
-        )
+        if args.command == "resume":
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+            federation = LocalFederation(
+                app_dir=args.app_dir, run_dir=args.run_dir, num_nodes=args.nodes, tiers=tiers,
+                run_config=resume_config(args.run_dir, args.run_config),
+                log_dir=args.run_dir / f"logs-resume-{stamp}",
+            )
+        else:
+            federation = LocalFederation(
+                app_dir=args.app_dir, run_dir=default_run_dir(args.runs_dir), num_nodes=args.nodes,
+                tiers=tiers, run_config=" ".join(args.run_config), simulation=args.simulation,
+                secagg=args.secagg,
+            )
         summary = run_local(federation)
     except LaunchError as err:
         print(f"[fedbuff] error: {err}", file=sys.stderr)
@@ -50,6 +55,17 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     print_summary(summary)
     return 0
+
+
+def _federation_options(parser: argparse.ArgumentParser) -> None:
+    """The options ``local`` and ``resume`` share: nodes, tiers, app, run-config overrides."""
+    parser.add_argument("--nodes", type=int, default=6, help="number of SuperNodes (default 6)")
+    parser.add_argument("--tiers", default="low,mid,high",
+                        help="device tiers assigned round-robin to the nodes (default low,mid,high; "
+                             "'real' disables emulation)")
+    parser.add_argument("--app-dir", type=Path, default=APP_DIR, help="the Flower app (default: this project)")
+    parser.add_argument("-c", "--run-config", action="append", default=[],
+                        help="run-config overrides, e.g. -c 'max-server-steps=50 buffer-size=4' (repeatable)")
 
 
 def print_summary(summary: dict[str, object]) -> None:

@@ -28,6 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from click import ClickException
+from flwr.common.config import parse_config_args
+
 from fedbuff.settings import DEVICE_TIERS
 
 CONNECTION = "fedbuff-local"
@@ -51,6 +54,7 @@ class LocalFederation:
     node_overrides: dict[int, str] = field(default_factory=dict)
     simulation: bool = False
     secagg: bool = False
+    log_dir: Path | None = None  # default: <run_dir>/logs
 
     def __post_init__(self) -> None:
         if self.num_nodes < 1:
@@ -60,6 +64,11 @@ class LocalFederation:
             raise LaunchError(f"unknown device tier(s) {bad}; choose from {(*DEVICE_TIERS, 'real')}")
         if self.secagg and self.simulation:
             raise LaunchError("--secagg needs real SuperNodes (each with its own signing key), not --simulation")
+
+    @property
+    def logs(self) -> Path:
+        """Where the SuperLink, SuperNode and ServerApp logs go."""
+        return (self.log_dir or self.run_dir / "logs").resolve()
 
     def tier_of(self, index: int) -> str:
         """Node ``index`` gets tier ``tiers[index % len(tiers)]``."""
@@ -186,11 +195,36 @@ def write_connection(flwr_home: Path, port: int, simulated_nodes: int = 0) -> No
     (flwr_home / "config.toml").write_text(text, encoding="utf-8")
 
 
-def run_local(federation: LocalFederation, out: IO[str] = sys.stdout) -> dict[str, object]:
-    """Start the federation, run the app to completion, return the run summary."""
+@dataclass
+class RunningFederation:
+    """A started local federation: its processes, environment and the SuperLink's port."""
+
+    federation: LocalFederation
+    group: ProcessGroup
+    env: dict[str, str]
+    binaries: dict[str, str]
+    port: int
+    overrides: list[str] = field(default_factory=list)  # what the run must know (mask service address)
+    supernodes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def run_argv(self, run_config: str = "") -> list[str]:
+        """``flwr run`` of the app against this federation: the run folder and the launcher's
+        overrides, the federation's ``run_config``, then ``run_config``. Each is its own
+        ``--run-config`` (a key may appear once in each): a later one wins."""
+        layers = [" ".join([f'run-dir="{self.federation.run_dir.resolve()}"', *self.overrides]),
+                  self.federation.run_config, run_config]
+        return [self.binaries["flwr"], "run", str(self.federation.app_dir), CONNECTION, "--stream",
+                *(arg for layer in layers if layer for arg in ("--run-config", layer))]
+
+
+@contextmanager
+def start_federation(federation: LocalFederation, out: IO[str] = sys.stdout) -> Iterator[RunningFederation]:
+    """Start the SuperLink, the mask service (``secagg``) and the SuperNodes; stop them all on exit.
+
+    Flower's state lives in a temporary FLWR_HOME that goes with the federation.
+    """
     binaries = {name: find_binary(name) for name in BINARIES}
-    run_dir = federation.run_dir.resolve()
-    logs = run_dir / "logs"
+    logs = federation.logs
     logs.mkdir(parents=True, exist_ok=True)
     group = ProcessGroup()
     with tempfile.TemporaryDirectory(prefix="fedbuff-flwr-home-") as home, _sigterm_as_interrupt():
@@ -208,48 +242,80 @@ def run_local(federation: LocalFederation, out: IO[str] = sys.stdout) -> dict[st
                 *(["--simulation"] if federation.simulation else []),
             ], env, logs / "superlink.log")
             wait_for_superlink(port, group)
-            overrides = [f'run-dir="{run_dir}"']
+            running = RunningFederation(federation, group, env, binaries, port)
             node_extras = [""] * federation.num_nodes
             if federation.secagg:
-                address, node_extras = _start_mask_service(federation, run_dir, env, logs, group, out)
-                overrides.append(f'secagg=true secagg-address="{address}"')
+                address, node_extras = _start_mask_service(federation, env, logs, group, out)
+                running.overrides.append(f'secagg=true secagg-address="{address}"')
             if federation.simulation:
                 _say(out, f"{federation.num_nodes} virtual SuperNodes in Flower's simulation engine")
             else:
-                _start_supernodes(federation, binaries["flower-supernode"], port, env, logs, group, out,
-                                  node_extras)
+                running.supernodes = _start_supernodes(federation, binaries["flower-supernode"], port, env,
+                                                       logs, group, out, node_extras)
             write_connection(Path(home), port, federation.num_nodes if federation.simulation else 0)
-            overrides.append(federation.run_config)
-            argv = [binaries["flwr"], "run", str(federation.app_dir), CONNECTION, "--stream",
-                    "--run-config", " ".join(filter(None, overrides))]
-            _say(out, "submitting: " + shlex.join(argv[1:]))
-            returncode = _stream(argv, env, out, logs / "serverapp.log")
-            summary_path = run_dir / "summary.json"
-            if not summary_path.exists():
-                raise LaunchError(
-                    f"the run ended without a summary (flwr run exit code {returncode}); "
-                    f"see {logs}/serverapp.log and {logs}/superlink.log"
-                )
-            return json.loads(summary_path.read_text(encoding="utf-8"))
+            yield running
         finally:
             _say(out, "stopping the local federation")
             group.stop_all()
 
 
+def run_local(federation: LocalFederation, out: IO[str] = sys.stdout) -> dict[str, object]:
+    """Start the federation, run the app to completion, return the run summary."""
+    with start_federation(federation, out) as running:
+        argv = running.run_argv()
+        _say(out, "submitting: " + shlex.join(argv[1:]))
+        returncode = _stream(argv, running.env, out, federation.logs / "serverapp.log")
+        summary_path = federation.run_dir / "summary.json"
+        if not summary_path.exists():
+            raise LaunchError(
+                f"the run ended without a summary (flwr run exit code {returncode}); "
+                f"see {federation.logs}/serverapp.log and {federation.logs}/superlink.log"
+            )
+        return json.loads(summary_path.read_text(encoding="utf-8"))
+
+
+def resume_config(run_dir: Path, overrides: Sequence[str] = ()) -> str:
+    """The run config that continues ``run_dir``: its own settings, then ``overrides``
+    (``key=value`` strings, e.g. a higher ``max-server-steps``), then ``resume-from``."""
+    config_path = run_dir / "config.json"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise LaunchError(f"{run_dir} is not a run folder ({config_path}: {err})") from err
+    try:
+        config.update(parse_config_args(list(overrides)))
+    except (ClickException, ValueError) as err:  # Flower's parser reports bad syntax through click
+        raise LaunchError(f"run-config overrides {list(overrides)}: {err}") from err
+    config = {k: v for k, v in config.items() if k not in ("run-dir", "resume-from")}
+    config["resume-from"] = str(run_dir.resolve())
+    return " ".join(f"{key}={_toml_value(value)}" for key, value in config.items())
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))
+
+
 def _start_supernodes(federation: LocalFederation, binary: str, superlink_port: int,
                       env: dict[str, str], logs: Path, group: ProcessGroup, out: IO[str],
-                      node_extras: Sequence[str]) -> None:
-    for index in range(federation.num_nodes):
+                      node_extras: Sequence[str]) -> list[subprocess.Popen[bytes]]:
+    nodes = [
         group.start(f"supernode-{index}", [
             binary, "--insecure", "--superlink", f"127.0.0.1:{superlink_port}",
             "--host", "127.0.0.1", "--port", str(free_port()),
             "--node-config", federation.node_config(index, node_extras[index]),
         ], env, logs / f"supernode-{index}.log")
+        for index in range(federation.num_nodes)
+    ]
     tiers = ", ".join(federation.tier_of(i) for i in range(federation.num_nodes))
     _say(out, f"started {federation.num_nodes} flower-supernode processes (tiers: {tiers})")
+    return nodes
 
 
-def _start_mask_service(federation: LocalFederation, run_dir: Path, env: dict[str, str], logs: Path,
+def _start_mask_service(federation: LocalFederation, env: dict[str, str], logs: Path,
                         group: ProcessGroup, out: IO[str]) -> tuple[str, list[str]]:
     """Node keys, the mask service, and each node's secure-aggregation node config.
 
@@ -258,7 +324,7 @@ def _start_mask_service(federation: LocalFederation, run_dir: Path, env: dict[st
     """
     from fedbuff.node_keys import write_node_key
 
-    secagg_dir = run_dir / "secagg"
+    secagg_dir = federation.run_dir.resolve() / "secagg"
     registered = secagg_dir / "registered"
     registered.mkdir(parents=True, exist_ok=True)
     signing_keys = []

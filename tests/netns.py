@@ -119,6 +119,10 @@ class Network:
         """Pull ``name``'s cable out of the switch (a link failure)."""
         _ip("-n", self.switch, "link", "set", self.hosts[name].switch_port, "down")
 
+    def plug(self, name: str) -> None:
+        """Put ``name``'s cable back (the link comes up again)."""
+        _ip("-n", self.switch, "link", "set", self.hosts[name].switch_port, "up")
+
     def close(self) -> None:
         """Delete every namespace this network created (their veths go with them).
 

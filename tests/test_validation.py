@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
 
-from client_app.faults import MALFORMED, InjectedFault, inject
+from client_app.faults import CYCLE, InjectedFault, inject
 from server_app.validation import Rejection, ValidUpdate, update_byte_limit, validate_reply
 
 TEMPLATE = [np.zeros((3, 2), np.float32), np.zeros(2, np.float32)]
@@ -84,10 +84,15 @@ def test_every_test_fault_of_the_client_is_refused_for_its_reason(fault, reason)
     assert isinstance(checked, Rejection) and checked.reason == reason
 
 
-def test_the_cycle_fault_walks_through_every_malformed_kind():
-    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
-    reasons = [validate_reply(reply(inject("cycle", good(), context)), TEMPLATE, 10.0,
-                              max_bytes=update_byte_limit(0, TEMPLATE)).reason for _ in MALFORMED]
-    assert sorted(set(reasons)) == sorted({"non-finite", "shape", "dtype", "array-count", "norm", "oversize"})
-    with pytest.raises(InjectedFault):
-        inject("raise", good(), context)
+def test_the_cycle_fault_walks_through_every_kind_from_the_partition_id():
+    context = Context(run_id=1, node_id=1, node_config={"partition-id": 2}, state=RecordDict(), run_config={})
+    reasons = []
+    for _ in CYCLE:
+        try:
+            broken = inject("cycle", good(), context)
+        except InjectedFault:
+            reasons.append("raised")
+            continue
+        reasons.append(validate_reply(reply(broken), TEMPLATE, 10.0, max_bytes=update_byte_limit(0, TEMPLATE)).reason)
+    assert reasons[0] == "shape"  # CYCLE[2]
+    assert sorted(set(reasons)) == sorted({"non-finite", "shape", "dtype", "array-count", "norm", "oversize", "raised"})

@@ -1,0 +1,92 @@
+"""Helpers of the chaos tests: watch a run folder, signal SuperNodes, find the ServerApp process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, TypeVar
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from fedbuff.launcher import RunningFederation
+from tests.conftest import flower_processes
+
+T = TypeVar("T")
+
+
+def events(run_dir: Path) -> list[dict]:
+    """Every complete line of the run's ``metrics.jsonl`` (a line being written is skipped)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    found = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            found.append(json.loads(line))
+        except ValueError:
+            continue
+    return found
+
+
+def wait_for(condition: Callable[[], T], timeout: float, what: str, poll: float = 0.5) -> T:
+    """Poll ``condition`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def submit(running: RunningFederation, log: IO[bytes], run_config: str = "") -> subprocess.Popen[bytes]:
+    """Start ``flwr run --stream`` in the background; its output (the ServerApp's log) goes to ``log``."""
+    return subprocess.Popen(running.run_argv(run_config), env=running.env, stdout=log,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def signal_node(running: RunningFederation, index: int, sig: signal.Signals) -> None:
+    """Send ``sig`` to SuperNode ``index`` and everything it started (its SuperExec, ClientApps)."""
+    os.killpg(running.supernodes[index].pid, sig)
+
+
+def serverapp_pids() -> list[int]:
+    """The ``flwr-serverapp`` processes this test started (found through its environment marker)."""
+    marker = "FEDBUFF_TEST_RUN=" + os.environ["FEDBUFF_TEST_RUN"]
+    return [pid for pid, cmdline in flower_processes(marker).items() if "flwr-serverapp" in cmdline]
+
+
+def step_versions(found: list[dict]) -> list[int]:
+    return [e["version"] for e in found if e["event"] == "step"]
+
+
+def scrape(port: int) -> dict[tuple[str, frozenset], float]:
+    """The ServerApp's live metrics: ``(sample name, labels) -> value``; empty while unreachable."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def sample(metrics: dict[tuple[str, frozenset], float], name: str, **labels: str) -> float | None:
+    return metrics.get((name, frozenset(labels.items())))
+
+
+def pending(found: list[dict], node: int) -> bool:
+    """Whether ``node`` has a task in flight: its last dispatch came after its last reply."""
+    last = [e["event"] for e in found if e.get("node") == node and e["event"] in ("dispatch", "update",
+                                                                                    "invalid", "error")]
+    return bool(last) and last[-1] == "dispatch"
+
+
+def nodes_of_tier(found: list[dict], tier: str) -> set[int]:
+    """Node ids the server has learned (from their replies) to be of ``tier``."""
+    return {e["node"] for e in found if e["event"] == "update" and e["tier"] == tier}
