@@ -123,23 +123,25 @@ def _train(
         k = settings.concurrency if settings.strategy == "sync" else settings.buffer_size
         privacy = FlushPrivacy(settings, k, budget.release)
     stop_when = budget.stop_reason if budget is not None else None
+    secure = None
     if settings.secagg:
         from server_app import secagg
 
         secure = secagg.connect(settings, run_id, initial, privacy)
         loop = AsyncLoop(grid, secure.strategy, settings, evaluate, events, validate=secure.validate,
                          task_config=secure.task_config, stop_when=stop_when, on_step=on_step)
-        try:
-            _continue(loop, resumed)
-            reason = loop.run()
-        finally:
-            secure.client.close()
     else:
         strategy = build_strategy(settings, initial, settings.concurrency, privacy)
         loop = AsyncLoop(grid, strategy, settings, evaluate, events, stop_when=stop_when, on_step=on_step)
-        _continue(loop, resumed)
+    _continue(loop, resumed)
+    try:
         reason = loop.run()
-    save(loop)
+    finally:
+        # Also on SIGTERM or `flwr stop` (Flower exits through SystemExit) and on an error:
+        # the state after the last server step is on disk.
+        save(loop)
+        if secure is not None:
+            secure.client.close()
     return reason, loop.evaluations, loop.stats, loop.strategy.model, loop.strategy.version
 
 
