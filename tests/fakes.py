@@ -66,6 +66,17 @@ def error_reply(msg: Message, code: int) -> Message:
     return Message(Error(code=code, reason="injected by test"), reply_to=msg)
 
 
+def one_node_errs(node_id: int, code: int) -> Responder:
+    """Every node answers with :func:`half_step`, except ``node_id``: error ``code`` every time."""
+
+    def respond(msg: Message) -> Message:
+        if msg.metadata.dst_node_id == node_id:
+            return error_reply(msg, code)
+        return train_reply(msg, half_step)
+
+    return respond
+
+
 def half_step(arrays: list[np.ndarray]) -> list[np.ndarray]:
     """A client delta that always moves the model half-way towards 1.0."""
     return [(a - 1.0) * 0.5 for a in arrays]

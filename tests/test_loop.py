@@ -11,7 +11,7 @@ from server_app.loop import AsyncLoop
 from server_app.nodes import NodePool
 from server_app.records import RunRecorder
 from strategies import build_strategy
-from tests.fakes import FakeGrid, distance_accuracy, error_reply, half_step, train_reply
+from tests.fakes import FakeGrid, distance_accuracy, half_step, one_node_errs, train_reply
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -63,24 +63,14 @@ def test_malformed_updates_are_counted_and_never_touch_the_model(tmp_path):
     ],
 )
 def test_error_replies_are_counted_by_reason_and_survived(tmp_path, code, reason):
-    def respond(msg):
-        if msg.metadata.dst_node_id == 9:
-            return error_reply(msg, code)
-        return train_reply(msg, half_step)
-
-    loop = make_loop(tmp_path, FakeGrid([1, 2, 9], respond))
+    loop = make_loop(tmp_path, FakeGrid([1, 2, 9], one_node_errs(9, code)))
     loop.run()
     assert loop.stats.errors[reason] > 0
     assert loop.strategy.version == 5
 
 
 def test_an_unavailable_node_is_retired_and_not_sent_more_work(tmp_path):
-    def respond(msg):
-        if msg.metadata.dst_node_id == 9:
-            return error_reply(msg, ErrorCode.NODE_UNAVAILABLE)
-        return train_reply(msg, half_step)
-
-    grid = FakeGrid([1, 2, 9], respond)
+    grid = FakeGrid([1, 2, 9], one_node_errs(9, ErrorCode.NODE_UNAVAILABLE))
     loop = make_loop(tmp_path, grid)
     loop.run()
     assert loop.stats.errors["node-unavailable"] == 1
@@ -118,12 +108,7 @@ def test_new_nodes_are_admitted_while_running(tmp_path):
 
 
 def test_sync_barrier_waits_for_the_whole_round_and_steps_on_survivors(tmp_path):
-    def respond(msg):
-        if msg.metadata.dst_node_id == 9:
-            return error_reply(msg, ErrorCode.CLIENT_APP_RAISED_EXCEPTION)
-        return train_reply(msg, half_step)
-
-    grid = FakeGrid([1, 2, 9], respond)
+    grid = FakeGrid([1, 2, 9], one_node_errs(9, ErrorCode.CLIENT_APP_RAISED_EXCEPTION))
     # no back-off: the failing node is sent its task in every round
     loop = make_loop(tmp_path, grid, strategy="sync", max_server_steps=3, error_backoff_seconds=0.0)
     loop.run()
@@ -134,12 +119,7 @@ def test_sync_barrier_waits_for_the_whole_round_and_steps_on_survivors(tmp_path)
 
 
 def test_a_node_that_keeps_failing_is_backed_off_exponentially(tmp_path):
-    def respond(msg):
-        if msg.metadata.dst_node_id == 9:
-            return error_reply(msg, ErrorCode.CLIENT_APP_RAISED_EXCEPTION)
-        return train_reply(msg, half_step)
-
-    grid = FakeGrid([1, 2, 9], respond)
+    grid = FakeGrid([1, 2, 9], one_node_errs(9, ErrorCode.CLIENT_APP_RAISED_EXCEPTION))
     loop = make_loop(tmp_path, grid, max_server_steps=40, error_backoff_seconds=0.2,
                      error_backoff_max_seconds=60.0)
     loop.run()
