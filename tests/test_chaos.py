@@ -152,7 +152,7 @@ def test_a_node_stopped_past_the_ttl_is_a_straggler_then_contributes_again(tmp_p
     run_dir, port = tmp_path / "run", free_port()
     federation = LocalFederation(
         app_dir=ROOT, run_dir=run_dir, num_nodes=3, tiers=["high", "high", "mid"],
-        run_config=("buffer-size=2 concurrency=3 local-steps=5 eval-every=5 task-ttl-seconds=20 "
+        run_config=("buffer-size=2 concurrency=3 local-steps=5 eval-every=5 task-ttl-seconds=25 "
                     f"max-server-steps=1000 max-wall-seconds=900 metrics-port={port} write-plots=false"),
     )
     with start_federation(federation, out=sys.stdout) as running, open(tmp_path / "run.log", "wb") as log:
@@ -165,9 +165,9 @@ def test_a_node_stopped_past_the_ttl_is_a_straggler_then_contributes_again(tmp_p
 
         mid = wait_for(mid_node_busy, 400, "the mid-tier node to contribute and hold a task")
         signal_node(running, 2, signal.SIGSTOP)
-        # past its TTL (20 s), short of the ~40 s after which the SuperLink would call the node gone
+        # past its TTL (25 s), short of the ~40 s after which the SuperLink would call the node gone
         wait_for(lambda: any(e["event"] == "error" and e["node"] == mid and e["reason"] == "ttl-expired"
-                             for e in events(run_dir)), 35, "the stopped node's task to expire")
+                             for e in events(run_dir)), 40, "the stopped node's task to expire")
         signal_node(running, 2, signal.SIGCONT)
         resumed_at = events(run_dir)[-1]["time"]
         wait_for(lambda: any(e["event"] == "update" and e["node"] == mid and e["time"] > resumed_at
