@@ -7,6 +7,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 PYTEST_ARGS ?=
+# Two pytest workers: the end-to-end tests spend most of their time waiting on Flower's polls,
+# so two federations at once use the two cores (`make test PYTEST_WORKERS=0` runs in-process).
+PYTEST_WORKERS ?= 2
 # Flower's SuperLink and SuperNode start flower-superexec by name: the venv's bin goes first;
 # ip and tc (iproute2, for the multi-host test) live in sbin, which a minimal PATH may lack.
 export PATH := $(abspath $(BIN)):$(PATH):/usr/sbin:/sbin
@@ -31,7 +34,7 @@ run: $(STAMP)
 	$(BIN)/fedbuff local $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(ARGS)
