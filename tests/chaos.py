@@ -55,6 +55,21 @@ def signal_node(running: RunningFederation, index: int, sig: signal.Signals) -> 
     os.killpg(running.supernodes[index].pid, sig)
 
 
+def signal_node_apps(running: RunningFederation, index: int, sig: signal.Signals) -> None:
+    """Send ``sig`` to what SuperNode ``index`` started (its SuperExec and ClientApp), not to the
+    SuperNode itself: a device hung in training whose daemon still sends heartbeats."""
+    node = running.supernodes[index].pid
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == node:
+            continue
+        try:
+            pgid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2])
+            if pgid == node:
+                os.kill(int(entry.name), sig)
+        except (OSError, ValueError, IndexError):
+            continue
+
+
 def serverapp_pids() -> list[int]:
     """The ``flwr-serverapp`` processes this test started (found through its environment marker)."""
     marker = "FEDBUFF_TEST_RUN=" + os.environ["FEDBUFF_TEST_RUN"]

@@ -25,7 +25,7 @@ from fedbuff.launcher import (CONNECTION, LocalFederation, ProcessGroup, find_bi
                              start_federation, write_connection)
 from tests import netns
 from tests.chaos import (events, nodes_of_tier, pending, sample, scrape, serverapp_pids, signal_node,
-                         step_versions, submit, wait_for)
+                         signal_node_apps, step_versions, submit, wait_for)
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
@@ -148,11 +148,15 @@ def test_killing_the_slow_tier_and_broken_clients_leave_training_going(tmp_path,
 
 
 def test_a_node_stopped_past_the_ttl_is_a_straggler_then_contributes_again(tmp_path, no_leftover_processes):
-    """SIGSTOP a SuperNode (and its ClientApp) holding a task past the TTL, then SIGCONT it."""
+    """SIGSTOP a node's SuperExec and ClientApp (training hangs) past the TTL, then SIGCONT them.
+
+    The SuperNode daemon itself keeps sending heartbeats, so the SuperLink never calls the node
+    gone and the TTL alone decides; that leaves the TTL room for a busy machine.
+    """
     run_dir, port = tmp_path / "run", free_port()
     federation = LocalFederation(
         app_dir=ROOT, run_dir=run_dir, num_nodes=3, tiers=["high", "high", "mid"],
-        run_config=("buffer-size=2 concurrency=3 local-steps=5 eval-every=5 task-ttl-seconds=25 "
+        run_config=("buffer-size=2 concurrency=3 local-steps=5 eval-every=5 task-ttl-seconds=45 "
                     f"max-server-steps=1000 max-wall-seconds=900 metrics-port={port} write-plots=false"),
     )
     with start_federation(federation, out=sys.stdout) as running, open(tmp_path / "run.log", "wb") as log:
@@ -164,11 +168,12 @@ def test_a_node_stopped_past_the_ttl_is_a_straggler_then_contributes_again(tmp_p
             return next((n for n in mid if pending(found, n)), None)
 
         mid = wait_for(mid_node_busy, 400, "the mid-tier node to contribute and hold a task")
-        signal_node(running, 2, signal.SIGSTOP)
-        # past its TTL (25 s), short of the ~40 s after which the SuperLink would call the node gone
-        wait_for(lambda: any(e["event"] == "error" and e["node"] == mid and e["reason"] == "ttl-expired"
-                             for e in events(run_dir)), 40, "the stopped node's task to expire")
-        signal_node(running, 2, signal.SIGCONT)
+        signal_node_apps(running, 2, signal.SIGSTOP)
+        try:
+            wait_for(lambda: any(e["event"] == "error" and e["node"] == mid and e["reason"] == "ttl-expired"
+                                 for e in events(run_dir)), 90, "the stopped node's task to expire")
+        finally:
+            signal_node_apps(running, 2, signal.SIGCONT)
         resumed_at = events(run_dir)[-1]["time"]
         wait_for(lambda: any(e["event"] == "update" and e["node"] == mid and e["time"] > resumed_at
                              for e in events(run_dir)), 240, "an update from the node after SIGCONT")
@@ -178,14 +183,13 @@ def test_a_node_stopped_past_the_ttl_is_a_straggler_then_contributes_again(tmp_p
         run.wait()
 
     assert sample(metrics, "fl_stragglers_total", reason="ttl", device_tier="mid") >= 1
-    expired = [e for e in found if e["event"] == "error" and e["node"] == mid]
-    assert expired and {e["reason"] for e in expired} == {"ttl-expired"}  # never called gone
-    assert not any(e["event"] == "node" and e["node"] == mid and e["state"] == "retired" for e in found)
+    mine = [e for e in found if e.get("node") == mid]
+    assert {e["reason"] for e in mine if e["event"] == "error"} == {"ttl-expired"}  # never called gone
+    assert not any(e["event"] == "node" and e["state"] == "retired" for e in mine)
     # the reply it finished after SIGCONT was refused by the SuperLink (expired): each of the
-    # node's tasks ended exactly once, as an expiry or as one update
-    dispatched = sum(1 for e in found if e["event"] == "dispatch" and e["node"] == mid)
-    ended = sum(1 for e in found if e["node"] == mid and e["event"] in ("update", "invalid", "error"))
-    assert ended <= dispatched
+    # node's tasks ended once at most, as an expiry or as one update
+    ended = sum(1 for e in mine if e["event"] in ("update", "invalid", "error"))
+    assert ended <= sum(1 for e in mine if e["event"] == "dispatch")
 
 
 def test_a_node_cut_off_the_network_rejoins_and_contributes_again(tmp_path, no_leftover_processes):
