@@ -168,10 +168,11 @@ def test_a_node_stopped_past_the_ttl_is_a_straggler_then_contributes_again(tmp_p
             return next((n for n in mid if pending(found, n)), None)
 
         mid = wait_for(mid_node_busy, 400, "the mid-tier node to contribute and hold a task")
+        seen = len(events(run_dir))
         signal_node_apps(running, 2, signal.SIGSTOP)
         try:
             wait_for(lambda: any(e["event"] == "error" and e["node"] == mid and e["reason"] == "ttl-expired"
-                                 for e in events(run_dir)), 90, "the stopped node's task to expire")
+                                 for e in events(run_dir)[seen:]), 90, "the stopped node's task to expire")
         finally:
             signal_node_apps(running, 2, signal.SIGCONT)
         resumed_at = events(run_dir)[-1]["time"]
