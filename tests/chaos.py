@@ -10,7 +10,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -44,10 +44,10 @@ def wait_for(condition: Callable[[], T], timeout: float, what: str, poll: float 
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def submit(running: RunningFederation, log: IO[bytes], run_config: str = "") -> subprocess.Popen[bytes]:
-    """Start ``flwr run --stream`` in the background; its output (the ServerApp's log) goes to ``log``."""
-    return subprocess.Popen(running.run_argv(run_config), env=running.env, stdout=log,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+def submit(running: RunningFederation, log: Path, run_config: str = "") -> subprocess.Popen[bytes]:
+    """Start ``flwr run --stream`` in the background, in the federation's process group (stopped
+    with it); its output, the ServerApp's log, goes to ``log``."""
+    return running.group.start(log.stem, running.run_argv(run_config), running.env, log)
 
 
 def signal_node(running: RunningFederation, index: int, sig: signal.Signals) -> None:

@@ -42,19 +42,18 @@ def test_a_killed_serverapp_resumes_from_its_last_good_checkpoint_without_double
         run_config=f"buffer-size=2 concurrency=3 checkpoint-every=1 eval-every=2 max-server-steps=40 {QUIET}",
     )
     with start_federation(federation, out=sys.stdout) as running:
-        with open(tmp_path / "first.log", "wb") as log:
-            first = submit(running, log)
+        first = submit(running, tmp_path / "first.log")
 
-            def mid_buffer_after_two_checkpoints() -> bool:
-                found = events(run_dir)
-                return (len(step_versions(found)) >= 2 and found[-1]["event"] == "update"
-                        and found[-1]["buffer_fill"] > 0)
+        def mid_buffer_after_two_checkpoints() -> bool:
+            found = events(run_dir)
+            return (len(step_versions(found)) >= 2 and found[-1]["event"] == "update"
+                    and found[-1]["buffer_fill"] > 0)
 
-            wait_for(mid_buffer_after_two_checkpoints, 600, "version 2 and a part-filled buffer")
-            (pid,) = serverapp_pids()
-            os.kill(pid, signal.SIGKILL)
-            first.kill()
-            first.wait()
+        wait_for(mid_buffer_after_two_checkpoints, 600, "version 2 and a part-filled buffer")
+        (pid,) = serverapp_pids()
+        os.kill(pid, signal.SIGKILL)
+        first.kill()  # `flwr run --stream` would wait for a run that never finishes
+        first.wait()
         before_crash = events(run_dir)
         crashed_at = step_versions(before_crash)[-1]
         with np.load(run_dir / "checkpoint.prev.npz") as previous:
@@ -64,9 +63,8 @@ def test_a_killed_serverapp_resumes_from_its_last_good_checkpoint_without_double
         latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
 
         target = resumed_version + 2
-        with open(tmp_path / "second.log", "wb") as log:
-            second = submit(running, log, f"resume-from=\"{run_dir}\" max-server-steps={target}")
-            assert second.wait(timeout=600) == 0
+        second = submit(running, tmp_path / "second.log", f"resume-from=\"{run_dir}\" max-server-steps={target}")
+        assert second.wait(timeout=600) == 0
         output = (tmp_path / "second.log").read_text()
 
     assert "checkpoint.npz" in output and ("unreadable" in output or "SHA-256" in output)
@@ -95,8 +93,8 @@ def test_killing_the_slow_tier_and_broken_clients_leave_training_going(tmp_path,
                     "max-server-steps=1000 max-wall-seconds=900 error-backoff-seconds=1.0 "
                     f"error-backoff-max-seconds=4.0 metrics-port={port} write-plots=false"),
     )
-    with start_federation(federation, out=sys.stdout) as running, open(tmp_path / "run.log", "wb") as log:
-        run = submit(running, log)
+    with start_federation(federation, out=sys.stdout) as running:
+        run = submit(running, tmp_path / "run.log")
 
         def both_low_nodes_busy() -> set[int] | None:
             found = events(run_dir)
@@ -159,8 +157,8 @@ def test_a_node_stopped_past_the_ttl_is_a_straggler_then_contributes_again(tmp_p
         run_config=("buffer-size=2 concurrency=3 local-steps=5 eval-every=5 task-ttl-seconds=45 "
                     f"max-server-steps=1000 max-wall-seconds=900 metrics-port={port} write-plots=false"),
     )
-    with start_federation(federation, out=sys.stdout) as running, open(tmp_path / "run.log", "wb") as log:
-        run = submit(running, log)
+    with start_federation(federation, out=sys.stdout) as running:
+        run = submit(running, tmp_path / "run.log")
 
         def mid_node_busy() -> int | None:
             found = events(run_dir)

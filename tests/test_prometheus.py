@@ -124,6 +124,8 @@ class Prometheus:
         try:
             return self.get("/api/v1/query", query=expr)
         except urllib.error.HTTPError as err:  # 400 for a bad query: return its JSON error
+            if err.code == 503:  # still starting up (slow on a busy machine): an OSError, polled again
+                raise
             return json.loads(err.read())
 
     def wait_for(self, what: str, condition, timeout: float = 60.0):
