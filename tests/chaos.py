@@ -76,6 +76,16 @@ def serverapp_pids() -> list[int]:
     return [pid for pid, cmdline in flower_processes(marker).items() if "flwr-serverapp" in cmdline]
 
 
+def end_run(run: subprocess.Popen[bytes]) -> None:
+    """End a run mid-way as ``flwr stop`` would: SIGTERM its ServerApp (Flower's graceful exit),
+    wait for it, then stop the ``flwr run`` that streamed it."""
+    for pid in serverapp_pids():
+        os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not serverapp_pids(), 60, "the ServerApp to exit after SIGTERM")
+    run.kill()
+    run.wait()
+
+
 def step_versions(found: list[dict]) -> list[int]:
     return [e["version"] for e in found if e["event"] == "step"]
 

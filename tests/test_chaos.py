@@ -24,13 +24,14 @@ import pytest
 from fedbuff.launcher import (CONNECTION, LocalFederation, ProcessGroup, find_binary, free_port,
                              start_federation, write_connection)
 from tests import netns
-from tests.chaos import (events, nodes_of_tier, pending, sample, scrape, serverapp_pids, signal_node,
-                         signal_node_apps, step_versions, submit, wait_for)
+from tests.chaos import (end_run, events, nodes_of_tier, pending, sample, scrape, serverapp_pids,
+                         signal_node, signal_node_apps, step_versions, submit, wait_for)
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
 QUIET = "metrics-enabled=false write-plots=false"
+BAD_REPLY_REASONS = ("non-finite", "shape", "dtype", "array-count", "norm", "oversize")
 
 
 def test_a_killed_serverapp_resumes_from_its_last_good_checkpoint_without_double_counting(
@@ -86,9 +87,11 @@ def test_a_killed_serverapp_resumes_from_its_last_good_checkpoint_without_double
 def test_killing_the_slow_tier_and_broken_clients_leave_training_going(tmp_path, no_leftover_processes):
     """SIGKILL both low-tier SuperNodes mid-task while two clients send every kind of bad reply."""
     run_dir, port = tmp_path / "run", free_port()
+    # the broken clients (mid) walk through client_app.faults.CYCLE from their partition ids, 0 and 4:
+    # four replies each cover all eight kinds
     federation = LocalFederation(
-        app_dir=ROOT, run_dir=run_dir, num_nodes=6, tiers=["high", "high", "mid", "mid", "low", "low"],
-        node_overrides={2: 'test-fault="cycle"', 3: 'test-fault="cycle"'},
+        app_dir=ROOT, run_dir=run_dir, num_nodes=6, tiers=["mid", "high", "high", "low", "mid", "low"],
+        node_overrides={0: 'test-fault="cycle"', 4: 'test-fault="cycle"'},
         run_config=("buffer-size=2 concurrency=4 tasks-per-node=2 local-steps=5 eval-every=2 "
                     "max-server-steps=1000 max-wall-seconds=900 error-backoff-seconds=1.0 "
                     f"error-backoff-max-seconds=4.0 metrics-port={port} write-plots=false"),
@@ -104,7 +107,7 @@ def test_killing_the_slow_tier_and_broken_clients_leave_training_going(tmp_path,
         low = wait_for(both_low_nodes_busy, 400, "both low-tier nodes to contribute and hold a task")
         killed_at_version = step_versions(events(run_dir))[-1]
         accepted_low_at_kill = sum(1 for e in events(run_dir) if e["event"] == "update" and e["tier"] == "low")
-        for index in (4, 5):
+        for index in (3, 5):
             signal_node(running, index, signal.SIGKILL)
 
         def tier_gone() -> dict | None:
@@ -114,11 +117,17 @@ def test_killing_the_slow_tier_and_broken_clients_leave_training_going(tmp_path,
             return metrics if connected == 0 and dropped is not None and dropped >= 2 else None
 
         metrics = wait_for(tier_gone, 240, "the low tier's drop-outs and fl_connected_nodes{low} == 0")
-        wait_for(lambda: step_versions(events(run_dir))[-1] >= killed_at_version + 3, 240,
-                 "three more server steps without the low tier")
+
+        def every_fault_seen_and_three_more_steps() -> bool:
+            found = events(run_dir)
+            refused = {e["reason"] for e in found if e["event"] in ("invalid", "error")}
+            return (step_versions(found)[-1] >= killed_at_version + 3
+                    and refused >= {*BAD_REPLY_REASONS, "client-raised"})
+
+        wait_for(every_fault_seen_and_three_more_steps, 300,
+                 "three more server steps without the low tier, and every kind of bad reply")
+        end_run(run)
         found = events(run_dir)
-        run.kill()
-        run.wait()
 
     # the slow tier: both nodes' tasks failed as drop-outs, both nodes retired, nothing accepted since
     gone = [e for e in found if e["event"] == "error" and e["node"] in low]
@@ -131,15 +140,15 @@ def test_killing_the_slow_tier_and_broken_clients_leave_training_going(tmp_path,
     assert any(e["event"] == "dispatch" and e["time"] > retired_at and e["in_flight"] == 4 for e in found)
     # the broken clients: every kind refused for its reason, their raise counted, both backed off
     invalid = Counter(e["reason"] for e in found if e["event"] == "invalid")
-    for reason in ("non-finite", "shape", "dtype", "array-count", "norm", "oversize"):
-        assert invalid[reason] >= 1, f"no {reason} rejection in {invalid}"
+    assert all(invalid[reason] >= 1 for reason in BAD_REPLY_REASONS), invalid
     assert any(e["event"] == "error" and e["reason"] == "client-raised" for e in found)
     backed_off = {e["node"] for e in found if e["event"] == "node" and e["state"] == "backed-off"}
     assert len(backed_off) == 2
     assert sample(metrics, "fl_node_backoffs_total", device_tier="unknown") >= 2
     # ...and none of it reached the model: only good nodes' updates were taken, the model is finite
     assert not backed_off & {e["node"] for e in found if e["event"] == "update"}
-    with np.load(run_dir / "checkpoint.npz") as checkpoint:
+    with np.load(run_dir / "checkpoint.npz") as checkpoint:  # written on SIGTERM, at the last step
+        assert int(checkpoint["version"]) == step_versions(found)[-1]
         assert all(np.isfinite(checkpoint[k]).all() for k in checkpoint.files if k.startswith("arr_"))
     evaluations = [e["accuracy"] for e in found if e["event"] == "eval"]
     assert evaluations[-1] > evaluations[0] + 0.2
@@ -178,8 +187,7 @@ def test_a_node_stopped_past_the_ttl_is_a_straggler_then_contributes_again(tmp_p
                              for e in events(run_dir)), 240, "an update from the node after SIGCONT")
         metrics = scrape(port)
         found = events(run_dir)
-        run.kill()
-        run.wait()
+        end_run(run)
 
     assert sample(metrics, "fl_stragglers_total", reason="ttl", device_tier="mid") >= 1
     mine = [e for e in found if e.get("node") == mid]
@@ -238,6 +246,7 @@ def test_a_node_cut_off_the_network_rejoins_and_contributes_again(tmp_path, no_l
                              for e in events(run_dir)), 240, "an update from node-1 after the cable is back")
         found = events(run_dir)
         assert run.poll() is None, (logs / "run.log").read_text()[-3000:]
+        end_run(run)
     finally:
         group.stop_all()
         net.close()
