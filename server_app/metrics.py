@@ -411,8 +411,12 @@ class MetricsExporter:
         if isinstance(by_tier, Mapping):
             # A tier's series appears with its first accuracy: 0 would read as "learned nothing".
             for name, value in by_tier.items():
-                if name in TIERS and name != "unknown":
-                    self._set(self.tier_accuracy.labels(name), value, "fl_eval_tier_accuracy_ratio")
+                if name not in TIERS or name == "unknown":
+                    continue
+                if (accuracy := _finite(value)) is None:
+                    self._drop("fl_eval_tier_accuracy_ratio")
+                else:
+                    self.tier_accuracy.labels(name).set(accuracy)
         self._set(self.tier_accuracy_gap, f.get("accuracy_gap"), "fl_eval_tier_accuracy_gap_ratio")
 
     def _on_node(self, f: Mapping[str, Any]) -> None:
