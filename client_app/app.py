@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 app = ClientApp()
 
 PARTITION_KEY = "partition"
+ROWS_KEY = "partition-rows"
+STATE_CACHE_BYTES = 16 * 2**20  # larger partitions are cached as row indices (see local_partition)
 DATA_SHAPE_KEY = "data-shape"
 CLOCK_KEY = "device-clock"
 DP_SGD_STATE = "dp-sgd-accountant"
@@ -31,23 +33,34 @@ DP_SGD_STATE = "dp-sgd-accountant"
 
 def local_partition(context: Context, settings: RunSettings, node: NodeProfile
                     ) -> tuple[np.ndarray, np.ndarray, ModelSpec]:
-    """This node's training data and the model it needs, cached across the run's messages
-    in ``context.state`` (later messages skip loading and partitioning)."""
+    """This node's training data and the model it needs, cached across the run's messages.
+
+    A small partition is kept whole in ``context.state`` (later messages skip loading and
+    partitioning). A large one only as row indices, and later messages reload the dataset
+    file: Flower sends ``context.state`` back and forth with every message, and a 63 MB
+    Fashion-MNIST partition made that push fail ("ClientApp stopped responding").
+    """
+    from fedbuff import run_data
     from fedbuff.model import ModelSpec
 
-    cached = context.state.array_records.get(PARTITION_KEY)
-    if cached is not None:
-        features, labels = cached.to_numpy_ndarrays()
-        shape = context.state.config_records[DATA_SHAPE_KEY]
-        return features, labels, ModelSpec(int(shape["num-features"]), int(shape["num-classes"]),
-                                           bool(shape["recurrent"]))
-    from fedbuff import run_data
-
+    shape = context.state.config_records.get(DATA_SHAPE_KEY)
+    if shape is not None:
+        spec = ModelSpec(int(shape["num-features"]), int(shape["num-classes"]), bool(shape["recurrent"]))
+        cached = context.state.array_records.get(PARTITION_KEY)
+        if cached is not None:
+            features, labels = cached.to_numpy_ndarrays()
+            return features, labels, spec
+        rows = context.state.array_records[ROWS_KEY].to_numpy_ndarrays()[0]
+        train = run_data.load(settings).train
+        return train.features[rows], train.labels[rows], spec
     data = run_data.load(settings)
     rows = run_data.client_rows(settings, data, node.partition_id, node.num_partitions)
     features, labels = data.train.features[rows], data.train.labels[rows]
     spec = ModelSpec.of(data)
-    context.state[PARTITION_KEY] = ArrayRecord([features, labels])
+    if features.nbytes + labels.nbytes <= STATE_CACHE_BYTES:
+        context.state[PARTITION_KEY] = ArrayRecord([features, labels])
+    else:
+        context.state[ROWS_KEY] = ArrayRecord([rows])
     context.state[DATA_SHAPE_KEY] = ConfigRecord({"num-features": spec.num_features,
                                                   "num-classes": spec.num_classes,
                                                   "recurrent": spec.recurrent})

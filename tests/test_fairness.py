@@ -40,6 +40,30 @@ def test_every_client_gets_its_partition_and_the_launcher_its_tier(digits):
     assert planned_tiers(6, 'partitioner="tier-correlated" tier-strength=0') == planned_tiers(6, "")
 
 
+@pytest.mark.parametrize("cache_bytes", [16 * 2**20, 0])
+def test_a_clientapp_caches_its_partition_whole_or_as_rows(monkeypatch, digits, cache_bytes):
+    """Small partitions travel in context.state; large ones (Fashion-MNIST's 63 MB broke
+    Flower's state push) as row indices, the data reloaded from its file."""
+    from flwr.app import Context, RecordDict
+
+    from client_app import app as client
+    from client_app.node import NodeProfile
+
+    monkeypatch.setattr(client, "STATE_CACHE_BYTES", cache_bytes)
+    settings = RunSettings(**CORRELATED)
+    node = NodeProfile(partition_id=1, num_partitions=6, device_tier="low")
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    first = client.local_partition(context, settings, node)
+    assert (client.PARTITION_KEY in context.state.array_records) == bool(cache_bytes)
+    assert (client.ROWS_KEY in context.state.array_records) == (not cache_bytes)
+    again = client.local_partition(context, settings, node)
+    rows = run_data.client_rows(settings, digits, 1, 6)
+    for got in (first, again):
+        assert np.array_equal(got[0], digits.train.features[rows])
+        assert np.array_equal(got[1], digits.train.labels[rows])
+        assert got[2] == first[2] and got[2].num_features == 64 and not got[2].recurrent
+
+
 def test_tier_holdout_weights_follow_each_tiers_labels(digits):
     settings = RunSettings(**CORRELATED)
     rows = run_data.all_client_rows(settings, digits, 6)
