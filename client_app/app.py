@@ -1,42 +1,90 @@
 """ClientApp: train the received model on this node's partition and return the delta.
 
 Each message starts a fresh process in Flower 1.41, so the partition is computed once
-per run and kept in ``context.state``; later messages skip scikit-learn and datasets.
+per run and kept in ``context.state``; later messages skip loading and partitioning.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client_app.node import NodeProfile
+from client_app.node import REAL_DEVICE, NodeProfile
 from fedbuff.settings import RunSettings
+
+if TYPE_CHECKING:
+    from fedbuff.model import ModelSpec
 
 log = logging.getLogger(__name__)
 app = ClientApp()
 
 PARTITION_KEY = "partition"
+ROWS_KEY = "partition-rows"
+STATE_CACHE_BYTES = 16 * 2**20  # larger partitions are cached as row indices (see local_partition)
+DATA_SHAPE_KEY = "data-shape"
+CLOCK_KEY = "device-clock"
 DP_SGD_STATE = "dp-sgd-accountant"
 
 
-def local_partition(context: Context, settings: RunSettings, node: NodeProfile) -> tuple[np.ndarray, np.ndarray]:
-    """This node's training data, cached across the run's messages in ``context.state``."""
-    cached = context.state.array_records.get(PARTITION_KEY)
-    if cached is not None:
-        features, labels = cached.to_numpy_ndarrays()
-        return features, labels
-    from fedbuff.data import dirichlet_partition, load_digits_split
+def local_partition(context: Context, settings: RunSettings, node: NodeProfile
+                    ) -> tuple[np.ndarray, np.ndarray, ModelSpec]:
+    """This node's training data and the model it needs, cached across the run's messages.
 
-    train, _ = load_digits_split(settings.seed, settings.test_fraction)
-    part = dirichlet_partition(
-        train, node.partition_id, node.num_partitions, settings.dirichlet_alpha, settings.seed
-    )
-    context.state[PARTITION_KEY] = ArrayRecord([part.features, part.labels])
-    return part.features, part.labels
+    A small partition is kept whole in ``context.state`` (later messages skip loading and
+    partitioning). A large one only as row indices, and later messages reload the dataset
+    file: Flower sends ``context.state`` back and forth with every message, and a 63 MB
+    Fashion-MNIST partition made that push fail ("ClientApp stopped responding").
+    """
+    from fedbuff import run_data
+    from fedbuff.model import ModelSpec
+
+    shape = context.state.config_records.get(DATA_SHAPE_KEY)
+    if shape is not None:
+        spec = ModelSpec(int(shape["num-features"]), int(shape["num-classes"]), bool(shape["recurrent"]))
+        cached = context.state.array_records.get(PARTITION_KEY)
+        if cached is not None:
+            features, labels = cached.to_numpy_ndarrays()
+            return features, labels, spec
+        rows = context.state.array_records[ROWS_KEY].to_numpy_ndarrays()[0]
+        train = run_data.load(settings).train
+        return train.features[rows], train.labels[rows], spec
+    data = run_data.load(settings)
+    rows = run_data.client_rows(settings, data, node.partition_id, node.num_partitions)
+    features, labels = data.train.features[rows], data.train.labels[rows]
+    spec = ModelSpec.of(data)
+    if features.nbytes + labels.nbytes <= STATE_CACHE_BYTES:
+        context.state[PARTITION_KEY] = ArrayRecord([features, labels])
+    else:
+        context.state[ROWS_KEY] = ArrayRecord([rows])
+    context.state[DATA_SHAPE_KEY] = ConfigRecord({"num-features": spec.num_features,
+                                                  "num-classes": spec.num_classes,
+                                                  "recurrent": spec.recurrent})
+    return features, labels, spec
+
+
+def emulated_seconds(context: Context, settings: RunSettings, node: NodeProfile, measured: float,
+                     batches: int, payload_bytes: int) -> float:
+    """Wall time this task takes on the emulated device (``fedbuff.device_model``): tier
+    ratio × jitter, plus the link, paused while the node is offline. A ``real`` node: as measured.
+
+    The task number and the node's first-task time live in ``context.state``, so the draws
+    are the same on a rerun and the availability schedule runs from the node's start.
+    """
+    clock_state = context.state.config_records.get(CLOCK_KEY)
+    now = time.time()
+    task, started = (int(clock_state["tasks"]), float(clock_state["started"])) if clock_state else (0, now)
+    context.state[CLOCK_KEY] = ConfigRecord({"tasks": task + 1, "started": started})
+    clock = settings.device_model().for_node(node.partition_id, node.device_tier)
+    busy = clock.task_seconds(task, measured, batches, payload_bytes)
+    if node.device_tier == REAL_DEVICE:
+        return busy
+    elapsed = now - started
+    return clock.availability.finish_time(elapsed, busy) - elapsed
 
 
 @app.train()
@@ -52,14 +100,14 @@ def train(msg: Message, context: Context) -> Message:
 
     settings = RunSettings.from_run_config(context.run_config)
     node = NodeProfile.from_node_config(context.node_config)
-    features, labels = local_partition(context, settings, node)
+    features, labels, spec = local_partition(context, settings, node)
 
     dispatched = msg.content.array_records["arrays"].to_numpy_ndarrays()
     config = msg.content.config_records.get("config", {})
     # Our loop sends server-version; Flower's own strategies send server-round.
     version = int(config.get("server-version", config.get("server-round", 0)))
     reply_weights = config.get("reply", "delta") == "weights"
-    model = build_model(settings.hidden_units, settings.seed)
+    model = build_model(settings.hidden_units, settings.seed, spec)
     set_weights(model, dispatched)
     device = pick_device()
     train_started = time.monotonic()
@@ -85,9 +133,8 @@ def train(msg: Message, context: Context) -> Message:
     if settings.user_dp and not reply_weights:
         update = _privatize(update, settings)
 
-    target = node.emulated_seconds(
-        train_seconds, batches, settings.emulated_step_seconds, settings.speed_ratios()
-    )
+    target = emulated_seconds(context, settings, node, train_seconds, batches,
+                              sum(a.nbytes for a in dispatched))
     if target > train_seconds:
         time.sleep(target - train_seconds)
 
@@ -96,7 +143,9 @@ def train(msg: Message, context: Context) -> Message:
 
         update = inject(node.test_fault, update, context)
     records: dict[str, ArrayRecord | MetricRecord | ConfigRecord] = {
-        "device": ConfigRecord({"device-tier": node.device_tier, "device-kind": device.type}),
+        "device": ConfigRecord({"device-tier": node.device_tier, "device-kind": device.type,
+                                "partition-id": node.partition_id,
+                                "num-partitions": node.num_partitions}),
     }
     if settings.secagg and not reply_weights:
         update, records["secagg"] = _mask(update, settings, context, config)

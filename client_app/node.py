@@ -50,14 +50,3 @@ class NodeProfile:
             device_tier=str(node_config.get("device-tier", REAL_DEVICE)),
             test_fault=str(node_config.get("test-fault", "")),
         )
-
-    def emulated_seconds(self, measured: float, batches: int, step_seconds: float,
-                         ratios: Mapping[str, float]) -> float:
-        """Wall time this tier would take: ``ratio × max(measured, batches × step_seconds)``.
-
-        ``step_seconds`` is the high tier's assumed time per batch, so that tiny models
-        still spread out in time the way the measured phones do (DESIGN.md §8).
-        """
-        if self.device_tier == REAL_DEVICE:
-            return measured
-        return ratios[self.device_tier] * max(measured, batches * step_seconds)

@@ -1,7 +1,6 @@
 """Offline data: scikit-learn's bundled digits, split and partitioned deterministically.
 
-The server keeps the held-out split; each client takes its partition of the rest through
-``flwr-datasets``' Dirichlet partitioner (label skew with concentration ``alpha``).
+The server keeps the held-out split; clients partition the rest (:mod:`fedbuff.run_data`).
 """
 
 from __future__ import annotations
@@ -33,26 +32,3 @@ def load_digits_split(seed: int, test_fraction: float) -> tuple[Split, Split]:
     n_test = int(round(test_fraction * len(labels)))
     test, train = order[:n_test], order[n_test:]
     return Split(features[train], labels[train]), Split(features[test], labels[test])
-
-
-def dirichlet_partition(
-    train: Split, partition_id: int, num_partitions: int, alpha: float, seed: int
-) -> Split:
-    """Partition ``partition_id`` of ``num_partitions`` by a Dirichlet(alpha) over labels."""
-    if not 0 <= partition_id < num_partitions:
-        raise ValueError(f"partition-id {partition_id} is outside [0, {num_partitions})")
-    from datasets import Dataset
-    from flwr_datasets.partitioner import DirichletPartitioner
-
-    dataset = Dataset.from_dict({"row": np.arange(len(train)), "label": train.labels})
-    partitioner = DirichletPartitioner(
-        num_partitions=num_partitions,
-        partition_by="label",
-        alpha=alpha,
-        min_partition_size=max(1, min(10, len(train) // (2 * num_partitions))),
-        self_balancing=False,
-        seed=seed,
-    )
-    partitioner.dataset = dataset
-    rows = np.asarray(partitioner.load_partition(partition_id)["row"], dtype=np.int64)
-    return Split(train.features[rows], train.labels[rows])

@@ -31,7 +31,7 @@ from typing import IO
 from click import ClickException
 from flwr.common.config import parse_config_args
 
-from fedbuff.settings import DEVICE_TIERS
+from fedbuff.settings import DEVICE_TIERS, RunSettings, SettingsError
 
 CONNECTION = "fedbuff-local"
 BINARIES = ("flower-superlink", "flower-supernode", "flwr")
@@ -79,6 +79,30 @@ class LocalFederation:
             f'partition-id={index} num-partitions={self.num_nodes} device-tier="{self.tier_of(index)}"'
         )
         return " ".join(filter(None, [config, extra, self.node_overrides.get(index, "")]))
+
+
+def run_settings(run_config: str) -> RunSettings:
+    """The settings a run with these ``-c`` overrides gets (pyproject defaults equal
+    ``RunSettings()``'s, a test keeps them so)."""
+    from flwr.common.config import parse_config_args
+
+    try:
+        return RunSettings.from_run_config(parse_config_args([run_config]) if run_config.strip() else {})
+    except (SettingsError, ValueError) as err:
+        raise LaunchError(f"run config: {err}") from err
+
+
+def planned_tiers(num_nodes: int, run_config: str) -> list[str]:
+    """Each node's device tier as the run's settings assign them: the ``tier-mix`` quotas,
+    tied to each node's labels under ``partitioner=tier-correlated`` (``fedbuff.run_data``)."""
+    from fedbuff import run_data
+    from fedbuff.datasets import DatasetUnavailable
+    from fedbuff.partitioners import PartitionError
+
+    try:
+        return run_data.client_tiers(run_settings(run_config), num_nodes)
+    except (DatasetUnavailable, PartitionError) as err:
+        raise LaunchError(str(err)) from err
 
 
 def find_binary(name: str) -> str:

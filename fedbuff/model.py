@@ -1,24 +1,64 @@
-"""The model both apps share, and the numpy <-> torch bridge. Imports torch."""
+"""The models both apps share, and the numpy <-> torch bridge. Imports torch."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
+if TYPE_CHECKING:
+    from fedbuff.datasets import FederatedData
+
 NUM_FEATURES = 64  # 8x8 digits
 NUM_CLASSES = 10
+EMBEDDING_DIM = 8  # LEAF's Shakespeare model embeds each character in 8 dimensions
 
 
-def build_model(hidden_units: int, seed: int) -> nn.Module:
-    """A small MLP for 8x8 digits, initialised deterministically from ``seed``."""
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the model must fit: input width, number of classes, and whether the inputs
+    are character ids (a recurrent model) rather than features (an MLP)."""
+
+    num_features: int = NUM_FEATURES
+    num_classes: int = NUM_CLASSES
+    recurrent: bool = False
+
+    @classmethod
+    def of(cls, data: FederatedData) -> ModelSpec:
+        """The model a dataset needs: character ids (a vocabulary) take the recurrent one."""
+        return cls(int(np.prod(data.input_shape)), data.num_classes, recurrent=data.vocab is not None)
+
+
+class CharRNN(nn.Module):
+    """Next-character model for Shakespeare: embedding, one LSTM layer, a linear read-out of
+    the last step (LEAF's model, smaller: one layer of ``hidden_units``)."""
+
+    def __init__(self, vocab_size: int, hidden_units: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, EMBEDDING_DIM)
+        self.lstm = nn.LSTM(EMBEDDING_DIM, hidden_units, batch_first=True)
+        self.head = nn.Linear(hidden_units, vocab_size)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        output, _ = self.lstm(self.embed(ids))
+        return self.head(output[:, -1])
+
+
+def build_model(hidden_units: int, seed: int, spec: ModelSpec = ModelSpec()) -> nn.Module:
+    """A small MLP (or, for character ids, :class:`CharRNN`), initialised from ``seed``."""
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
-    model = nn.Sequential(
-        nn.Linear(NUM_FEATURES, hidden_units),
-        nn.ReLU(),
-        nn.Linear(hidden_units, NUM_CLASSES),
-    )
+    if spec.recurrent:
+        model: nn.Module = CharRNN(spec.num_classes, hidden_units)
+    else:
+        model = nn.Sequential(
+            nn.Linear(spec.num_features, hidden_units),
+            nn.ReLU(),
+            nn.Linear(hidden_units, spec.num_classes),
+        )
     torch.random.set_rng_state(generator_state)
     return model
 
@@ -88,12 +128,23 @@ def train(
     return total_loss / max(taken, 1), taken
 
 
+EVAL_BATCH = 4096  # rows per forward pass in evaluation (bounds memory for the recurrent model)
+
+
 @torch.no_grad()
+def evaluate_rows(model: nn.Module, features: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean cross-entropy on a held-out set, and whether each row was predicted right (CPU)."""
+    model.cpu().eval()
+    total_loss, correct = 0.0, []
+    for start in range(0, len(labels), EVAL_BATCH):
+        logits = model(torch.from_numpy(features[start : start + EVAL_BATCH]))
+        target = torch.from_numpy(labels[start : start + EVAL_BATCH])
+        total_loss += nn.functional.cross_entropy(logits, target, reduction="sum").item()
+        correct.append((logits.argmax(dim=1) == target).numpy())
+    return total_loss / max(len(labels), 1), np.concatenate(correct) if correct else np.zeros(0, bool)
+
+
 def evaluate(model: nn.Module, features: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """Cross-entropy loss and accuracy on a held-out set (CPU)."""
-    model.cpu().eval()
-    logits = model(torch.from_numpy(features))
-    target = torch.from_numpy(labels)
-    loss = nn.functional.cross_entropy(logits, target).item()
-    accuracy = (logits.argmax(dim=1) == target).float().mean().item()
-    return float(loss), float(accuracy)
+    loss, correct = evaluate_rows(model, features, labels)
+    return float(loss), float(correct.mean()) if len(correct) else 0.0

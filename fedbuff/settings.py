@@ -16,12 +16,16 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from client_app.dp_sgd import DPSGDOptions
+from fedbuff.datasets import DATASETS
+from fedbuff.device_model import DeviceModel
+from fedbuff.partitioners import DEFAULT_TIER_MIX, PARTITIONERS, parse_tier_mix
 from strategies import StrategyOptions
 from strategies.dp import UserDPOptions, check_user_dp
 from strategies.registry import FLOWER_FEDAVG
 from strategies.ring import RingCodec
 
 DEVICE_TIERS = ("high", "mid", "low")
+NATURAL_ID_DATASETS = ("shakespeare",)  # datasets whose rows carry a writer / speaking role
 SECAGG_STRATEGIES = ("fedbuff",)  # a buffer that only adds, built by server_app.secagg
 
 
@@ -52,13 +56,26 @@ class RunSettings(StrategyOptions, UserDPOptions, DPSGDOptions):
     batch_size: int = 32
     client_lr: float = 0.5
     hidden_units: int = 64
-    # data
+    # data (fedbuff.datasets, fedbuff.partitioners; docs/heterogeneity.md)
+    dataset: str = "digits"
+    partitioner: str = "dirichlet"
     dirichlet_alpha: float = 1.0
+    classes_per_partition: int = 2
+    tier_mix: str = DEFAULT_TIER_MIX
+    tier_strength: float = 0.0
     seed: int = 42
     test_fraction: float = 0.2
-    # device-tier emulation
+    # device-tier emulation (fedbuff.device_model)
     tier_speed_ratios: str = "high=1.0,mid=3.3,low=9.2"
     emulated_step_seconds: float = 0.05
+    task_jitter: str = "none"
+    availability: str = "always"
+    link_mbps: str = ""
+    link_latency_seconds: float = 0.0
+    # pre-trained start (server_app.pretrain)
+    initial_weights: str = ""
+    warmup_steps: int = 0
+    warmup_fraction: float = 0.1
     # secure aggregation
     secagg: bool = False
     secagg_address: str = "127.0.0.1:9095"
@@ -101,9 +118,14 @@ class RunSettings(StrategyOptions, UserDPOptions, DPSGDOptions):
             self._at_least("batch_size", 1)
             self._at_least("client_lr", 0, strict=True)
             self._at_least("hidden_units", 1)
-            self._at_least("dirichlet_alpha", 0, strict=True)
+            self._check_data()
             self._within("test_fraction", "(0, 1)", 0 < self.test_fraction < 1)
             self._at_least("emulated_step_seconds", 0)
+            self.device_model()
+            self._at_least("warmup_steps", 0)
+            self._within("warmup_fraction", "(0, 1)", 0 < self.warmup_fraction < 1)
+            if self.initial_weights and self.warmup_steps:
+                self._fail("warmup_steps", "0 when initial-weights is set (one pre-trained start)")
             self._within("metrics_port", "[0, 65535]", 0 <= self.metrics_port <= 65535)
             self._at_least("straggler_deadline_seconds", 0)
             self.speed_ratios()
@@ -117,6 +139,28 @@ class RunSettings(StrategyOptions, UserDPOptions, DPSGDOptions):
             check_user_dp(self)
         except ValueError as err:
             raise SettingsError(str(err)) from err
+
+    def _check_data(self) -> None:
+        """Dataset, partitioner and tier-assignment knobs; combinations that cannot work."""
+        self._one_of("dataset", DATASETS)
+        self._one_of("partitioner", PARTITIONERS)
+        self._at_least("dirichlet_alpha", 0, strict=True)
+        self._at_least("classes_per_partition", 1)
+        self._at_least("tier_strength", 0)
+        parse_tier_mix(self.tier_mix)
+        if self.partitioner == "natural" and self.dataset not in NATURAL_ID_DATASETS:
+            self._fail("partitioner", f"not 'natural' with dataset {self.dataset!r} "
+                       f"(natural ids exist for {NATURAL_ID_DATASETS})")
+        if self.dp_sgd and self.dataset == "shakespeare":
+            self._fail("dataset", "an image dataset with dp-sgd=true (Opacus needs DPLSTM for the "
+                       "recurrent model)")
+
+    def device_model(self) -> DeviceModel:
+        """The emulated device model these knobs describe (validated at start-up)."""
+        return DeviceModel.from_knobs(
+            tier_speed_ratios=self.speed_ratios(), emulated_step_seconds=self.emulated_step_seconds,
+            task_jitter=self.task_jitter, availability=self.availability, link_mbps=self.link_mbps,
+            link_latency_seconds=self.link_latency_seconds, seed=self.seed)
 
     def _check_resume(self) -> None:
         """A resumed run writes into the folder it resumes; Flower's FedAvg has no resume."""

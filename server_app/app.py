@@ -17,11 +17,12 @@ from server_app.events import EventSink, Fanout
 from server_app.loop import AsyncLoop, Evaluation
 from server_app.metrics import MetricsConfig, MetricsExporter
 from server_app.records import RunRecorder, default_run_dir
-from server_app.stats import RunStats
+from server_app.stats import RunStats, largest_gap
 from strategies import build_strategy
 from strategies.registry import FLOWER_FEDAVG
 
 if TYPE_CHECKING:
+    from server_app.evaluation import CentralEvaluator
     from server_app.privacy import PrivacyBudget
 
 log = logging.getLogger(__name__)
@@ -37,18 +38,25 @@ def main(grid: Grid, context: Context) -> None:
     except SettingsError as err:
         log.error("invalid run config: %s", err)
         raise
-    from fedbuff.data import load_digits_split
-    from fedbuff.model import build_model, evaluate, get_weights, set_weights
+    from fedbuff import run_data
+    from fedbuff.model import ModelSpec, build_model, get_weights
+    from server_app.evaluation import CentralEvaluator, TierHoldout
+    from server_app.pretrain import initial_weights
 
-    _, test = load_digits_split(settings.seed, settings.test_fraction)
-    model = build_model(settings.hidden_units, settings.seed)
-    initial = get_weights(model)
-
-    def evaluate_arrays(arrays: list[np.ndarray]) -> tuple[float, float]:
-        set_weights(model, arrays)
-        return evaluate(model, test.features, test.labels)
-
+    data = run_data.load(settings)
+    model = build_model(settings.hidden_units, settings.seed, ModelSpec.of(data))
     resumed = _load_checkpoint(settings)
+    if resumed is not None:  # the checkpoint's model replaces these weights
+        initial, start = get_weights(model), f"resumed from {settings.resume_from}"
+    else:
+        try:
+            initial, start = initial_weights(settings, model, data)
+        except SettingsError as err:
+            log.error("invalid run config: %s", err)
+            raise
+    holdout = TierHoldout(settings, data)
+    evaluator = CentralEvaluator(model, data, holdout)
+
     if resumed is not None:
         run_dir = settings.resume_dir()
     else:
@@ -56,12 +64,12 @@ def main(grid: Grid, context: Context) -> None:
     recorder = RunRecorder(run_dir)
     recorder.write_config(settings.as_dict())
     log.info(
-        "%s: concurrency %d, buffer %d, max %d server steps; run folder %s",
-        settings.strategy, settings.concurrency, settings.buffer_size, settings.max_server_steps,
-        run_dir.resolve(),
+        "%s on %s (%s partitions): concurrency %d, buffer %d, max %d server steps; start: %s; "
+        "run folder %s", settings.strategy, settings.dataset, settings.partitioner,
+        settings.concurrency, settings.buffer_size, settings.max_server_steps, start, run_dir.resolve(),
     )
     exporter = _start_exporter(settings)
-    events = Fanout([recorder, *filter(None, [exporter])])
+    events = Fanout([holdout, recorder, *filter(None, [exporter])])
     started = time.monotonic()
     budget = _privacy_budget(settings, events, started)
     checkpoints = CheckpointWriter(run_dir)
@@ -69,9 +77,10 @@ def main(grid: Grid, context: Context) -> None:
         if resumed is not None:
             _resume(settings, resumed, budget, events)
         reason, evaluations, stats, final, version = _train(
-            grid, settings, context.run_id, initial, evaluate_arrays, events, budget, resumed, checkpoints
+            grid, settings, context.run_id, initial, evaluator, events, budget, resumed, checkpoints
         )
         summary = _summary(settings, reason, evaluations, stats, version, time.monotonic() - started, run_dir)
+        summary["initial_model"] = start
         if budget is not None:
             summary["user_dp_epsilon"] = budget.accountant.epsilon()
             summary["user_dp_delta"] = settings.user_dp_delta
@@ -91,7 +100,7 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def _train(
-    grid: Grid, settings: RunSettings, run_id: int, initial: list[np.ndarray], evaluate,
+    grid: Grid, settings: RunSettings, run_id: int, initial: list[np.ndarray], evaluate: CentralEvaluator,
     events: EventSink, budget: PrivacyBudget | None, resumed: ServerState | None,
     checkpoints: CheckpointWriter,
 ) -> tuple[str, list[Evaluation], RunStats, list[np.ndarray], int]:
@@ -129,10 +138,12 @@ def _train(
 
         secure = secagg.connect(settings, run_id, initial, privacy)
         loop = AsyncLoop(grid, secure.strategy, settings, evaluate, events, validate=secure.validate,
-                         task_config=secure.task_config, stop_when=stop_when, on_step=on_step)
+                         task_config=secure.task_config, stop_when=stop_when, on_step=on_step,
+                         evaluate_tiers=evaluate.accuracy_by_tier)
     else:
         strategy = build_strategy(settings, initial, settings.concurrency, privacy)
-        loop = AsyncLoop(grid, strategy, settings, evaluate, events, stop_when=stop_when, on_step=on_step)
+        loop = AsyncLoop(grid, strategy, settings, evaluate, events, stop_when=stop_when, on_step=on_step,
+                         evaluate_tiers=evaluate.accuracy_by_tier)
     _continue(loop, resumed)
     try:
         reason = loop.run()
@@ -240,6 +251,10 @@ def _summary(
         "initial_accuracy": first.accuracy,
         "final_accuracy": last.accuracy,
         "final_loss": last.loss,
+        "dataset": settings.dataset,
+        "partitioner": settings.partitioner,
+        "accuracy_by_tier": dict(last.accuracy_by_tier),
+        "accuracy_gap": largest_gap(last.accuracy_by_tier),
         "wall_seconds": round(wall_seconds, 2),
         "run_dir": str(run_dir.resolve()),
         **stats.summary(),

@@ -7,12 +7,14 @@ is always present, ``tier`` is always a server-side label (``stats.TIER_LABELS``
 - ``dispatch``: node, tier, version, bytes (model payload), in_flight
 - ``update``: node, tier, outcome (accepted | stale | duplicate), staleness, weight,
   round_trip, train_seconds, bytes, norm (absent under secure aggregation), buffer_fill,
-  device_kind, dp_epsilon (the client's DP-SGD ε so far, when DP-SGD is on)
+  device_kind, dp_epsilon (the client's DP-SGD ε so far, when DP-SGD is on), partition and
+  partitions (the node's partition id and count, when it reports them)
 - ``invalid``: node, tier, reason (``validation.REJECTION_REASONS``), round_trip (no node,
   tier or round_trip for ``unknown-task``: a reply to no task in flight)
 - ``error``: node, tier, reason (``loop.ERROR_REASONS`` values or ``lost``)
 - ``step``: version, in_flight, accepted, refused, staleness_mean, aggregate_seconds
-- ``eval``: version, loss, accuracy
+- ``eval``: version, loss, accuracy; accuracy_by_tier (``{tier: accuracy}`` on each tier's
+  own held-out data) and accuracy_gap (largest difference, null with one tier) once tiers are known
 - ``node``: node, tier, state (admitted | left | retired | backed-off), online
 - ``privacy``: epsilon, delta (user-level DP spent so far, after each released flush)
 - ``resume``: version, accepted, discarded_buffered, abandoned_in_flight (a resumed run)

@@ -12,7 +12,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
@@ -24,13 +24,14 @@ from flwr.serverapp import Grid
 from fedbuff.settings import RunSettings
 from server_app.events import EventSink
 from server_app.nodes import NodePool
-from server_app.stats import RunStats, tier_label
+from server_app.stats import RunStats, largest_gap, tier_label
 from server_app.validation import Rejection, ValidUpdate, update_byte_limit, validate_reply
 from strategies import AsyncStrategy, ClientUpdate, Outcome
 
 log = logging.getLogger(__name__)
 
 Evaluator = Callable[[list[np.ndarray]], tuple[float, float]]
+TierEvaluator = Callable[[], Mapping[str, float]]  # per-tier accuracy of the model last evaluated
 Validator = Callable[[RecordDict], ValidUpdate | Rejection]
 
 ERROR_REASONS = {
@@ -59,11 +60,13 @@ class Task:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Central evaluation of one model version on the server's held-out split."""
+    """Central evaluation of one model version on the server's held-out split, and (when
+    known) on each device tier's own held-out data."""
 
     version: int
     loss: float
     accuracy: float
+    accuracy_by_tier: Mapping[str, float] = field(default_factory=dict)
 
 
 class AsyncLoop:
@@ -80,11 +83,13 @@ class AsyncLoop:
         task_config: Mapping[str, object] | None = None,
         stop_when: Callable[[], str | None] | None = None,
         on_step: Callable[[AsyncLoop], None] | None = None,
+        evaluate_tiers: TierEvaluator | None = None,
     ) -> None:
         """``validate`` checks each reply (default: a plaintext delta shaped like the model);
         ``task_config`` goes into every task's config (e.g. the mask service's public key);
         ``stop_when`` is one more stop condition (e.g. the privacy budget): a reason or None;
-        ``on_step`` runs after every server step (e.g. the checkpoint cadence).
+        ``on_step`` runs after every server step (e.g. the checkpoint cadence);
+        ``evaluate_tiers`` gives per-tier accuracy of the model ``evaluate`` saw last.
 
         A resumed run sets ``stats`` and ``evaluations`` to the checkpoint's before :meth:`run`."""
         self.grid = grid
@@ -99,6 +104,7 @@ class AsyncLoop:
         self.task_config = dict(task_config or {})
         self.stop_when = stop_when or (lambda: None)
         self.on_step = on_step or (lambda loop: None)
+        self.evaluate_tiers = evaluate_tiers or (lambda: {})
         self.nodes = NodePool(grid, on_change=self._node_changed,
                               backoff_seconds=settings.error_backoff_seconds,
                               backoff_max_seconds=settings.error_backoff_max_seconds)
@@ -227,7 +233,7 @@ class AsyncLoop:
             weight=round(receipt.weight, 6), round_trip=round(round_trip, 3),
             train_seconds=round(checked.metrics.get("train-seconds", 0.0), 3),
             bytes=sum(d.nbytes for d in checked.delta), buffer_fill=self.strategy.buffer_fill,
-            device_kind=checked.device.get("device-kind", "unknown"),
+            device_kind=checked.device.get("device-kind", "unknown"), **_partition(checked.device),
             **({} if checked.norm is None else {"norm": round(checked.norm, 6)}),
             **({"dp_epsilon": checked.metrics["dp-epsilon"]} if "dp-epsilon" in checked.metrics else {}),
         )
@@ -291,9 +297,11 @@ class AsyncLoop:
 
     def _evaluate_now(self) -> Evaluation:
         loss, accuracy = self.evaluate(self.strategy.model)
-        evaluation = Evaluation(self.strategy.version, loss, accuracy)
+        by_tier = dict(self.evaluate_tiers())
+        evaluation = Evaluation(self.strategy.version, loss, accuracy, by_tier)
         self.evaluations.append(evaluation)
-        self._emit("eval", version=evaluation.version, loss=loss, accuracy=accuracy)
+        fairness = {"accuracy_by_tier": by_tier, "accuracy_gap": largest_gap(by_tier)} if by_tier else {}
+        self._emit("eval", version=evaluation.version, loss=loss, accuracy=accuracy, **fairness)
         return evaluation
 
     def _node_changed(self, node_id: int, state: str, online: int) -> None:
@@ -317,3 +325,13 @@ class AsyncLoop:
         if self.elapsed >= settings.max_wall_seconds:
             return f"max-wall-seconds ({settings.max_wall_seconds:.0f}) reached"
         return None
+
+
+def _partition(device: Mapping[str, str]) -> dict[str, int]:
+    """``partition`` / ``partitions`` of a reply's device record when both are valid ints
+    (per-tier held-out data needs them); nothing otherwise."""
+    try:
+        part, count = int(device["partition-id"]), int(device["num-partitions"])
+    except (KeyError, ValueError):
+        return {}
+    return {"partition": part, "partitions": count} if 0 <= part < count else {}

@@ -235,6 +235,16 @@ class MetricsExporter:
                                    registry=r)
         self.eval_version = Gauge("fl_eval_model_version", "Model version of the latest evaluation",
                                   registry=r)
+        self.tier_accuracy = Gauge(
+            "fl_eval_tier_accuracy_ratio",
+            "Accuracy (0..1) of the latest evaluated model on the tier's own held-out data",
+            tier, registry=r)
+        self.tier_accuracy_gap = Gauge(
+            "fl_eval_tier_accuracy_gap_ratio",
+            "Largest accuracy difference between two tiers in the latest evaluation", registry=r)
+        self.participation = Gauge("fl_tier_participation_ratio",
+                                   "The tier's share (0..1) of all accepted updates so far", tier,
+                                   registry=r)
         self.epsilon = Gauge("fl_privacy_epsilon", "Privacy spent so far (ε of (ε, δ)-DP)", registry=r)
         self.delta = Gauge("fl_privacy_delta", "δ of the reported (ε, δ)-DP guarantee", registry=r)
         self.client_epsilon = Gauge("fl_client_dp_epsilon",
@@ -260,6 +270,8 @@ class MetricsExporter:
         self._backoffs = {t: self.backoffs.labels(t) for t in TIERS}
         self._bytes = {d: self.payload_bytes.labels(d) for d in DIRECTIONS}
         self._client_epsilon = {t: self.client_epsilon.labels(t) for t in TIERS}
+        self._participation = {t: self.participation.labels(t) for t in TIERS}
+        self._accepted_by_tier: dict[str, int] = dict.fromkeys(TIERS, 0)
         self._client_epsilon_max: dict[str, float] = {}
         self._round_trip: dict[str, Any] = {}
         self._train: dict[tuple[str, str], Any] = {}
@@ -342,6 +354,8 @@ class MetricsExporter:
         self._task_done(node)
         self._learn_tier(node, tier)
         outcome = f.get("outcome")
+        if outcome == "accepted":
+            self._accept(tier)
         if outcome in UPDATE_OUTCOMES:
             self._updates[(outcome, tier)].inc()
         else:  # an outcome this exporter does not know: counted, bounded, as "other"
@@ -396,6 +410,17 @@ class MetricsExporter:
         self._set(self.eval_loss, f.get("loss"), "fl_eval_loss")
         self._set(self.eval_accuracy, f.get("accuracy"), "fl_eval_accuracy_ratio")
         self._set(self.eval_version, f.get("version"), "fl_eval_model_version")
+        by_tier = f.get("accuracy_by_tier")
+        if isinstance(by_tier, Mapping):
+            # A tier's series appears with its first accuracy: 0 would read as "learned nothing".
+            for name, value in by_tier.items():
+                if name not in TIERS or name == "unknown":
+                    continue
+                if (accuracy := _finite(value)) is None:
+                    self._drop("fl_eval_tier_accuracy_ratio")
+                else:
+                    self.tier_accuracy.labels(name).set(accuracy)
+        self._set(self.tier_accuracy_gap, f.get("accuracy_gap"), "fl_eval_tier_accuracy_gap_ratio")
 
     def _on_node(self, f: Mapping[str, Any]) -> None:
         """``admitted`` adds a connected node; ``retired`` (or ``left``) removes it;
@@ -410,6 +435,13 @@ class MetricsExporter:
             self._connected_g[self._node_tier.pop(node)].dec()
 
     # -- helpers --------------------------------------------------------------------------
+
+    def _accept(self, tier: str) -> None:
+        """One more accepted update of ``tier``: every tier's share moves."""
+        self._accepted_by_tier[tier] += 1
+        total = sum(self._accepted_by_tier.values())
+        for name, count in self._accepted_by_tier.items():
+            self._participation[name].set(count / total)
 
     def _task_done(self, node: object) -> None:
         """A task of ``node`` ended: release the in-flight slot it took at dispatch."""

@@ -8,7 +8,8 @@
   of dispatched tasks;
 - ``round_trip_by_tier.png``: round-trip time distribution per tier;
 - ``accuracy_by_tier.png``: only when ``eval`` events carry ``accuracy_by_tier``
-  (a ``{tier: accuracy}`` mapping), per-tier accuracy against wall time.
+  (a ``{tier: accuracy}`` mapping), per-tier accuracy against wall time, with the
+  largest gap between tiers (``accuracy_gap``) as a dashed line.
 
 A plot with no data is skipped, malformed lines are ignored, and a missing history
 yields no plots. matplotlib is imported lazily and only through its object API with the
@@ -61,6 +62,7 @@ def write_plots(run_dir: str | Path) -> list[Path]:
         return []
     evals: list[tuple[float, float, float | None]] = []
     tier_evals: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    gaps: list[tuple[float, float]] = []
     staleness: dict[str, Counter[int]] = defaultdict(Counter)
     accepted: Counter[str] = Counter()
     dispatched: Counter[str] = Counter()
@@ -77,6 +79,8 @@ def write_plots(run_dir: str | Path) -> list[Path]:
                     for name, value in by_tier.items():
                         if (number := _number(value)) is not None:
                             tier_evals[str(name)].append((time, number))
+                if (gap := _number(record.get("accuracy_gap"))) is not None:
+                    gaps.append((time, gap))
         elif kind == "update":
             outcome = str(record.get("outcome", ""))
             tau = _number(record.get("staleness"))
@@ -178,6 +182,9 @@ def write_plots(run_dir: str | Path) -> list[Path]:
         for tier in _tiers(set(tier_evals)):
             points = tier_evals[tier]
             ax.plot([t for t, _ in points], [a for _, a in points], marker=".", label=tier)
+        if gaps:
+            ax.plot([t for t, _ in gaps], [g for _, g in gaps], color="black", linestyle="--",
+                    label="largest gap")
         ax.set_xlabel("wall time (s)")
         ax.set_ylabel("accuracy")
         ax.set_ylim(0, 1)

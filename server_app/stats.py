@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from fedbuff.settings import DEVICE_TIERS
@@ -13,6 +14,13 @@ TIER_LABELS = (*DEVICE_TIERS, "real")
 def tier_label(reported: str | None) -> str:
     """Map a client-reported tier onto the server-side allow-list."""
     return reported if reported in TIER_LABELS else "unknown"
+
+
+def largest_gap(accuracy_by_tier: Mapping[str, float]) -> float | None:
+    """Largest accuracy difference between two tiers (``None`` with fewer than two)."""
+    if len(accuracy_by_tier) < 2:
+        return None
+    return max(accuracy_by_tier.values()) - min(accuracy_by_tier.values())
 
 
 @dataclass
@@ -44,6 +52,11 @@ class RunStats:
     def staleness_max(self) -> int:
         return max(self.staleness, default=0)
 
+    def participation_by_tier(self) -> dict[str, float]:
+        """Each tier's share of the accepted updates (the fairness report's participation)."""
+        total = sum(self.accepted_by_tier.values())
+        return {t: round(n / total, 4) for t, n in sorted(self.accepted_by_tier.items())} if total else {}
+
     def summary(self) -> dict[str, object]:
         return {
             "tasks_dispatched": self.dispatched,
@@ -53,6 +66,7 @@ class RunStats:
             "rejected_by_reason": dict(self.rejected),
             "errors_by_reason": dict(self.errors),
             "accepted_by_tier": dict(self.accepted_by_tier),
+            "participation_by_tier": self.participation_by_tier(),
             "staleness_mean": round(self.staleness_mean(), 3),
             "staleness_max": self.staleness_max(),
             "staleness_histogram": {str(k): v for k, v in sorted(self.staleness.items())},

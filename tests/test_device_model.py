@@ -105,3 +105,22 @@ def test_always_available():
     assert a.is_online(1e9) and a.finish_time(5, 3) == 8 and not a.interrupted(0, 1e9)
     with pytest.raises(DeviceModelError):
         Availability.parse("onoff:online=10", 0, 0)
+
+
+def test_a_clientapp_draws_each_task_from_the_device_model_across_processes():
+    """client_app.app.emulated_seconds: the task number lives in context.state, so the n-th
+    task of a node gets the n-th draw whatever process runs it; a real device is not slowed."""
+    from flwr.app import Context, RecordDict
+
+    from client_app.app import emulated_seconds
+    from client_app.node import NodeProfile
+    from fedbuff.settings import RunSettings
+
+    settings = RunSettings(task_jitter="lognormal", link_mbps="high=50,mid=20,low=5")
+    node = NodeProfile(partition_id=2, num_partitions=4, device_tier="mid")
+    context = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
+    got = [emulated_seconds(context, settings, node, 0.01, 20, 1_000_000) for _ in range(3)]
+    clock = settings.device_model().for_node(2, "mid")
+    assert got == pytest.approx([clock.task_seconds(t, 0.01, 20, 1_000_000) for t in range(3)], rel=1e-6)
+    real = NodeProfile(partition_id=0, num_partitions=4)
+    assert emulated_seconds(context, settings, real, 0.3, 20, 1_000_000) == 0.3

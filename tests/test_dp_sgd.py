@@ -19,7 +19,8 @@ from client_app.dp_sgd import (
     history_to_record,
     train_dp_sgd,
 )
-from fedbuff.data import dirichlet_partition, load_digits_split
+from fedbuff import partitioners
+from fedbuff.data import load_digits_split
 from fedbuff.model import build_model, evaluate, get_weights, set_weights
 from tests.conftest import ROOT
 
@@ -27,9 +28,9 @@ from tests.conftest import ROOT
 @pytest.fixture(scope="module")
 def partition():
     train, _ = load_digits_split(seed=42, test_fraction=0.2)
-    part = dirichlet_partition(train, partition_id=1, num_partitions=4, alpha=1.0, seed=42)
-    assert 150 < len(part) < 700
-    return part.features, part.labels
+    rows = partitioners.partition("dirichlet", train.labels, 4, 1, seed=42, alpha=1.0)
+    assert 150 < len(rows) < 700
+    return train.features[rows], train.labels[rows]
 
 
 def run(model, features, labels, options, *, history=None, seed=0, epochs=1, steps=0):

@@ -33,7 +33,8 @@ def synthetic_events(seed: int = 0, nodes: int = 9, buffer_size: int = 3,
     tier now and then past a 60 s deadline) each keep one task in flight; replies are
     mostly valid updates, sometimes invalid, TTL-expired, lost, crashed or from a node
     that left (retired, re-admitted 10 s later). Every third accepted update steps the
-    model, every second step is evaluated, and about 1% of norms are NaN.
+    model, every second step is evaluated (overall and per known tier), and about 1% of
+    norms are NaN.
     """
     rng = random.Random(seed)
     tiers = {n: ("high", "mid", "low")[n % 3] for n in range(nodes)}
@@ -108,8 +109,15 @@ def synthetic_events(seed: int = 0, nodes: int = 9, buffer_size: int = 3,
             if stepped:
                 if version % 2 == 0:
                     accuracy = 1 - 0.92 * math.exp(-version / 15)
+                    # each tier's own held-out data: the slower the tier, the worse it is served
+                    by_tier = {t: round(accuracy - {"high": 0.0, "mid": 0.03, "low": 0.08}[t], 6)
+                               for t in set(known.values())}
+                    fairness = ({"accuracy_by_tier": by_tier,
+                                 "accuracy_gap": round(max(by_tier.values()) - min(by_tier.values()), 6)}
+                                if len(by_tier) > 1 else {})
                     yield "eval", dict(time=round(now, 3), version=version,
-                                       loss=round(2.3 * (1 - accuracy) + 0.1, 6), accuracy=round(accuracy, 6))
+                                       loss=round(2.3 * (1 - accuracy) + 0.1, 6), accuracy=round(accuracy, 6),
+                                       **fairness)
                 yield "step", dict(time=round(now, 3), version=version, in_flight=in_flight,
                                    accepted=accepted_total, refused=refused_total, staleness_mean=1.0,
                                    aggregate_seconds=round(rng.uniform(0.0002, 0.003), 6))

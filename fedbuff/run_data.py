@@ -1,0 +1,54 @@
+"""The data of one run as its settings describe it: which dataset, which rows each client
+holds, and which device tier each client is.
+
+The launcher (tiers for the node configs), every ClientApp (its own rows) and the
+ServerApp (each tier's held-out data) call these with the same settings and get the same
+answer, because everything below is deterministic from ``seed``. Imports numpy only;
+``datasets`` / ``flwr-datasets`` load lazily inside :mod:`fedbuff.partitioners`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedbuff import datasets, partitioners
+from fedbuff.datasets import FederatedData
+from fedbuff.settings import RunSettings
+
+
+def load(settings: RunSettings) -> FederatedData:
+    """The run's dataset (``dataset`` knob), from files on this machine."""
+    return datasets.load(settings.dataset, seed=settings.seed, test_fraction=settings.test_fraction)
+
+
+def _params(settings: RunSettings, data: FederatedData) -> dict[str, object]:
+    return {"alpha": settings.dirichlet_alpha, "classes_per_partition": settings.classes_per_partition,
+            "natural_ids": data.train_ids}
+
+
+def client_rows(settings: RunSettings, data: FederatedData, partition_id: int,
+                num_partitions: int) -> np.ndarray:
+    """Training rows of client ``partition_id`` (``partitioner`` knob)."""
+    return partitioners.partition(settings.partitioner, data.train.labels, num_partitions,
+                                  partition_id, settings.seed, **_params(settings, data))
+
+
+def all_client_rows(settings: RunSettings, data: FederatedData, num_partitions: int) -> list[np.ndarray]:
+    """Training rows of every client, in partition-id order."""
+    return partitioners.all_partitions(settings.partitioner, data.train.labels, num_partitions,
+                                       settings.seed, **_params(settings, data))
+
+
+def client_tiers(settings: RunSettings, num_partitions: int, data: FederatedData | None = None) -> list[str]:
+    """The device tier of each client: the ``tier-mix`` quotas, assigned independently of the
+    data, or tied to the labels (``partitioner=tier-correlated`` with ``tier-strength`` > 0).
+
+    ``data`` is loaded only when the assignment depends on it.
+    """
+    if settings.partitioner != "tier-correlated" or settings.tier_strength == 0:
+        return partitioners.partition_tiers("iid", np.zeros(0), num_partitions, settings.seed,
+                                            tier_mix=settings.tier_mix)
+    data = data or load(settings)
+    return partitioners.partition_tiers(
+        settings.partitioner, data.train.labels, num_partitions, settings.seed,
+        strength=settings.tier_strength, tier_mix=settings.tier_mix, **_params(settings, data))
