@@ -55,12 +55,17 @@ def ratio(numerator: float | None, denominator: float | None) -> str:
 
 
 def machine() -> str:
-    """Cores, RAM, CPU model and Python version of this machine."""
+    """Cores, RAM, CPU model, Python version, and the 1-minute load average right now.
+
+    The load says how busy a shared machine was when a suite started: on 2 cores, a load
+    of 10 means every process got a fraction of a core and absolute times stretch with it.
+    """
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor() or "unknown CPU")
     memory_kib = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
                           if line.startswith("MemTotal")))
-    return f"{os.cpu_count()} cores, {memory_kib / 2**20:.0f} GiB RAM, {cpu}, Python {platform.python_version()}"
+    return (f"{os.cpu_count()} cores, {memory_kib / 2**20:.0f} GiB RAM, {cpu}, Python {platform.python_version()}, "
+            f"load average {os.getloadavg()[0]:.1f} at the start")
 
 
 def commit(root: Path) -> str:
