@@ -62,6 +62,9 @@ def run(spec: BenchRun) -> RunResult:
     except LaunchError:
         print(f"[bench]   failed; its logs are kept in {run_dir}/logs", file=sys.stderr, flush=True)
         raise
+    except BaseException:  # interrupted: nothing worth keeping
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     history = run_dir / "metrics.jsonl"
     events = read_events(history) if history.exists() else []
     shutil.rmtree(tmp, ignore_errors=True)

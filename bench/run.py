@@ -102,18 +102,20 @@ def main() -> int:
     args = parser.parse_args()
     path = ROOT / "BENCHMARKS.md"
     fresh: dict[str, str] = {}
+    failed = []
     for name in args.only or list(SUITES):
         try:
             section = run_suite(SUITES[name], args.quick)
-        except RuntimeError as err:
+        except RuntimeError as err:  # the other suites still run; this section keeps its old text
             print(f"[bench] {err}", file=sys.stderr)
-            return 1
+            failed.append(name)
+            continue
         fresh[section.title] = section.render()
         old = path.read_text(encoding="utf-8") if path.exists() else ""
         # Written after every suite: a long benchmark interrupted later keeps what it measured.
         path.write_text(render_benchmarks(PREAMBLE, merge(old, fresh)), encoding="utf-8")
-    print("[bench] wrote BENCHMARKS.md")
-    return 0
+    print("[bench] wrote BENCHMARKS.md" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

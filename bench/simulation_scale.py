@@ -21,9 +21,10 @@ import os
 import sys
 from pathlib import Path
 
-from bench.federation import BenchRun, run
+from bench.federation import BenchRun, RunResult, run
 from bench.history import step_times
 from bench.report import markdown_table
+from fedbuff.launcher import LaunchError
 
 FLOOR_APP = Path(__file__).resolve().parent / "floor_app"
 BUFFER_SIZE = 10
@@ -37,6 +38,16 @@ def steps_per_minute(times: list[float]) -> float | None:
     return (len(times) - 1) / (times[-1] - times[0]) * 60
 
 
+def run_with_retry(spec: BenchRun) -> RunResult | None:
+    """One retry: Ray gives its raylet a hard-coded 30 s to start, which a busy 2-core machine misses."""
+    for attempt in (1, 2):
+        try:
+            return run(spec)
+        except LaunchError as err:
+            print(f"[bench]   attempt {attempt} failed: {err}", file=sys.stderr, flush=True)
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="100 and 1000 clients, 45 s each")
@@ -48,9 +59,13 @@ def main() -> None:
     rows, rates = [], {}
     for n in clients:
         concurrency = min(MAX_CONCURRENCY, n)
-        result = run(BenchRun(n, f'driver="ours" concurrency={concurrency} buffer-size={BUFFER_SIZE} '
-                                 f"max-server-steps=1000000 max-wall-seconds={seconds}",
-                              tiers=["real"], simulation=True, app_dir=FLOOR_APP, label=f"simulation {n} clients"))
+        spec = BenchRun(n, f'driver="ours" concurrency={concurrency} buffer-size={BUFFER_SIZE} '
+                           f"max-server-steps=1000000 max-wall-seconds={seconds}",
+                        tiers=["real"], simulation=True, app_dir=FLOOR_APP, label=f"simulation {n} clients")
+        result = run_with_retry(spec)
+        if result is None:
+            rows.append([n, concurrency, "—", "—", "Ray did not start (twice)", "—"])
+            continue
         times = step_times(result.events)
         updates = sum(1 for e in result.events if e.get("event") == "update")
         rate = rates[n] = steps_per_minute(times)
