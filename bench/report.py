@@ -68,8 +68,12 @@ def machine() -> str:
             f"load average {os.getloadavg()[0]:.1f} at the start")
 
 
+OUTPUTS = ("BENCHMARKS.md", "bench/results")  # written by the benchmarks: not a change to the code measured
+
+
 def commit(root: Path) -> str:
-    """The short commit hash of ``root``, flagged when the tree has uncommitted changes."""
+    """The short commit hash of ``root``, flagged when code (not benchmark output) is uncommitted."""
     result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", ".", *(f":!{p}" for p in OUTPUTS)],
+                           cwd=root, capture_output=True, text=True).stdout
     return (result.stdout.strip() or "unknown") + (" (with uncommitted changes)" if dirty.strip() else "")

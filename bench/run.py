@@ -86,13 +86,13 @@ def run_suite(suite: Suite, quick: bool) -> Section:
     argv = [sys.executable, *suite.argv(quick)]
     command = "python " + shlex.join(argv[1:])
     print(f"[bench] {command}", flush=True)
-    started, where = datetime.now(timezone.utc), machine()
+    started, where, code = datetime.now(timezone.utc), machine(), commit(ROOT)
     result = subprocess.run(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True)  # progress on stderr
     if result.returncode != 0:
         raise RuntimeError(f"{command} failed with exit code {result.returncode}")
     print(result.stdout, flush=True)
     form = "quick form" if quick else "full form"
-    return Section(suite.title, command, form, started, where, commit(ROOT), result.stdout)
+    return Section(suite.title, command, form, started, where, code, result.stdout)
 
 
 def main() -> int:
