@@ -7,6 +7,7 @@ only chooses quiet defaults for benchmarks and reads the run folder back.
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import sys
 import tempfile
@@ -41,6 +42,7 @@ class RunResult:
 
     summary: dict[str, object]
     events: list[dict[str, object]] = field(default_factory=list)
+    load: float = 0.0  # 1-minute load average when the run started (the machine is shared)
 
 
 def run(spec: BenchRun) -> RunResult:
@@ -50,6 +52,7 @@ def run(spec: BenchRun) -> RunResult:
     person watching ``make bench`` sees where it is. A failed run keeps its folder (logs).
     """
     print(f"[bench]   {spec.label or 'run'}: {spec.nodes} nodes, {spec.config}", file=sys.stderr, flush=True)
+    load = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="fedbuff-bench-"))
     run_dir = tmp / "run"
     try:
@@ -68,4 +71,4 @@ def run(spec: BenchRun) -> RunResult:
     history = run_dir / "metrics.jsonl"
     events = read_events(history) if history.exists() else []
     shutil.rmtree(tmp, ignore_errors=True)
-    return RunResult(summary, events)
+    return RunResult(summary, events, load)

@@ -66,6 +66,7 @@ class Outcome:
     strategy: str
     reached: list[Reached | None]
     curve: list[tuple[float, float]]  # (seconds, accuracy) of the first seed
+    loads: list[float] = dataclasses.field(default_factory=list)  # load average at each run's start
 
     @property
     def seconds(self) -> float | None:
@@ -81,16 +82,22 @@ def dataset_knob_available() -> bool:
     return any(f.name == "dataset" for f in dataclasses.fields(RunSettings))
 
 
-def run_strategy(scenario: Scenario, strategy: str, seeds: Sequence[int]) -> Outcome:
-    reached, curve = [], []
+def run_strategies(scenario: Scenario, strategies: Sequence[str], seeds: Sequence[int]) -> dict[str, Outcome]:
+    """Every strategy on every seed, seeds outermost: a busy spell on the shared machine then
+    hits all strategies of a seed alike instead of all seeds of one strategy."""
+    results: dict[str, list[RunResult]] = {s: [] for s in strategies}
     for seed in seeds:
-        result: RunResult = run(BenchRun(scenario.nodes, scenario.config(strategy, seed),
-                                         label=f"{scenario.dataset} {strategy} seed {seed}"))
-        reached.append(time_to_target(result.events, scenario.target))
-        if not curve:
-            curve = [(float(e["time"]), float(e["accuracy"])) for e in result.events  # type: ignore[arg-type]
-                     if e.get("event") == "eval"]
-    return Outcome(strategy, reached, curve)
+        for strategy in strategies:
+            results[strategy].append(run(BenchRun(scenario.nodes, scenario.config(strategy, seed),
+                                                  label=f"{scenario.dataset} {strategy} seed {seed}")))
+    return {strategy: outcome(strategy, runs, scenario.target) for strategy, runs in results.items()}
+
+
+def outcome(strategy: str, runs: Sequence[RunResult], target: float) -> Outcome:
+    """Score one strategy's runs (one per seed) against the target."""
+    curve = [(float(e["time"]), float(e["accuracy"])) for e in runs[0].events  # type: ignore[arg-type]
+             if e.get("event") == "eval"] if runs else []
+    return Outcome(strategy, [time_to_target(r.events, target) for r in runs], curve, [r.load for r in runs])
 
 
 def _seconds(value: float | None) -> str:
@@ -102,7 +109,9 @@ def _trips(value: float | None) -> str:
 
 
 def _per_seed(outcome: Outcome) -> str:
-    return ", ".join("—" if r is None else f"{r.seconds:.0f} s / {r.trips}" for r in outcome.reached)
+    loads = outcome.loads or [None] * len(outcome.reached)
+    return ", ".join(("—" if r is None else f"{r.seconds:.0f} s / {r.trips}")
+                     + ("" if load is None else f" (load {load:.0f})") for r, load in zip(outcome.reached, loads))
 
 
 def comparison_table(scenario: Scenario, outcomes: dict[str, Outcome]) -> str:
@@ -117,7 +126,7 @@ def comparison_table(scenario: Scenario, outcomes: dict[str, Outcome]) -> str:
         ])
     table = markdown_table(["strategy", "seeds reaching target", "median wall-clock to target",
                             "median client trips", "speed-up vs Flower FedAvg (wall-clock)",
-                            "fewer trips than sync", "per seed (seconds / trips)"], rows)
+                            "fewer trips than sync", "per seed: seconds / trips (load average at start)"], rows)
     lines = [table, ""]
     fedbuff = outcomes.get("fedbuff")
     if fedbuff and fedavg and fedbuff.seconds and fedavg.seconds:
@@ -143,7 +152,7 @@ def sweep_table(base: Scenario, seed: int, concurrencies: Sequence[int], buffer_
               for c in concurrencies]
     points += [dataclasses.replace(base, buffer_size=k) for k in buffer_sizes if k != base.buffer_size]
     for point in points:
-        reached = run_strategy(point, "fedbuff", [seed]).reached[0]
+        reached = run_strategies(point, ["fedbuff"], [seed])["fedbuff"].reached[0]
         rows.append([point.concurrency, point.buffer_size, _seconds(reached.seconds if reached else None),
                      _trips(reached.trips if reached else None),
                      "—" if reached is None else reached.version])
@@ -201,7 +210,7 @@ def main() -> None:
               "concurrency and K sweep, Fashion-MNIST): that is the full form, "
               "`python -m bench.time_to_accuracy`.\n")
     print(f"### digits (scikit-learn, Dirichlet α = 1), target accuracy {digits.target}\n")
-    outcomes = {s: run_strategy(digits, s, seeds) for s in strategies}
+    outcomes = run_strategies(digits, strategies, seeds)
     print(comparison_table(digits, outcomes))
     write_plot(outcomes, digits, args.plot)
     print(f"\n![accuracy vs wall-clock](bench/results/{args.plot.name}) — first seed of each strategy, "
@@ -210,7 +219,7 @@ def main() -> None:
         print(f"\n### Fashion-MNIST (Dirichlet), target accuracy {args.fashion_target}\n")
         if dataset_knob_available():
             fashion = Scenario(dataset="fashion-mnist", target=args.fashion_target)
-            print(comparison_table(fashion, {s: run_strategy(fashion, s, seeds) for s in strategies}))
+            print(comparison_table(fashion, run_strategies(fashion, strategies, seeds)))
         else:
             print("Not measured: this checkout's RunSettings has no `dataset` knob yet; the row runs "
                   "as soon as `dataset=\"fashion-mnist\" partitioner=\"dirichlet\"` exists.")

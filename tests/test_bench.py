@@ -12,7 +12,8 @@ from bench.report import Section, markdown_table, ratio, render_benchmarks
 from bench.run import SUITES, existing_sections, merge
 from bench.server_memory import MemoryResult
 from bench.simulation_scale import steps_per_minute
-from bench.time_to_accuracy import Outcome, Scenario, comparison_table
+from bench.federation import RunResult
+from bench.time_to_accuracy import Outcome, Scenario, comparison_table, outcome
 from bench.update_overhead import warm_round_trips
 
 HISTORY = [
@@ -115,12 +116,13 @@ def test_flower_fedavg_runs_fixed_rounds_and_the_others_stop_at_the_target():
 
 
 def test_comparison_table_states_the_goal_against_flower_fedavg():
-    fedbuff = Outcome("fedbuff", [Reached(10.0, 5, 20), Reached(12.0, 6, 24), None], [])
+    fedbuff = Outcome("fedbuff", [Reached(10.0, 5, 20), Reached(12.0, 6, 24), None], [], [1.0, 2.0, 3.0])
     fedavg = Outcome("flower-fedavg", [Reached(40.0, 4, 24), Reached(30.0, 3, 18), Reached(50.0, 5, 30)], [])
     sync = Outcome("sync", [Reached(35.0, 4, 24)] * 3, [])
     text = comparison_table(Scenario(), {"fedbuff": fedbuff, "sync": sync, "flower-fedavg": fedavg})
-    assert "| fedbuff | 2/3 | 12 s | 24 | 3.33× | 1.00× | 10 s / 20, 12 s / 24, — |" in text
+    assert "| fedbuff | 2/3 | 12 s | 24 | 3.33× | 1.00× | 10 s / 20 (load 1), 12 s / 24 (load 2), — (load 3) |" in text
     assert "Where we stand: 3.33× — met." in text
+    assert "| sync | 3/3 | 35 s | 24 | 1.14× | 1.00× | 35 s / 24, 35 s / 24, 35 s / 24 |" in text
     slow = Outcome("fedbuff", [Reached(20.0, 5, 20)], [])
     assert "missed: 2.00× of the 3× asked" in comparison_table(Scenario(), {"fedbuff": slow, "flower-fedavg": fedavg})
 
@@ -132,3 +134,11 @@ def test_the_echo_grid_drives_the_real_loop_through_every_update(buffer_size):
     result = child(parameters=1_000, buffer_size=buffer_size)
     assert result.updates == 2 * max(buffer_size, 10)  # every update accepted, none stale or duplicate
     assert result.peak_kib >= result.baseline_kib
+
+
+def test_outcome_scores_each_seed_and_keeps_the_first_seeds_curve():
+    runs = [RunResult({}, HISTORY, load=3.5), RunResult({}, HISTORY[:6], load=1.0)]
+    scored = outcome("fedbuff", runs, 0.85)
+    assert scored.reached == [Reached(7.7, 2, 3), None]
+    assert scored.curve == [(0.0, 0.1), (5.3, 0.6), (7.7, 0.85), (9.1, 0.9)]
+    assert scored.loads == [3.5, 1.0]
