@@ -17,6 +17,7 @@ import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,8 +45,8 @@ class Suite:
     full: tuple[str, ...] = ()
     quick: tuple[str, ...] = ("--quick",)
 
-    def argv(self, quick: bool) -> list[str]:
-        return ["-m", f"bench.{self.module}", *(self.quick if quick else self.full)]
+    def argv(self, quick: bool, extra: Sequence[str] = ()) -> list[str]:
+        return ["-m", f"bench.{self.module}", *(self.quick if quick else self.full), *extra]
 
 
 SUITES = {
@@ -81,9 +82,9 @@ def merge(old_text: str, fresh: dict[str, str]) -> list[str]:
     return merged
 
 
-def run_suite(suite: Suite, quick: bool) -> Section:
+def run_suite(suite: Suite, quick: bool, extra: Sequence[str] = ()) -> Section:
     """Run one suite; its stdout (Markdown) becomes the section body."""
-    argv = [sys.executable, *suite.argv(quick)]
+    argv = [sys.executable, *suite.argv(quick, extra)]
     command = "python " + shlex.join(argv[1:])
     print(f"[bench] {command}", flush=True)
     started, where, code = datetime.now(timezone.utc), machine(), commit(ROOT)
@@ -99,13 +100,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer runs (minutes)")
     parser.add_argument("--only", choices=sorted(SUITES), action="append", help="run only these suites")
+    parser.add_argument("--suite-args", default="",
+                        help="extra arguments for the suite(s), e.g. --only time-to-accuracy "
+                             "--suite-args='--seeds 1,2' (they appear in the section's command)")
     args = parser.parse_args()
     path = ROOT / "BENCHMARKS.md"
     fresh: dict[str, str] = {}
     failed = []
     for name in args.only or list(SUITES):
         try:
-            section = run_suite(SUITES[name], args.quick)
+            section = run_suite(SUITES[name], args.quick, shlex.split(args.suite_args))
         except RuntimeError as err:  # the other suites still run; this section keeps its old text
             print(f"[bench] {err}", file=sys.stderr)
             failed.append(name)
