@@ -185,7 +185,7 @@ def write_plot(outcomes: dict[str, Outcome], scenario: Scenario, path: Path) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="one seed (unless --seeds), 3 nodes, target 0.7, FedAvg 5 rounds, digits only, no sweep")
+                        help="one seed (unless --seeds), 3 nodes, target 0.7, FedAvg 4 rounds, digits only, no sweep")
     parser.add_argument("--seeds", help="comma-separated seeds (default 1,2,3; 1 with --quick)")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--target", type=float, default=0.8, help="target accuracy on digits")
@@ -197,7 +197,7 @@ def main() -> None:
     seeds = [int(s) for s in (args.seeds or ("1" if args.quick else "1,2,3")).split(",")]
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     # The quick form: one node per tier and a lower target, minutes instead of an hour.
-    digits = (Scenario(target=0.7, nodes=3, concurrency=3, buffer_size=2, fedavg_rounds=5) if args.quick
+    digits = (Scenario(target=0.7, nodes=3, concurrency=3, buffer_size=2, fedavg_rounds=4) if args.quick
               else Scenario(target=args.target))
     print(f"Real local federation: {digits.nodes} SuperNodes, tiers low/mid/high (round-robin, emulated with "
           f"`tier-speed-ratios` 9.2 : 3.3 : 1), concurrency {digits.concurrency}, FedBuff K = "
