@@ -88,8 +88,12 @@ def run_strategies(scenario: Scenario, strategies: Sequence[str], seeds: Sequenc
     results: dict[str, list[RunResult]] = {s: [] for s in strategies}
     for seed in seeds:
         for strategy in strategies:
-            results[strategy].append(run(BenchRun(scenario.nodes, scenario.config(strategy, seed),
-                                                  label=f"{scenario.dataset} {strategy} seed {seed}")))
+            result = run(BenchRun(scenario.nodes, scenario.config(strategy, seed),
+                                  label=f"{scenario.dataset} {strategy} seed {seed}"))
+            results[strategy].append(result)
+            reached = time_to_target(result.events, scenario.target)
+            print(f"[bench]     -> {reached or 'target not reached'} (load {result.load:.1f})",
+                  file=sys.stderr, flush=True)
     return {strategy: outcome(strategy, runs, scenario.target) for strategy, runs in results.items()}
 
 
