@@ -141,7 +141,7 @@ def comparison_table(scenario: Scenario, outcomes: dict[str, Outcome]) -> str:
     elif fedbuff and fedavg:
         lines.append("Goal: FedBuff ≥ 3× faster than Flower's FedAvg in wall-clock. Where we stand: not "
                      "measurable here (a median run did not reach the target).")
-    if fedbuff and fedbuff.trips:
+    if fedbuff and fedbuff.trips and ("sync" in outcomes or "fedasync" in outcomes):
         refs = [f"{other}/FedBuff {ratio(outcomes[other].trips, fedbuff.trips)}"
                 for other in ("sync", "fedasync") if other in outcomes]
         lines.append(f"Client trips to target, {', '.join(refs)} (published: sync 3.3×, FedAsync 2.5×, "
