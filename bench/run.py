@@ -3,63 +3,123 @@
 Each section records the exact command, the date, the machine (cores, RAM, CPU model) and
 the commit, so a number can always be traced to what produced it. Ratios are measured
 within one run; absolute times on shared machines are noisy.
+
+``--only SUITE`` reruns some suites and keeps the other sections of BENCHMARKS.md as they
+were (each still says when and on which commit it was measured).
+
+Run: .venv/bin/python bench/run.py [--quick] [--only SUITE ...]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
+import re
+import shlex
 import subprocess
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: make the bench package importable
+    sys.path.insert(0, str(ROOT))
+
+from bench.report import Section, commit, machine, render_benchmarks  # noqa: E402
+
+PREAMBLE = """\
+Written by `make bench` (full form) or `make bench ARGS=--quick` (minutes); `--only SUITE`
+reruns one suite and keeps the others. Every section says which command, date, machine and
+commit produced it, and whether that was the quick or the full form. The machines these
+were measured on are shared with other developers' test runs: absolute times are noisy, so
+comparisons are ratios measured within one run, and times are medians."""
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A benchmark script (a module under bench/) and its full and quick arguments."""
+
+    title: str
+    module: str
+    full: tuple[str, ...] = ()
+    quick: tuple[str, ...] = ("--quick",)
+
+    def argv(self, quick: bool, extra: Sequence[str] = ()) -> list[str]:
+        return ["-m", f"bench.{self.module}", *(self.quick if quick else self.full), *extra]
+
+
 SUITES = {
-    "secagg-cost": ("Secure aggregation cost (server add, client masking) vs plaintext",
-                    ["bench/secagg_cost.py"], ["bench/secagg_cost.py", "--sizes", "100000,1000000"]),
-    "privacy-tradeoff": ("Accuracy vs user-level ε on digits (real local federation, 3 nodes)",
-                         ["bench/privacy_tradeoff.py"], ["bench/privacy_tradeoff.py", "--sigmas", "0,1"]),
+    "time-to-accuracy": Suite("Time to target accuracy: FedBuff, FedAsync, sync and Flower's FedAvg",
+                              "time_to_accuracy"),
+    "update-overhead": Suite("Per-update overhead: our loop vs Flower's floor, ClientApp cold start",
+                             "update_overhead"),
+    "aggregation-cost": Suite("Server aggregation CPU time per accepted update vs the physical floor",
+                              "aggregation_cost"),
+    "server-memory": Suite("Server peak memory vs buffer size K", "server_memory"),
+    "simulation-scale": Suite("Scale in Flower's simulation engine (Ray)", "simulation_scale"),
+    "secagg-cost": Suite("Secure aggregation cost (server add, client masking) vs plaintext", "secagg_cost",
+                         quick=("--sizes", "100000,1000000")),
+    "privacy-tradeoff": Suite("Accuracy vs user-level ε on digits (real local federation, 3 nodes)",
+                              "privacy_tradeoff", quick=("--sigmas", "0,1")),
 }
 
 
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown CPU")
-    memory_kib = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
-                          if line.startswith("MemTotal")))
-    return f"{os.cpu_count()} cores, {memory_kib / 2**20:.0f} GiB RAM, {cpu}, Python {platform.python_version()}"
+def existing_sections(text: str) -> dict[str, str]:
+    """The ``## `` sections of a BENCHMARKS.md, keyed by title, each as written."""
+    blocks = re.split(r"(?m)^(?=## )", text)
+    return {block.splitlines()[0][3:].strip(): block.strip() + "\n" for block in blocks if block.startswith("## ")}
 
 
-def commit() -> str:
-    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
-    return (result.stdout.strip() or "unknown") + (" (with uncommitted changes)" if dirty.strip() else "")
+def merge(old_text: str, fresh: dict[str, str]) -> list[str]:
+    """Sections in SUITES order: the freshly measured ones, else what the file already held."""
+    old = existing_sections(old_text)
+    merged = []
+    for suite in SUITES.values():
+        block = fresh.get(suite.title) or old.get(suite.title)
+        if block:
+            merged.append(block)
+    return merged
+
+
+def run_suite(suite: Suite, quick: bool, extra: Sequence[str] = ()) -> Section:
+    """Run one suite; its stdout (Markdown) becomes the section body."""
+    argv = [sys.executable, *suite.argv(quick, extra)]
+    command = "python " + shlex.join(argv[1:])
+    print(f"[bench] {command}", flush=True)
+    started, where, code = datetime.now(timezone.utc), machine(), commit(ROOT)
+    result = subprocess.run(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True)  # progress on stderr
+    if result.returncode != 0:
+        raise RuntimeError(f"{command} failed with exit code {result.returncode}")
+    print(result.stdout, flush=True)
+    form = "quick form" if quick else "full form"
+    return Section(suite.title, command, form, started, where, code, result.stdout)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer runs (minutes)")
     parser.add_argument("--only", choices=sorted(SUITES), action="append", help="run only these suites")
+    parser.add_argument("--suite-args", default="",
+                        help="extra arguments for the suite(s), e.g. --only time-to-accuracy "
+                             "--suite-args='--seeds 1,2' (they appear in the section's command)")
     args = parser.parse_args()
-    sections = [f"# Benchmarks\n\nWritten by `make bench{' ARGS=--quick' if args.quick else ''}` "
-                f"({'quick' if args.quick else 'full'} form). Machine: {machine()}. Commit: {commit()}.\n"]
+    path = ROOT / "BENCHMARKS.md"
+    fresh: dict[str, str] = {}
+    failed = []
     for name in args.only or list(SUITES):
-        title, full, quick = SUITES[name]
-        argv = [sys.executable, *(quick if args.quick else full)]
-        print(f"[bench] {name}: {' '.join(argv[1:])}", flush=True)
-        started = datetime.now(timezone.utc)
-        result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
-        if result.returncode != 0:
-            print(result.stderr[-2000:], file=sys.stderr)
-            return result.returncode
-        print(result.stdout, flush=True)
-        sections.append(f"## {title}\n\nCommand: `python {' '.join(argv[1:])}` — {started:%Y-%m-%d %H:%M} UTC\n\n"
-                        f"{result.stdout.strip()}\n")
-    (ROOT / "BENCHMARKS.md").write_text("\n".join(sections), encoding="utf-8")
-    print("[bench] wrote BENCHMARKS.md")
-    return 0
+        try:
+            section = run_suite(SUITES[name], args.quick, shlex.split(args.suite_args))
+        except RuntimeError as err:  # the other suites still run; this section keeps its old text
+            print(f"[bench] {err}", file=sys.stderr)
+            failed.append(name)
+            continue
+        fresh[section.title] = section.render()
+        old = path.read_text(encoding="utf-8") if path.exists() else ""
+        # Written after every suite: a long benchmark interrupted later keeps what it measured.
+        path.write_text(render_benchmarks(PREAMBLE, merge(old, fresh)), encoding="utf-8")
+    print("[bench] wrote BENCHMARKS.md" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Flower's floor per update: an empty ClientApp and a minimal push/pull ServerApp."""
