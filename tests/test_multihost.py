@@ -56,7 +56,7 @@ SUPERLINK_PORT = 8000
 # start): 11 steps take >= ~80 s (measured here: ~10 s a step).
 MAX_SERVER_STEPS = 11
 RUN_CONFIG = (f"max-server-steps={MAX_SERVER_STEPS} buffer-size=2 concurrency=3 eval-every=5 "
-              "emulated-step-seconds=0.02 task-ttl-seconds=120 max-wall-seconds=240")
+              "emulated-step-seconds=0.02 task-ttl-seconds=120 max-wall-seconds=480")
 # Flower's exit code for "could not connect / activate"; it is logged ("Exit Code: 305") while
 # the process itself exits with status 1.
 REFUSED_EXIT_CODE = 305
