@@ -106,7 +106,6 @@ def test_killing_the_slow_tier_and_broken_clients_leave_training_going(tmp_path,
 
         low = wait_for(both_low_nodes_busy, 400, "both low-tier nodes to contribute and hold a task")
         killed_at_version = step_versions(events(run_dir))[-1]
-        accepted_low_at_kill = sum(1 for e in events(run_dir) if e["event"] == "update" and e["tier"] == "low")
         for index in (3, 5):
             signal_node(running, index, signal.SIGKILL)
 
@@ -133,10 +132,12 @@ def test_killing_the_slow_tier_and_broken_clients_leave_training_going(tmp_path,
     gone = [e for e in found if e["event"] == "error" and e["node"] in low]
     assert {e["node"] for e in gone if e["reason"] == "node-unavailable"} == low
     assert {e["node"] for e in found if e["event"] == "node" and e["state"] == "retired"} >= low
-    assert sum(1 for e in found if e["event"] == "update" and e["tier"] == "low") == accepted_low_at_kill
-    assert sample(metrics, "fl_updates_total", outcome="accepted", device_tier="low") == accepted_low_at_kill
-    # in flight returned to the target once the tier was gone
+    # a reply already on its way when the SIGKILL hit may still land; nothing after the retirement
     retired_at = max(e["time"] for e in found if e["event"] == "node" and e["state"] == "retired")
+    low_updates = [e for e in found if e["event"] == "update" and e["tier"] == "low"]
+    assert not any(e["time"] > retired_at for e in low_updates)
+    assert sample(metrics, "fl_updates_total", outcome="accepted", device_tier="low") == len(low_updates)
+    # in flight returned to the target once the tier was gone
     assert any(e["event"] == "dispatch" and e["time"] > retired_at and e["in_flight"] == 4 for e in found)
     # the broken clients: every kind refused for its reason, their raise counted, both backed off
     invalid = Counter(e["reason"] for e in found if e["event"] == "invalid")
