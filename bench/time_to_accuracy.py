@@ -33,6 +33,7 @@ from fedbuff.settings import RunSettings
 
 STRATEGIES = ("fedbuff", "fedasync", "sync", "flower-fedavg")
 GOAL_SPEEDUP = 3.0
+FASHION_LOCAL_STEPS = 10
 PLOT = Path(__file__).resolve().parent / "results" / "time_to_accuracy.png"
 
 
@@ -47,6 +48,7 @@ class Scenario:
     buffer_size: int = 3
     fedavg_rounds: int = 8  # Flower's FedAvg cannot stop at the target
     max_wall_seconds: float = 600.0
+    local_steps: int = 0  # 0: one local epoch
 
     def config(self, strategy: str, seed: int) -> str:
         """The run config of one run (async runs stop at the target, FedAvg after its rounds)."""
@@ -56,6 +58,7 @@ class Scenario:
             f'strategy="{strategy}" seed={seed} concurrency={self.concurrency}',
             f"buffer-size={self.buffer_size} max-server-steps={steps} eval-every=1",
             f"target-accuracy={self.target} max-wall-seconds={self.max_wall_seconds}", data,
+            f"local-steps={self.local_steps}" if self.local_steps else "",
         ]))
 
 
@@ -193,7 +196,9 @@ def main() -> None:
     parser.add_argument("--seeds", help="comma-separated seeds (default 1,2,3; 1 with --quick)")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--target", type=float, default=0.8, help="target accuracy on digits")
-    parser.add_argument("--fashion-target", type=float, default=0.7, help="target accuracy on Fashion-MNIST")
+    parser.add_argument("--fashion-target", type=float, default=0.6, help="target accuracy on Fashion-MNIST")
+    parser.add_argument("--fashion-strategies", default="fedbuff,flower-fedavg",
+                        help="strategies of the Fashion-MNIST row (each run takes minutes on 2 cores)")
     parser.add_argument("--no-sweep", action="store_true", help="skip the concurrency and K sweep")
     parser.add_argument("--no-fashion", action="store_true", help="skip the Fashion-MNIST row")
     parser.add_argument("--plot", type=Path, default=PLOT, help="PNG of accuracy vs time (digits, first seed)")
@@ -222,8 +227,14 @@ def main() -> None:
     if not args.quick and not args.no_fashion:
         print(f"\n### Fashion-MNIST (Dirichlet), target accuracy {args.fashion_target}\n")
         if dataset_knob_available():
-            fashion = Scenario(dataset="fashion-mnist", target=args.fashion_target)
-            print(comparison_table(fashion, run_strategies(fashion, strategies, seeds)))
+            fashion = Scenario(dataset="fashion-mnist", target=args.fashion_target, local_steps=FASHION_LOCAL_STEPS,
+                               fedavg_rounds=20, max_wall_seconds=480.0)
+            print(f"{fashion.nodes} SuperNodes, concurrency {fashion.concurrency}, K = {fashion.buffer_size}, "
+                  f"{FASHION_LOCAL_STEPS} local steps per trip (a whole epoch of a 10,000-row partition "
+                  "would take the low tier past the task TTL), Flower's FedAvg "
+                  f"{fashion.fedavg_rounds} rounds. Strategies: {args.fashion_strategies}.\n")
+            fashion_strategies = [s.strip() for s in args.fashion_strategies.split(",") if s.strip()]
+            print(comparison_table(fashion, run_strategies(fashion, fashion_strategies, seeds)))
         else:
             print("Not measured: this checkout's RunSettings has no `dataset` knob yet; the row runs "
                   "as soon as `dataset=\"fashion-mnist\" partitioner=\"dirichlet\"` exists.")
