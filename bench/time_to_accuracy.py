@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.federation import BenchRun, RunResult, run
+from bench.figures import figure_line, save_figure
 from bench.history import Reached, median_or_none, time_to_target
 from bench.report import markdown_table, ratio
 from fedbuff.settings import RunSettings
@@ -34,7 +35,6 @@ from fedbuff.settings import RunSettings
 STRATEGIES = ("fedbuff", "fedasync", "sync", "flower-fedavg")
 GOAL_SPEEDUP = 3.0
 FASHION_LOCAL_STEPS = 10
-PLOT = Path(__file__).resolve().parent / "results" / "time_to_accuracy.png"
 
 
 @dataclass(frozen=True)
@@ -167,26 +167,19 @@ def sweep_table(base: Scenario, seed: int, concurrencies: Sequence[int], buffer_
                            "server steps"], rows)
 
 
-def write_plot(outcomes: dict[str, Outcome], scenario: Scenario, path: Path) -> None:
+def write_plot(outcomes: dict[str, Outcome], scenario: Scenario) -> Path:
     """Accuracy against wall-clock, first seed of each strategy, with the target line."""
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def draw(axes) -> None:
+        for name, outcome in outcomes.items():
+            if outcome.curve:
+                axes.plot(*zip(*outcome.curve), label=name, linewidth=1.2)
+        axes.axhline(scenario.target, color="grey", linestyle=":", linewidth=1)
+        axes.set_xlabel("seconds since training started")
+        axes.set_ylabel("held-out accuracy")
 
-    figure, axes = plt.subplots(figsize=(6, 3.5), dpi=90)
-    for name, outcome in outcomes.items():
-        if outcome.curve:
-            axes.plot(*zip(*outcome.curve), label=name, linewidth=1.2)
-    axes.axhline(scenario.target, color="grey", linestyle=":", linewidth=1)
-    axes.set_xlabel("seconds since training started")
-    axes.set_ylabel("held-out accuracy")
-    axes.set_title(f"{scenario.dataset}: {scenario.nodes} nodes, concurrency {scenario.concurrency}", fontsize=9)
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
+    return save_figure(f"time_to_accuracy_{scenario.dataset}", draw,
+                       f"{scenario.dataset}: {scenario.nodes} nodes, concurrency {scenario.concurrency}")
 
 
 def main() -> None:
@@ -201,7 +194,6 @@ def main() -> None:
                         help="strategies of the Fashion-MNIST row (each run takes minutes on 2 cores)")
     parser.add_argument("--no-sweep", action="store_true", help="skip the concurrency and K sweep")
     parser.add_argument("--no-fashion", action="store_true", help="skip the Fashion-MNIST row")
-    parser.add_argument("--plot", type=Path, default=PLOT, help="PNG of accuracy vs time (digits, first seed)")
     args = parser.parse_args()
     seeds = [int(s) for s in (args.seeds or ("1" if args.quick else "1,2,3")).split(",")]
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
@@ -221,9 +213,7 @@ def main() -> None:
     print(f"### digits (scikit-learn, Dirichlet α = 1), target accuracy {digits.target}\n")
     outcomes = run_strategies(digits, strategies, seeds)
     print(comparison_table(digits, outcomes))
-    write_plot(outcomes, digits, args.plot)
-    print(f"\n![accuracy vs wall-clock](bench/results/{args.plot.name}) — first seed of each strategy, "
-          f"written by this suite to `{args.plot.relative_to(Path.cwd()) if args.plot.is_relative_to(Path.cwd()) else args.plot}`.")
+    print("\n" + figure_line(write_plot(outcomes, digits), "accuracy vs wall-clock, first seed of each strategy"))
     if not args.quick and not args.no_fashion:
         print(f"\n### Fashion-MNIST (Dirichlet), target accuracy {args.fashion_target}\n")
         if dataset_knob_available():
@@ -234,7 +224,10 @@ def main() -> None:
                   "would take the low tier past the task TTL), Flower's FedAvg "
                   f"{fashion.fedavg_rounds} rounds. Strategies: {args.fashion_strategies}.\n")
             fashion_strategies = [s.strip() for s in args.fashion_strategies.split(",") if s.strip()]
-            print(comparison_table(fashion, run_strategies(fashion, fashion_strategies, seeds)))
+            fashion_outcomes = run_strategies(fashion, fashion_strategies, seeds)
+            print(comparison_table(fashion, fashion_outcomes))
+            print("\n" + figure_line(write_plot(fashion_outcomes, fashion),
+                                     "accuracy vs wall-clock on Fashion-MNIST, first seed of each strategy"))
         else:
             print("Not measured: this checkout's RunSettings has no `dataset` knob yet; the row runs "
                   "as soon as `dataset=\"fashion-mnist\" partitioner=\"dirichlet\"` exists.")
