@@ -155,25 +155,17 @@ def test_user_level_dp_with_secure_aggregation_and_dp_sgd_stops_at_the_budget(
     assert max(client_eps) > min(client_eps)  # a node's ε grows across its messages
 
 
-def test_secure_aggregation_trains_like_plaintext_and_a_killed_node_does_not_block_a_flush(
-    tmp_path, no_leftover_processes
-):
-    """Masked and plaintext runs end within async run-to-run noise of each other (quantisation
-    itself is 2^-24 per coordinate); in the masked run one SuperNode is SIGKILLed mid-run."""
+def test_secure_aggregation_keeps_training_and_flushing_when_a_node_is_killed(tmp_path, no_leftover_processes):
+    """One SuperNode is SIGKILLed after the first step of a masked run: its unreported mask is never
+    asked for, so every later buffer still unmasks and the run reaches its last step, learning.
+
+    Masked == plaintext arithmetic is checked exactly in tests/test_secure_fedbuff.py; comparing
+    the final accuracy of two asynchronous runs here would only measure who arrived when."""
     import os
     import threading
     import time
 
     from tests.conftest import flower_processes
-
-    config = ('max-server-steps=6 buffer-size=2 concurrency=4 eval-every=6 metrics-port=0 '
-              'staleness-weight="constant"')
-
-    def federation(name: str, secagg: bool) -> LocalFederation:
-        return LocalFederation(app_dir=ROOT, run_dir=tmp_path / name, num_nodes=4, tiers=["high"],
-                               secagg=secagg, run_config=config)
-
-    plain = run_local(federation("plain", False), out=sys.stdout)
 
     marker = f"FEDBUFF_TEST_RUN={os.environ['FEDBUFF_TEST_RUN']}"
     killed: list[int] = []
@@ -191,14 +183,15 @@ def test_secure_aggregation_trains_like_plaintext_and_a_killed_node_does_not_blo
 
     killer = threading.Thread(target=kill_node_3_after_the_first_step, daemon=True)
     killer.start()
-    secure = run_local(federation("secure", True), out=sys.stdout)
+    secure = run_local(
+        LocalFederation(app_dir=ROOT, run_dir=tmp_path / "secure", num_nodes=4, tiers=["high"], secagg=True,
+                        run_config='max-server-steps=6 buffer-size=2 concurrency=4 eval-every=6 metrics-port=0 '
+                                   'staleness-weight="constant"'),
+        out=sys.stdout,
+    )
     killer.join(timeout=5)
 
     assert killed, "the node was never killed"
-    assert secure["server_steps"] == plain["server_steps"] == 6
-    assert plain["final_accuracy"] > plain["initial_accuracy"] + 0.2
+    assert secure["server_steps"] == 6
     assert secure["final_accuracy"] > secure["initial_accuracy"] + 0.2
-    # six asynchronous steps differ from run to run by who arrives when (0.23 seen on a busy
-    # machine); masked == plaintext arithmetic is checked exactly in tests/test_secure_fedbuff.py
-    assert abs(secure["final_accuracy"] - plain["final_accuracy"]) <= 0.3
     assert not any(reason.startswith(("unmask", "ring")) for reason in secure["errors_by_reason"])

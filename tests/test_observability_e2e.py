@@ -32,7 +32,7 @@ def test_a_live_run_feeds_every_dashboard_panel_and_writes_plots(tmp_path, no_le
         tiers=["low", "mid", "high", "high"],
         node_overrides={3: 'test-fault="shape"'},
         run_config=(
-            f"max-server-steps=16 buffer-size=2 concurrency=4 eval-every=2 metrics-port={metrics_port} "
+            f"max-server-steps=10 buffer-size=2 concurrency=4 eval-every=2 metrics-port={metrics_port} "
             "straggler-deadline-seconds=4.0"
         ),
     )
@@ -75,7 +75,7 @@ def test_a_live_run_feeds_every_dashboard_panel_and_writes_plots(tmp_path, no_le
         prometheus.stop()
     assert "error" not in outcome, outcome.get("error")
     summary = outcome["summary"]
-    assert summary["server_steps"] == 16
+    assert summary["server_steps"] == 10
     assert summary["rejected_by_reason"]["shape"] >= 1
     plots = sorted(p.name for p in (run_dir / "plots").glob("*.png"))
     assert plots and all((run_dir / "plots" / p).stat().st_size > 0 for p in plots)
