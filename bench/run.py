@@ -31,9 +31,11 @@ from bench.report import Section, commit, machine, render_benchmarks  # noqa: E4
 PREAMBLE = """\
 Written by `make bench` (full form) or `make bench ARGS=--quick` (minutes); `--only SUITE`
 reruns one suite and keeps the others. Every section says which command, date, machine and
-commit produced it, and whether that was the quick or the full form. The machines these
-were measured on are shared with other developers' test runs: absolute times are noisy, so
-comparisons are ratios measured within one run, and times are medians."""
+commit produced it, and whether that was the quick or the full form; its plot is written to
+`bench/results/` by the same run. The machines these were measured on have 2 cores and may
+be shared with other developers' test runs: absolute times are noisy (each section records
+the load average it started under), so comparisons are ratios measured within one run, and
+times are medians."""
 
 
 @dataclass(frozen=True)
