@@ -1,0 +1,38 @@
+"""Slice-by-slice arithmetic: the same bits as the whole-array expressions, inputs left alone."""
+
+import numpy as np
+import pytest
+
+from strategies.chunked import CHUNK, add_scaled, scaled_copy
+
+# Sizes around the slice boundaries: shorter than one slice, exactly one, one over, many plus a rest.
+SIZES = [1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 7]
+
+
+def float32(size, seed=0):
+    return np.random.default_rng(seed).normal(0, 1e-3, size).astype(np.float32)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_add_scaled_matches_the_float64_reference_bit_for_bit(size):
+    x, y = float32(size, 1), float32(size, 2)
+    acc = scaled_copy(x, 0.3)
+    add_scaled(acc, y, 1.7)
+    reference = np.asarray(x, np.float64) * 0.3 + np.asarray(y, np.float64) * 1.7
+    np.testing.assert_array_equal(acc, reference)
+
+
+def test_add_scaled_keeps_the_shape_and_refuses_another():
+    acc = scaled_copy(float32(6).reshape(2, 3), 1.0)
+    add_scaled(acc, float32(6, 1).reshape(2, 3), 2.0)
+    assert acc.shape == (2, 3)
+    with pytest.raises(ValueError, match="shape"):
+        add_scaled(acc, float32(6, 1), 1.0)
+
+
+def test_inputs_are_only_read():
+    x = float32(CHUNK + 3)
+    saved = x.copy()
+    acc = scaled_copy(x, 2.0)
+    add_scaled(acc, x, 3.0)
+    np.testing.assert_array_equal(x, saved)
