@@ -3,7 +3,7 @@
 A float64 temporary the size of a 10M-parameter model is 80 MB: allocating, writing and
 reading it back costs more than the arithmetic, and it raises the server's peak memory.
 Working through slices of :data:`CHUNK` elements keeps each temporary in the L2 cache.
-The sums are bit-identical to the whole-array float64 expressions they replace.
+The sums and steps are bit-identical to the whole-array float64 expressions they replace.
 """
 
 from __future__ import annotations
@@ -38,6 +38,21 @@ def add_scaled(acc: np.ndarray, x: np.ndarray, weight: float) -> None:
         product[...] = flat_x[part]
         product *= weight
         flat_acc[part] += product
+
+
+def descend(model: np.ndarray, direction: np.ndarray, lr: float = 1.0) -> np.ndarray:
+    """The float32 array ``model − lr · direction`` (``direction`` float64), computed in float64
+    slice by slice."""
+    out = np.empty(np.shape(model), np.float32)
+    flat_out, flat_model, flat_direction = _flat_view(out), np.reshape(model, -1), np.reshape(direction, -1)
+    wide, step = np.empty((2, min(CHUNK, flat_out.size)), np.float64)
+    for part in slices(flat_out.size):
+        size = part.stop - part.start
+        wide[:size] = flat_model[part]
+        np.multiply(flat_direction[part], lr, out=step[:size])
+        wide[:size] -= step[:size]
+        flat_out[part] = wide[:size]
+    return out
 
 
 def _flat_view(array: np.ndarray) -> np.ndarray:

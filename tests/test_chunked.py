@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from strategies.chunked import CHUNK, add_scaled, scaled_copy
+from strategies.chunked import CHUNK, add_scaled, descend, scaled_copy
 
 # Sizes around the slice boundaries: shorter than one slice, exactly one, one over, many plus a rest.
 SIZES = [1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 7]
@@ -30,9 +30,20 @@ def test_add_scaled_keeps_the_shape_and_refuses_another():
         add_scaled(acc, float32(6, 1), 1.0)
 
 
+@pytest.mark.parametrize("size", SIZES)
+def test_descend_matches_the_float64_reference_bit_for_bit(size):
+    model, direction = float32(size, 3), float32(size, 4).astype(np.float64)
+    expected = (np.asarray(model, np.float64) - 0.5 * direction).astype(np.float32)
+    got = descend(model, direction, 0.5)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_inputs_are_only_read():
-    x = float32(CHUNK + 3)
-    saved = x.copy()
+    x, model, direction = float32(CHUNK + 3), float32(CHUNK + 3, 1), float32(CHUNK + 3, 2).astype(np.float64)
+    saved = [x.copy(), model.copy(), direction.copy()]
     acc = scaled_copy(x, 2.0)
     add_scaled(acc, x, 3.0)
-    np.testing.assert_array_equal(x, saved)
+    descend(model, direction, 0.1)
+    for array, before in zip((x, model, direction), saved):
+        np.testing.assert_array_equal(array, before)

@@ -50,6 +50,14 @@ def test_buffer_sum_is_the_float64_weighted_sum_exactly_and_leaves_deltas_alone(
             np.testing.assert_array_equal(d, b)
 
 
+def test_a_step_leaves_the_clients_deltas_alone():
+    strategy = fedbuff([1.0, 1.0], buffer_size=1)
+    delta = update(1, [0.5, -0.5])
+    strategy.receive(delta)
+    assert strategy.version == 1
+    np.testing.assert_array_equal(delta.delta[0], [0.5, -0.5])
+
+
 def test_fedbuff_steps_after_k_updates_with_staleness_weighted_sum_over_k():
     strategy = fedbuff([10.0, 10.0], buffer_size=2)
     first = strategy.receive(update(1, [2.0, 0.0], staleness=0))
