@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import RecordDict
 
 from strategies.base import MaskEnvelope
+from strategies.chunked import sum_of_squares
 
 REJECTION_REASONS = (
     "oversize",  # the reply's arrays exceed the byte limit; refused before deserialising them
@@ -81,9 +83,9 @@ def validate_reply(
             return Rejection("shape", f"array {i}: expected {want.shape}, got {got.shape}")
         if got.dtype != want.dtype:
             return Rejection("dtype", f"array {i}: expected {want.dtype}, got {got.dtype}")
-        if not np.isfinite(got).all():
-            return Rejection("non-finite", f"array {i} holds NaN or Inf")
-    norm = float(np.sqrt(sum(float(np.vdot(d, d)) for d in delta)))
+    norm = math.sqrt(sum(sum_of_squares(d) for d in delta))
+    if not math.isfinite(norm) and (bad := _first_non_finite(delta)) is not None:
+        return Rejection("non-finite", f"array {bad} holds NaN or Inf")
     if max_update_norm and not norm <= max_update_norm:
         return Rejection("norm", f"update L2 norm {norm:.3g} exceeds max-update-norm {max_update_norm}")
     return _valid(content, delta, num_examples, norm)
@@ -117,6 +119,15 @@ def validate_masked_reply(content: RecordDict, length: int, max_bytes: int | Non
     if len(mask.ephemeral_public) != EPHEMERAL_KEY_BYTES or not 0 < len(mask.signature) <= MAX_SIGNATURE_BYTES:
         return Rejection("mask-envelope", "ephemeral key or signature has the wrong size")
     return _valid(content, delta, num_examples, None, mask)
+
+
+def _first_non_finite(delta: list[np.ndarray]) -> int | None:
+    """The index of the first array holding a NaN or an Inf, if any.
+
+    Only called once the norm came out non-finite: a NaN or Inf always makes it so, and the
+    full-size boolean mask this needs is then paid on refused updates alone.
+    """
+    return next((i for i, d in enumerate(delta) if not np.isfinite(d).all()), None)
 
 
 def _common(content: RecordDict, max_bytes: int | None) -> tuple[list[np.ndarray], int] | Rejection:

@@ -8,6 +8,7 @@ The sums and steps are bit-identical to the whole-array float64 expressions they
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -53,6 +54,25 @@ def descend(model: np.ndarray, direction: np.ndarray, lr: float = 1.0) -> np.nda
         wide[:size] -= step[:size]
         flat_out[part] = wide[:size]
     return out
+
+
+def sum_of_squares(x: np.ndarray) -> float:
+    """``Σ x²``: one float32 dot product per slice, summed as Python floats.
+
+    One read of ``x`` and no temporary. A slice whose square sum overflows float32 is redone
+    in float64, so for float32 input only a NaN or an Inf makes the result non-finite.
+    """
+    flat = np.reshape(x, -1)
+    total = 0.0
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is expected, and handled
+        for part in slices(flat.size):
+            values = flat[part]
+            squares = float(np.dot(values, values))
+            if not math.isfinite(squares):
+                wide = values.astype(np.float64)
+                squares = float(np.dot(wide, wide))
+            total += squares
+    return total
 
 
 def _flat_view(array: np.ndarray) -> np.ndarray:

@@ -1,9 +1,11 @@
 """Slice-by-slice arithmetic: the same bits as the whole-array expressions, inputs left alone."""
 
+import math
+
 import numpy as np
 import pytest
 
-from strategies.chunked import CHUNK, add_scaled, descend, scaled_copy
+from strategies.chunked import CHUNK, add_scaled, descend, scaled_copy, sum_of_squares
 
 # Sizes around the slice boundaries: shorter than one slice, exactly one, one over, many plus a rest.
 SIZES = [1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 7]
@@ -47,3 +49,22 @@ def test_inputs_are_only_read():
     descend(model, direction, 0.1)
     for array, before in zip((x, model, direction), saved):
         np.testing.assert_array_equal(array, before)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_sum_of_squares_is_close_to_the_float64_reference(size):
+    x = float32(size)
+    wide = np.asarray(x, np.float64)
+    assert sum_of_squares(x) == pytest.approx(float(np.dot(wide, wide)), rel=1e-6)
+
+
+def test_sum_of_squares_stays_finite_for_huge_finite_values():
+    x = np.full(CHUNK + 5, 1e30, np.float32)  # each square overflows float32, not float64
+    assert sum_of_squares(x) == pytest.approx(x.size * float(np.float32(1e30)) ** 2, rel=1e-12)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_sum_of_squares_of_a_non_finite_value_is_not_finite(bad):
+    x = float32(2 * CHUNK)
+    x[CHUNK + 1] = bad
+    assert not math.isfinite(sum_of_squares(x))
