@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
-from flwr.app import RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from strategies.base import MaskEnvelope
 from strategies.chunked import sum_of_squares
+
+RecordT = TypeVar("RecordT", ArrayRecord, ConfigRecord, MetricRecord)
 
 REJECTION_REASONS = (
     "oversize",  # the reply's arrays exceed the byte limit; refused before deserialising them
@@ -107,7 +110,7 @@ def validate_masked_reply(content: RecordDict, length: int, max_bytes: int | Non
         return Rejection("dtype", f"masked vector must be uint64, got {delta[0].dtype}")
     if delta[0].shape != (length,):
         return Rejection("shape", f"masked vector: expected ({length},), got {delta[0].shape}")
-    envelope = content.config_records.get("secagg")
+    envelope = _record(content, "secagg", ConfigRecord)
     try:
         mask = MaskEnvelope(
             ephemeral_public=bytes(envelope["ephemeral-public"]),  # type: ignore[index]
@@ -132,11 +135,12 @@ def _first_non_finite(delta: list[np.ndarray]) -> int | None:
 
 def _common(content: RecordDict, max_bytes: int | None) -> tuple[list[np.ndarray], int] | Rejection:
     if max_bytes is not None:
-        size = sum(len(array.data) for record in content.array_records.values() for array in record.values())
+        size = sum(len(array.data) for record in content.values() if isinstance(record, ArrayRecord)
+                   for array in record.values())
         if size > max_bytes:
             return Rejection("oversize", f"reply arrays hold {size} bytes, the limit is {max_bytes} (max-update-bytes)")
-    arrays = content.array_records.get("arrays")
-    metrics = content.metric_records.get("metrics")
+    arrays = _record(content, "arrays", ArrayRecord)
+    metrics = _record(content, "metrics", MetricRecord)
     if arrays is None or metrics is None or "num-examples" not in metrics:
         return Rejection("missing-field", "reply needs ArrayRecord 'arrays' and MetricRecord 'metrics' with num-examples")
     try:
@@ -151,8 +155,8 @@ def _common(content: RecordDict, max_bytes: int | None) -> tuple[list[np.ndarray
 
 def _valid(content: RecordDict, delta: list[np.ndarray], num_examples: int, norm: float | None,
            mask: MaskEnvelope | None = None) -> ValidUpdate:
-    device = content.config_records.get("device")
-    metrics = content.metric_records["metrics"]
+    device = _record(content, "device", ConfigRecord)
+    metrics = content["metrics"]
     return ValidUpdate(
         delta=delta,
         num_examples=num_examples,
@@ -161,3 +165,13 @@ def _valid(content: RecordDict, delta: list[np.ndarray], num_examples: int, norm
         device={k: str(v) for k, v in (device or {}).items()},
         mask=mask,
     )
+
+
+def _record(content: RecordDict, key: str, kind: type[RecordT]) -> RecordT | None:
+    """The record under ``key`` if it is a ``kind``, else None.
+
+    Same answer as ``content.array_records.get(key)`` and its siblings, which build a new
+    typed view of the whole RecordDict on every access (a cost paid several times per reply).
+    """
+    record = content.get(key)
+    return record if isinstance(record, kind) else None
