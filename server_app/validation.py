@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from io import BytesIO
 from typing import TypeVar
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.common.constant import SType
 
 from strategies.base import MaskEnvelope
 from strategies.chunked import sum_of_squares
@@ -32,6 +34,7 @@ REJECTION_REASONS = (
 EPHEMERAL_KEY_BYTES = 32  # X25519
 MAX_SIGNATURE_BYTES = 256
 AUTO_LIMIT_SLACK_BYTES = 64 * 1024  # serialisation headers and the small records beside the arrays
+NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
 def update_byte_limit(configured: int, model: list[np.ndarray]) -> int:
@@ -48,8 +51,9 @@ def update_byte_limit(configured: int, model: list[np.ndarray]) -> int:
 class ValidUpdate:
     """The parts of a reply the server uses, after validation.
 
-    With secure aggregation ``delta`` is one masked ring vector, ``mask`` says how to
-    unmask it, and ``norm`` is ``None``: the server cannot see it.
+    ``delta`` holds read-only views of the reply's bytes. With secure aggregation it is one
+    masked ring vector, ``mask`` says how to unmask it, and ``norm`` is ``None``: the server
+    cannot see it.
     """
 
     delta: list[np.ndarray]
@@ -144,13 +148,32 @@ def _common(content: RecordDict, max_bytes: int | None) -> tuple[list[np.ndarray
     if arrays is None or metrics is None or "num-examples" not in metrics:
         return Rejection("missing-field", "reply needs ArrayRecord 'arrays' and MetricRecord 'metrics' with num-examples")
     try:
-        delta = arrays.to_numpy_ndarrays()
+        delta = [_read_only_view(array) for array in arrays.values()]
     except Exception as err:  # a malformed array payload is the sender's problem, not ours
         return Rejection("dtype", f"arrays do not deserialise: {err}")
     num_examples = metrics["num-examples"]
     if not isinstance(num_examples, int) or num_examples < 1:
         return Rejection("num-examples", f"num-examples must be a positive int, got {num_examples!r}")
     return delta, num_examples
+
+
+def _read_only_view(array: Array) -> np.ndarray:
+    """The array as a read-only view of the .npy bytes it arrived in, header checked as np.load does.
+
+    ``Array.numpy()`` copies every update out of its bytes; the server only ever reads a delta,
+    so a view saves a full pass over each update and a model copy of peak memory.
+    """
+    if array.stype != SType.NUMPY:
+        raise TypeError(f"unsupported serialisation {array.stype!r}")
+    stream = BytesIO(array.data)
+    version = np.lib.format.read_magic(stream)
+    if version not in NPY_HEADER_READERS:
+        raise ValueError(f".npy format version {version} is not one a numeric array is saved in")
+    shape, fortran_order, dtype = NPY_HEADER_READERS[version](stream)
+    if dtype.hasobject:
+        raise ValueError("object arrays are refused (they would need pickle)")
+    values = np.frombuffer(array.data, dtype=dtype, count=math.prod(shape), offset=stream.tell())
+    return values.reshape(shape, order="F" if fortran_order else "C")
 
 
 def _valid(content: RecordDict, delta: list[np.ndarray], num_examples: int, norm: float | None,
