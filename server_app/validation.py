@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from io import BytesIO
@@ -35,6 +36,8 @@ EPHEMERAL_KEY_BYTES = 32  # X25519
 MAX_SIGNATURE_BYTES = 256
 AUTO_LIMIT_SLACK_BYTES = 64 * 1024  # serialisation headers and the small records beside the arrays
 NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+NPY_LENGTH_WIDTHS = {(1, 0): 2, (2, 0): 4}  # bytes of the header-length field, by format version
+NPY_PREFIX_BYTES = 8  # magic string (6) and version (2)
 
 
 def update_byte_limit(configured: int, model: list[np.ndarray]) -> int:
@@ -165,15 +168,33 @@ def _read_only_view(array: Array) -> np.ndarray:
     """
     if array.stype != SType.NUMPY:
         raise TypeError(f"unsupported serialisation {array.stype!r}")
-    stream = BytesIO(array.data)
+    header = array.data[:_npy_header_size(array.data)]
+    shape, fortran_order, dtype = _npy_layout(header)
+    values = np.frombuffer(array.data, dtype=dtype, count=math.prod(shape), offset=len(header))
+    return values.reshape(shape, order="F" if fortran_order else "C")
+
+
+def _npy_header_size(data: bytes) -> int:
+    """Bytes before a .npy file's data: magic string, version, header length, header."""
+    width = NPY_LENGTH_WIDTHS.get(tuple(data[6:8]))
+    if width is None or len(data) < NPY_PREFIX_BYTES + width:
+        raise ValueError("not a .npy array of format version 1.0 or 2.0")
+    return NPY_PREFIX_BYTES + width + int.from_bytes(data[NPY_PREFIX_BYTES:NPY_PREFIX_BYTES + width], "little")
+
+
+@functools.lru_cache(maxsize=256)
+def _npy_layout(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """``(shape, fortran_order, dtype)`` of a .npy header, parsed by numpy (no pickles).
+
+    Cached: every update of a run repeats the model's few headers, and numpy parses each
+    one with ``ast.literal_eval``, a fixed cost as large as validating a 100k-parameter delta.
+    """
+    stream = BytesIO(header)
     version = np.lib.format.read_magic(stream)
-    if version not in NPY_HEADER_READERS:
-        raise ValueError(f".npy format version {version} is not one a numeric array is saved in")
     shape, fortran_order, dtype = NPY_HEADER_READERS[version](stream)
     if dtype.hasobject:
         raise ValueError("object arrays are refused (they would need pickle)")
-    values = np.frombuffer(array.data, dtype=dtype, count=math.prod(shape), offset=stream.tell())
-    return values.reshape(shape, order="F" if fortran_order else "C")
+    return shape, fortran_order, dtype
 
 
 def _valid(content: RecordDict, delta: list[np.ndarray], num_examples: int, norm: float | None,
