@@ -1,7 +1,8 @@
 """Accuracy against user-level ε on digits: a real local federation per noise multiplier.
 
 Run: .venv/bin/python bench/privacy_tradeoff.py [--sigmas 0,0.3,1,3] [--steps 12]
-Prints a Markdown table (σ, ε at δ, final accuracy, server steps) for README's Privacy section.
+Prints a Markdown table (σ, ε at δ, final accuracy, server steps) for README's Privacy section,
+and plots accuracy against ε.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import io
 import tempfile
 from pathlib import Path
 
+from bench.figures import figure_line, save_figure
 from fedbuff.launcher import LocalFederation, run_local
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,8 +25,10 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--clip", type=float, default=1.0, help="user-dp-clip (L2)")
     args = parser.parse_args()
-    print(f"| user-dp-noise-multiplier | ε (δ = 1e-5) | final accuracy | server steps |")
+    print("| user-dp-noise-multiplier | ε (δ = 1e-5) | final accuracy | server steps |")
     print("|---|---|---|---|")
+    points: list[tuple[float, float]] = []  # (ε, accuracy) of the private runs
+    baseline = None
     for sigma in (float(s) for s in args.sigmas.split(",")):
         config = (f"max-server-steps={args.steps} buffer-size=2 concurrency={args.nodes} "
                   f"eval-every={args.steps} metrics-port=0 write-plots=false")
@@ -39,6 +43,22 @@ def main() -> None:
         epsilon = f"{summary['user_dp_epsilon']:.2f}" if sigma > 0 else "∞ (no DP)"
         print(f"| {sigma:g} | {epsilon} | {summary['final_accuracy']:.3f} | {summary['server_steps']} |",
               flush=True)
+        if sigma > 0:
+            points.append((float(summary["user_dp_epsilon"]), float(summary["final_accuracy"])))
+        else:
+            baseline = float(summary["final_accuracy"])
+
+    def draw(axes) -> None:
+        axes.plot(*zip(*sorted(points)), "o-", label="user-level DP (central noise)")
+        if baseline is not None:
+            axes.axhline(baseline, color="grey", linestyle=":", label="no DP")
+        axes.set_xscale("log")
+        axes.set_xlabel("ε (δ = 1e-5)")
+        axes.set_ylabel("final accuracy")
+
+    if points:
+        print("\n" + figure_line(save_figure("privacy_tradeoff", draw, f"digits, {args.nodes} nodes, "
+                                             f"{args.steps} server steps"), "final accuracy against ε"))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from bench.federation import BenchRun, RunResult, run
+from bench.figures import figure_line, save_figure
 from bench.history import step_times
 from bench.report import markdown_table
 from fedbuff.launcher import LaunchError
@@ -76,6 +77,16 @@ def main() -> None:
     print(markdown_table(["virtual clients", "concurrency", "server steps", "updates received",
                           "server steps per minute", "updates per minute"], rows))
     known = [n for n in clients if rates.get(n)]
+    if known:
+        def draw(axes) -> None:
+            axes.plot(known, [rates[n] for n in known], "o-")
+            axes.set_xscale("log")
+            axes.set_xlabel("virtual clients")
+            axes.set_ylabel("server steps per minute")
+            axes.set_ylim(bottom=0)
+
+        print("\n" + figure_line(save_figure("simulation_scale", draw, f"FedBuff K = {BUFFER_SIZE} in Ray"),
+                                 "server steps per minute against the number of virtual clients"))
     if len(known) >= 2:
         first, last = known[0], known[-1]
         print(f"\nScaling: {last / first:.0f}× the clients gives {rates[last] / rates[first]:.2f}× the "

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from bench.federation import ROOT, BenchRun, run
+from bench.figures import figure_line, save_figure
 from bench.history import round_trips
 from bench.report import markdown_table
 
@@ -102,11 +103,24 @@ def round_trip_table(repeats: int, replies: int) -> str:
                      f"{statistics.median(rates[name]):.1f}"])
     ours = statistics.median(samples["our loop + empty ClientApp"]) / floor - 1
     verdict = "met" if ours <= LOOP_GOAL else f"missed by {100 * (ours - LOOP_GOAL):.1f} points"
+    plot = save_figure("update_overhead", lambda axes: round_trip_box(axes, samples),
+                       "round trip of one update (warm), per driver")
     return (markdown_table(["driver", "round trips", "median", "min", "max", "median vs floor",
                             "replies per minute (median of runs)"], rows)
             + f"\n\nGoal: our loop adds ≤ {100 * LOOP_GOAL:.0f}% to the floor's median round trip. "
             f"Where we stand: {100 * ours:+.1f}% — {verdict}. {repeats} interleaved run(s) per driver, "
-            f"{NODES} SuperNodes, one task per node, first reply per node dropped.")
+            f"{NODES} SuperNodes, one task per node, first reply per node dropped.\n\n"
+            + figure_line(plot, "every warm round trip of each driver"))
+
+
+def round_trip_box(axes, samples: dict[str, list[float]]) -> None:
+    """One box per driver, its round trips as points beside it."""
+    names = list(samples)
+    axes.boxplot([samples[n] for n in names], vert=False, showfliers=False)
+    for row, name in enumerate(names, start=1):
+        axes.plot(samples[name], [row] * len(samples[name]), "o", markersize=2, alpha=0.4, color="tab:blue")
+    axes.set_yticks(range(1, len(names) + 1), [n.split(" (")[0] for n in names], fontsize=7)
+    axes.set_xlabel("seconds, push → reply pulled")
 
 
 def cold_start_table(repeats: int) -> str:
