@@ -151,13 +151,18 @@ def _common(content: RecordDict, max_bytes: int | None) -> tuple[list[np.ndarray
     if arrays is None or metrics is None or "num-examples" not in metrics:
         return Rejection("missing-field", "reply needs ArrayRecord 'arrays' and MetricRecord 'metrics' with num-examples")
     try:
-        delta = [_read_only_view(array) for array in arrays.values()]
+        delta = array_views(arrays)
     except Exception as err:  # a malformed array payload is the sender's problem, not ours
         return Rejection("dtype", f"arrays do not deserialise: {err}")
     num_examples = metrics["num-examples"]
     if not isinstance(num_examples, int) or num_examples < 1:
         return Rejection("num-examples", f"num-examples must be a positive int, got {num_examples!r}")
     return delta, num_examples
+
+
+def array_views(record: ArrayRecord) -> list[np.ndarray]:
+    """Every array of ``record``, in order, as a read-only view of the bytes it arrived in."""
+    return [_read_only_view(array) for array in record.values()]
 
 
 def _read_only_view(array: Array) -> np.ndarray:
