@@ -1,10 +1,12 @@
 """Server CPU time per accepted update against the physical floor, measured in the same run.
 
 Ours: the real loop (``server_app.loop.AsyncLoop``) and FedBuff on an in-process Grid
-(``bench.echo_grid``): deserialise, validate (shapes, finite values, norm), weight, add to
-the buffer, step the server optimizer every K updates and serialise the new model for
-dispatch — everything but the network. The floor: deserialise the same reply and add it
-to a float32 sum with one numpy add. Goal: ours ≤ 2× the floor.
+(``bench.echo_grid``): read the reply's arrays, validate (shapes, finite values, norm), weight,
+add to the buffer, step the server optimizer every K updates and serialise the new model for
+dispatch — everything but the network. The floor: read the same reply's arrays and add them
+to a float32 sum with one numpy add, measured two ways: reading them as zero-copy views of
+their bytes (as ours does: the physical floor, which the goal is judged against) and with
+Flower's ``to_numpy_ndarrays``, which copies them out. Goal: ours ≤ 2× the physical floor.
 
 CPU time is ``time.process_time`` (all threads of this process); each size is repeated and
 the median taken, because the machine is shared.
@@ -18,17 +20,21 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
-from flwr.app import RecordDict
+from flwr.app import ArrayRecord, RecordDict
 
 from bench.echo_grid import EchoGrid, canned_reply, model_of, serverapp_identity
+from bench.figures import figure_line, save_figure
 from bench.report import markdown_table
 from fedbuff.settings import RunSettings
 from server_app.loop import AsyncLoop
+from server_app.validation import array_views
 from strategies import build_strategy
 
 GOAL = 2.0
+ArrayReader = Callable[[ArrayRecord], list[np.ndarray]]
 BUFFER_SIZE = 10
 
 
@@ -55,14 +61,20 @@ def ours_per_update(parameters: int, updates: int) -> float:
     return seconds / max(1, loop.stats.accepted)
 
 
-def floor_per_update(reply: RecordDict, parameters: int, updates: int) -> float:
-    """CPU seconds per update to deserialise the reply's arrays and add them to a float32 sum."""
+def floor_per_update(reply: RecordDict, parameters: int, updates: int, read: ArrayReader) -> float:
+    """CPU seconds per update to read the reply's arrays with ``read`` and add them to a float32 sum."""
     total = [np.zeros(a.shape, np.float32) for a in model_of(parameters)]
     started = time.process_time()
     for _ in range(updates):
-        for acc, delta in zip(total, reply["arrays"].to_numpy_ndarrays()):  # type: ignore[union-attr]
+        for acc, delta in zip(total, read(reply["arrays"])):  # type: ignore[arg-type]
             np.add(acc, delta, out=acc)
     return (time.process_time() - started) / updates
+
+
+FLOORS: dict[str, ArrayReader] = {
+    "physical floor: zero-copy read + one add": array_views,
+    "Flower's deserialiser + one add": ArrayRecord.to_numpy_ndarrays,
+}
 
 
 def updates_for(parameters: int) -> int:
@@ -80,27 +92,50 @@ def main() -> None:
     repeat = 3 if args.quick else args.repeat
     rows = []
     worst = 0.0
+    medians: dict[str, list[float]] = {name: [] for name in ["ours", *FLOORS]}
     for parameters in sizes:
         updates = updates_for(parameters)
         reply = canned_reply(model_of(parameters))
-        ours, floor = [], []
+        seconds: dict[str, list[float]] = {name: [] for name in medians}
         for attempt in range(repeat):
             print(f"[bench]   {parameters:,} parameters, repeat {attempt + 1}/{repeat}", file=sys.stderr, flush=True)
-            floor.append(floor_per_update(reply, parameters, updates))
-            ours.append(ours_per_update(parameters, updates))
-        ours_s, floor_s = statistics.median(ours), statistics.median(floor)
-        worst = max(worst, ours_s / floor_s)
-        rows.append([f"{parameters:,}", updates, f"{floor_s * 1e3:.2f} ms", f"{ours_s * 1e3:.2f} ms",
-                     f"{ours_s / floor_s:.2f}×", "met" if ours_s / floor_s <= GOAL else "missed"])
-    print(markdown_table(["parameters", "updates per repeat", "floor: deserialise + one add",
-                          "ours: loop + FedBuff (K = 10)", "ratio", f"goal ≤ {GOAL:g}×"], rows))
+            for name, read in FLOORS.items():
+                seconds[name].append(floor_per_update(reply, parameters, updates, read))
+            seconds["ours"].append(ours_per_update(parameters, updates))
+        for name, values in seconds.items():
+            medians[name].append(statistics.median(values))
+        ours_s, physical, flower = (medians[name][-1] for name in medians)
+        worst = max(worst, ours_s / physical)
+        rows.append([f"{parameters:,}", updates, f"{physical * 1e3:.3f} ms", f"{flower * 1e3:.3f} ms",
+                     f"{ours_s * 1e3:.3f} ms", f"{ours_s / physical:.2f}×", f"{ours_s / flower:.2f}×",
+                     "met" if ours_s / physical <= GOAL else "missed"])
+    print(markdown_table(["parameters", "updates per repeat", *FLOORS, "ours: loop + FedBuff (K = 10)",
+                          "ours ÷ physical floor", "ours ÷ Flower's deserialiser", f"goal ≤ {GOAL:g}×"], rows))
     verdict = "met" if worst <= GOAL else f"missed by {worst / GOAL:.2f}× at the worst size"
-    print(f"\nGoal: server CPU time per accepted update ≤ {GOAL:g}× the floor. Where we stand: {verdict} "
-          f"(worst ratio {worst:.2f}×). Medians of {repeat} repeats; CPU time, not wall time.")
-    print("\nWhat ours pays beyond the floor: a finite-values check and an L2 norm over the update "
-          "(validation), a float64 weighted copy added into a float64 running sum, the server "
-          "optimizer step and the dispatch payload (the new model serialised once per version), "
-          "amortised over K updates.")
+    print(f"\nGoal: server CPU time per accepted update ≤ {GOAL:g}× the physical floor. Where we stand: "
+          f"{verdict} (worst ratio {worst:.2f}×). Medians of {repeat} repeats; CPU time, not wall time.")
+    print("\n" + figure_line(save_figure("aggregation_cost", lambda axes: cost_plot(axes, sizes, medians),
+                                         "server CPU time per accepted update"),
+                             "CPU time per accepted update against the model size, ours and both floors"))
+    print("\nWhat ours pays beyond the floor: an L2 norm over the update (one float32 pass, which also "
+          "catches NaN/Inf), the weighted add into a float64 running sum, the loop's per-update "
+          "bookkeeping, and, amortised over K updates, the server optimizer step and the dispatch "
+          "payload (the new model serialised once per version). About 35 µs of ours per update is the "
+          "in-process Grid itself building each reply Message, which stands in for the transport. "
+          "At 100k parameters these fixed costs (Flower Message objects, validation and bookkeeping in "
+          "Python, ~0.15 ms) are most of ours; from 1M on the float64 add and the norm pass dominate. "
+          "Like the physical floor, it reads the "
+          "reply's arrays as read-only views of their bytes; Flower's deserialiser copies them out.")
+
+
+def cost_plot(axes, sizes: list[int], medians: dict[str, list[float]]) -> None:
+    """Milliseconds per update against parameters, log-log, one line per measurement."""
+    for name, values in medians.items():
+        axes.plot(sizes, [v * 1e3 for v in values], "o-", label=name)
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlabel("model parameters")
+    axes.set_ylabel("CPU ms per update")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.figures import figure_line, save_figure
 from bench.report import markdown_table
 
 GOAL_COPIES = 3.0
@@ -102,6 +103,16 @@ def main() -> None:
     print(f"Model: {parameters:,} float32 parameters = {model_mib:.1f} MiB per copy.\n")
     print(markdown_table(["K", "updates", "RSS after imports", "peak RSS", "peak − baseline",
                           "model copies"], rows))
+
+    def draw(axes) -> None:
+        axes.plot(ks, copies, "o-", label="peak above the baseline")
+        axes.axhline(GOAL_COPIES, color="grey", linestyle=":", label=f"goal: {GOAL_COPIES:g} copies")
+        axes.set_xscale("log")
+        axes.set_xlabel("buffer size K")
+        axes.set_ylabel("float32 model copies")
+        axes.set_ylim(bottom=0)
+
+    plot = save_figure("server_memory", draw, f"server peak memory, {parameters:,} parameters")
     flat = max(copies) <= FLAT_TOLERANCE * min(copies) + 0.25
     within = max(copies) <= GOAL_COPIES
     print(f"\nGoal: flat in K and within {GOAL_COPIES:g} model copies. Where we stand: "
@@ -109,6 +120,12 @@ def main() -> None:
           + ("within 3 copies: met." if within else
              f"within 3 copies: missed by {max(copies) - GOAL_COPIES:.2f} copies "
              f"({max(copies) / GOAL_COPIES:.2f}× the goal)."))
+    print("\n" + figure_line(plot, "peak memory in model copies against K"))
+    print("\nWhat the peak holds, at a server step: the pulled reply's bytes (the delta is read as a view "
+          "of them), the current model, its serialised dispatch payload, the float64 running sum (two "
+          "copies) and the new model: six copies with no temporaries at all. Three would need a float32 "
+          "sum, an in-place model update and dropping the old payload before the step; what is above "
+          "six is the C allocator's slack (freed blocks it has not yet returned to the system).")
 
 
 if __name__ == "__main__":

@@ -116,7 +116,7 @@ class AsyncLoop:
         self._round_open = False
         self.evaluations: list[Evaluation] = []
         self._started = 0.0
-        self._payload: tuple[int, ArrayRecord] | None = None
+        self._payload: tuple[int, RecordDict] | None = None
 
     # -- public ---------------------------------------------------------------------------
 
@@ -175,17 +175,20 @@ class AsyncLoop:
 
     def _train_message(self, node_id: int, version: int) -> Message:
         # TTL counts from Message.created_at: build each message right before pushing it.
-        if self._payload is None or self._payload[0] != version:
-            self._payload = (version, ArrayRecord(self.strategy.model))
-        config = ConfigRecord({**self.task_config, "server-version": version})
-        content = RecordDict({"arrays": self._payload[1], "config": config})
         return Message(
-            content,
+            self._task_content(version),
             dst_node_id=node_id,
             message_type=MessageType.TRAIN,
             ttl=self.settings.task_ttl_seconds,
             group_id=str(version),
         )
+
+    def _task_content(self, version: int) -> RecordDict:
+        """What every task of ``version`` carries: the model, serialised once per version, and the config."""
+        if self._payload is None or self._payload[0] != version:
+            config = ConfigRecord({**self.task_config, "server-version": version})
+            self._payload = (version, RecordDict({"arrays": ArrayRecord(self.strategy.model), "config": config}))
+        return self._payload[1]
 
     # -- replies --------------------------------------------------------------------------
 

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
+from io import BytesIO
+from typing import TypeVar
 
 import numpy as np
-from flwr.app import RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.common.constant import SType
 
 from strategies.base import MaskEnvelope
+from strategies.chunked import sum_of_squares
+
+RecordT = TypeVar("RecordT", ArrayRecord, ConfigRecord, MetricRecord)
 
 REJECTION_REASONS = (
     "oversize",  # the reply's arrays exceed the byte limit; refused before deserialising them
@@ -27,6 +35,9 @@ REJECTION_REASONS = (
 EPHEMERAL_KEY_BYTES = 32  # X25519
 MAX_SIGNATURE_BYTES = 256
 AUTO_LIMIT_SLACK_BYTES = 64 * 1024  # serialisation headers and the small records beside the arrays
+NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+NPY_LENGTH_WIDTHS = {(1, 0): 2, (2, 0): 4}  # bytes of the header-length field, by format version
+NPY_PREFIX_BYTES = 8  # magic string (6) and version (2)
 
 
 def update_byte_limit(configured: int, model: list[np.ndarray]) -> int:
@@ -43,8 +54,9 @@ def update_byte_limit(configured: int, model: list[np.ndarray]) -> int:
 class ValidUpdate:
     """The parts of a reply the server uses, after validation.
 
-    With secure aggregation ``delta`` is one masked ring vector, ``mask`` says how to
-    unmask it, and ``norm`` is ``None``: the server cannot see it.
+    ``delta`` holds read-only views of the reply's bytes. With secure aggregation it is one
+    masked ring vector, ``mask`` says how to unmask it, and ``norm`` is ``None``: the server
+    cannot see it.
     """
 
     delta: list[np.ndarray]
@@ -81,9 +93,9 @@ def validate_reply(
             return Rejection("shape", f"array {i}: expected {want.shape}, got {got.shape}")
         if got.dtype != want.dtype:
             return Rejection("dtype", f"array {i}: expected {want.dtype}, got {got.dtype}")
-        if not np.isfinite(got).all():
-            return Rejection("non-finite", f"array {i} holds NaN or Inf")
-    norm = float(np.sqrt(sum(float(np.vdot(d, d)) for d in delta)))
+    norm = math.sqrt(sum(sum_of_squares(d) for d in delta))
+    if not math.isfinite(norm) and (bad := _first_non_finite(delta)) is not None:
+        return Rejection("non-finite", f"array {bad} holds NaN or Inf")
     if max_update_norm and not norm <= max_update_norm:
         return Rejection("norm", f"update L2 norm {norm:.3g} exceeds max-update-norm {max_update_norm}")
     return _valid(content, delta, num_examples, norm)
@@ -105,7 +117,7 @@ def validate_masked_reply(content: RecordDict, length: int, max_bytes: int | Non
         return Rejection("dtype", f"masked vector must be uint64, got {delta[0].dtype}")
     if delta[0].shape != (length,):
         return Rejection("shape", f"masked vector: expected ({length},), got {delta[0].shape}")
-    envelope = content.config_records.get("secagg")
+    envelope = _record(content, "secagg", ConfigRecord)
     try:
         mask = MaskEnvelope(
             ephemeral_public=bytes(envelope["ephemeral-public"]),  # type: ignore[index]
@@ -119,17 +131,27 @@ def validate_masked_reply(content: RecordDict, length: int, max_bytes: int | Non
     return _valid(content, delta, num_examples, None, mask)
 
 
+def _first_non_finite(delta: list[np.ndarray]) -> int | None:
+    """The index of the first array holding a NaN or an Inf, if any.
+
+    Only called once the norm came out non-finite: a NaN or Inf always makes it so, and the
+    full-size boolean mask this needs is then paid on refused updates alone.
+    """
+    return next((i for i, d in enumerate(delta) if not np.isfinite(d).all()), None)
+
+
 def _common(content: RecordDict, max_bytes: int | None) -> tuple[list[np.ndarray], int] | Rejection:
     if max_bytes is not None:
-        size = sum(len(array.data) for record in content.array_records.values() for array in record.values())
+        size = sum(len(array.data) for record in content.values() if isinstance(record, ArrayRecord)
+                   for array in record.values())
         if size > max_bytes:
             return Rejection("oversize", f"reply arrays hold {size} bytes, the limit is {max_bytes} (max-update-bytes)")
-    arrays = content.array_records.get("arrays")
-    metrics = content.metric_records.get("metrics")
+    arrays = _record(content, "arrays", ArrayRecord)
+    metrics = _record(content, "metrics", MetricRecord)
     if arrays is None or metrics is None or "num-examples" not in metrics:
         return Rejection("missing-field", "reply needs ArrayRecord 'arrays' and MetricRecord 'metrics' with num-examples")
     try:
-        delta = arrays.to_numpy_ndarrays()
+        delta = array_views(arrays)
     except Exception as err:  # a malformed array payload is the sender's problem, not ours
         return Rejection("dtype", f"arrays do not deserialise: {err}")
     num_examples = metrics["num-examples"]
@@ -138,10 +160,52 @@ def _common(content: RecordDict, max_bytes: int | None) -> tuple[list[np.ndarray
     return delta, num_examples
 
 
+def array_views(record: ArrayRecord) -> list[np.ndarray]:
+    """Every array of ``record``, in order, as a read-only view of the bytes it arrived in."""
+    return [_read_only_view(array) for array in record.values()]
+
+
+def _read_only_view(array: Array) -> np.ndarray:
+    """The array as a read-only view of the .npy bytes it arrived in, header checked as np.load does.
+
+    ``Array.numpy()`` copies every update out of its bytes; the server only ever reads a delta,
+    so a view saves a full pass over each update and a model copy of peak memory.
+    """
+    if array.stype != SType.NUMPY:
+        raise TypeError(f"unsupported serialisation {array.stype!r}")
+    header = array.data[:_npy_header_size(array.data)]
+    shape, fortran_order, dtype = _npy_layout(header)
+    values = np.frombuffer(array.data, dtype=dtype, count=math.prod(shape), offset=len(header))
+    return values.reshape(shape, order="F" if fortran_order else "C")
+
+
+def _npy_header_size(data: bytes) -> int:
+    """Bytes before a .npy file's data: magic string, version, header length, header."""
+    width = NPY_LENGTH_WIDTHS.get(tuple(data[6:8]))
+    if width is None or len(data) < NPY_PREFIX_BYTES + width:
+        raise ValueError("not a .npy array of format version 1.0 or 2.0")
+    return NPY_PREFIX_BYTES + width + int.from_bytes(data[NPY_PREFIX_BYTES:NPY_PREFIX_BYTES + width], "little")
+
+
+@functools.lru_cache(maxsize=256)
+def _npy_layout(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """``(shape, fortran_order, dtype)`` of a .npy header, parsed by numpy (no pickles).
+
+    Cached: every update of a run repeats the model's few headers, and numpy parses each
+    one with ``ast.literal_eval``, a fixed cost as large as validating a 100k-parameter delta.
+    """
+    stream = BytesIO(header)
+    version = np.lib.format.read_magic(stream)
+    shape, fortran_order, dtype = NPY_HEADER_READERS[version](stream)
+    if dtype.hasobject:
+        raise ValueError("object arrays are refused (they would need pickle)")
+    return shape, fortran_order, dtype
+
+
 def _valid(content: RecordDict, delta: list[np.ndarray], num_examples: int, norm: float | None,
            mask: MaskEnvelope | None = None) -> ValidUpdate:
-    device = content.config_records.get("device")
-    metrics = content.metric_records["metrics"]
+    device = _record(content, "device", ConfigRecord)
+    metrics = content["metrics"]
     return ValidUpdate(
         delta=delta,
         num_examples=num_examples,
@@ -150,3 +214,13 @@ def _valid(content: RecordDict, delta: list[np.ndarray], num_examples: int, norm
         device={k: str(v) for k, v in (device or {}).items()},
         mask=mask,
     )
+
+
+def _record(content: RecordDict, key: str, kind: type[RecordT]) -> RecordT | None:
+    """The record under ``key`` if it is a ``kind``, else None.
+
+    Same answer as ``content.array_records.get(key)`` and its siblings, which build a new
+    typed view of the whole RecordDict on every access (a cost paid several times per reply).
+    """
+    record = content.get(key)
+    return record if isinstance(record, kind) else None

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from strategies.base import Arrays
+from strategies.chunked import add_scaled, scaled_copy
 
 
 class WeightedSumBuffer:
     """Running weighted sum of client deltas; never stores an individual update.
 
-    Memory is one model copy whatever the buffer size, and the only operation on an
-    update is ``sum += weight * delta`` — which a masked ring vector supports too.
+    Memory is one float64 model copy whatever the buffer size, and the only operation on an
+    update is ``sum += weight * delta`` — which a masked ring vector supports too. The sum is
+    float64 (K float32 deltas add up without rounding drift) and updated in place, slice by
+    slice, so an update costs no full-size temporary; ``delta`` itself is only read.
     """
 
     def __init__(self) -> None:
@@ -40,12 +41,11 @@ class WeightedSumBuffer:
         """Add ``weight * delta``; a client contributes at most once per buffer."""
         if client_id in self._contributors:
             raise ValueError(f"client {client_id} already contributed to this buffer")
-        scaled = [np.asarray(d, dtype=np.float64) * weight for d in delta]
         if self._sum is None:
-            self._sum = scaled
+            self._sum = [scaled_copy(d, weight) for d in delta]
         else:
-            for acc, part in zip(self._sum, scaled, strict=True):
-                acc += part
+            for acc, d in zip(self._sum, delta, strict=True):
+                add_scaled(acc, d, weight)
         self._contributors.add(client_id)
         self._weights.append(weight)
 

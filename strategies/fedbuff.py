@@ -127,9 +127,16 @@ class FedBuff(AsyncStrategy):
             if released is None:
                 return PRIVACY_BUDGET
             total = released
+        self._commit(self._optimizer.step(self.model, self._normalize(total, count, total_weight)))
+        return None
+
+    def _normalize(self, total: Arrays, count: int, total_weight: float) -> Arrays:
+        """Divide the drained sum by K or Σw, in place: the strategy owns it and it is dead
+        after this flush, so a scaled copy would only add a float64 model to the peak."""
         if self.options.buffer_normalization == "count":
             scale = 1.0 / count
         else:
             scale = 1.0 / total_weight if total_weight > 0 else 0.0
-        self._commit(self._optimizer.step(self.model, [s * scale for s in total]))
-        return None
+        for s in total:
+            s *= scale
+        return total

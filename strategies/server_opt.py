@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from strategies.base import Arrays
+from strategies.chunked import descend
 
 if TYPE_CHECKING:
     from strategies.options import StrategyOptions
@@ -25,7 +26,7 @@ StateDict = dict[str, np.ndarray | float | int]
 
 
 class ServerOptimizer(abc.ABC):
-    """A stateful update rule ``w ← w − direction(g)`` (numpy, float64 internally).
+    """A stateful update rule ``w ← w − lr·direction(g)`` (numpy, float64 internally).
 
     The state is a step count and named per-layer moments (``"m.0"``, ``"v.0"``, ...),
     created at the first step; :meth:`state_dict` / :meth:`load_state_dict` round-trip it.
@@ -43,20 +44,24 @@ class ServerOptimizer(abc.ABC):
         return self._steps
 
     def step(self, model: Arrays, pseudo_gradient: Arrays) -> Arrays:
-        """Return the new model (float32) after one step on ``pseudo_gradient``."""
+        """Return the new model (float32) after one step on ``pseudo_gradient`` (only read).
+
+        ``w − lr·direction`` is formed slice by slice straight into the float32 result, so
+        the step allocates no float64 copy of the model and none of ``lr·direction``.
+        """
         grad = [np.asarray(g, dtype=np.float64) for g in pseudo_gradient]
         if not self._state and self.moments:
             self._state = {name: self._initial_moment(name, grad) for name in self.moments}
-        direction = self._direction(grad)
+        direction, lr = self._direction(grad)
         self._steps += 1
-        return [
-            (np.asarray(w, dtype=np.float64) - d).astype(np.float32)
-            for w, d in zip(model, direction, strict=True)
-        ]
+        return [descend(w, d, lr) for w, d in zip(model, direction, strict=True)]
 
     @abc.abstractmethod
-    def _direction(self, grad: Arrays) -> Arrays:
-        """Update the moments in place and return what to subtract from the model."""
+    def _direction(self, grad: Arrays) -> tuple[Arrays, float]:
+        """Update the moments in place; return ``(direction, lr)``: the model moves by ``−lr·direction``.
+
+        ``grad`` and the returned arrays are only read afterwards, never written.
+        """
 
     def _initial_moment(self, name: str, grad: Arrays) -> Arrays:
         return [np.zeros_like(g) for g in grad]
@@ -96,13 +101,13 @@ class ServerSGD(ServerOptimizer):
         self.momentum = momentum
         self.moments = ("velocity",) if momentum else ()
 
-    def _direction(self, grad: Arrays) -> Arrays:
+    def _direction(self, grad: Arrays) -> tuple[Arrays, float]:
         if not self.momentum:
-            return [self.lr * g for g in grad]
+            return grad, self.lr
         for v, g in zip(self._state["velocity"], grad, strict=True):
             v *= self.momentum
             v += g
-        return [self.lr * v for v in self._state["velocity"]]
+        return self._state["velocity"], self.lr
 
 
 class AdaptiveServerOptimizer(ServerOptimizer):
@@ -130,12 +135,12 @@ class AdaptiveServerOptimizer(ServerOptimizer):
     def _second_moment(self, v: np.ndarray, grad_sq: np.ndarray) -> np.ndarray:
         """The new ``v`` from the previous ``v`` and ``g²``."""
 
-    def _direction(self, grad: Arrays) -> Arrays:
+    def _direction(self, grad: Arrays) -> tuple[Arrays, float]:
         m_all, v_all = self._state["m"], self._state["v"]
         for i, g in enumerate(grad):
             m_all[i] = self.beta1 * m_all[i] + (1.0 - self.beta1) * g
             v_all[i] = self._second_moment(v_all[i], g * g)
-        return [self.lr * m / (np.sqrt(v) + self.tau) for m, v in zip(m_all, v_all, strict=True)]
+        return [self.lr * m / (np.sqrt(v) + self.tau) for m, v in zip(m_all, v_all, strict=True)], 1.0
 
 
 class ServerAdam(AdaptiveServerOptimizer):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from strategies import ClientUpdate, FedBuff, Outcome, StrategyOptions, WeightedSumBuffer
+from strategies.chunked import CHUNK
 
 
 def arrays(*values):
@@ -28,6 +29,33 @@ def test_buffer_is_a_weighted_sum_and_refuses_a_second_update_from_one_client():
     np.testing.assert_allclose(total[0], [0.5 + 6.0, 1.0 - 2.0])
     assert (count, weight) == (2, 2.5)
     assert len(buffer) == 0
+
+
+@pytest.mark.parametrize("size", [1, CHUNK + 1, 2 * CHUNK + 13])
+def test_buffer_sum_is_the_float64_weighted_sum_exactly_and_leaves_deltas_alone(size):
+    rng = np.random.default_rng(size)
+    deltas = [[rng.normal(0, 1e-3, (size,)).astype(np.float32), rng.normal(0, 1, (2, 3)).astype(np.float32)]
+              for _ in range(3)]
+    saved = [[d.copy() for d in delta] for delta in deltas]
+    weights = [1.0, 0.7071067811865476, 0.3]
+    buffer = WeightedSumBuffer()
+    for client, (delta, weight) in enumerate(zip(deltas, weights)):
+        buffer.add(client, delta, weight)
+    total, _, _ = buffer.flush()
+    for i in range(2):
+        reference = sum(np.asarray(delta[i], np.float64) * w for delta, w in zip(deltas, weights))
+        np.testing.assert_array_equal(total[i], reference)
+    for delta, before in zip(deltas, saved):
+        for d, b in zip(delta, before):
+            np.testing.assert_array_equal(d, b)
+
+
+def test_a_step_leaves_the_clients_deltas_alone():
+    strategy = fedbuff([1.0, 1.0], buffer_size=1)
+    delta = update(1, [0.5, -0.5])
+    strategy.receive(delta)
+    assert strategy.version == 1
+    np.testing.assert_array_equal(delta.delta[0], [0.5, -0.5])
 
 
 def test_fedbuff_steps_after_k_updates_with_staleness_weighted_sum_over_k():

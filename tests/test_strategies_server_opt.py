@@ -111,3 +111,22 @@ def test_load_state_dict_refuses_a_state_of_another_kind():
         ServerAdam().load_state_dict({})
     with pytest.raises(ValueError, match="needs moments"):
         ServerAdam().load_state_dict({"steps": 1, "m.0": np.zeros(1)})
+
+
+@pytest.mark.parametrize("make", [lambda: ServerSGD(lr=0.5), lambda: ServerSGD(lr=0.5, momentum=0.9),
+                                  lambda: ServerAdam(**HYPER), lambda: ServerYogi(**HYPER)])
+def test_a_step_leaves_the_callers_model_and_pseudo_gradient_alone(make):
+    model, gradient = [np.array([1.0, 2.0], np.float32)], [np.array([0.25, -4.0], np.float64)]
+    optimizer = make()
+    for _ in range(2):
+        optimizer.step(model, gradient)
+    np.testing.assert_array_equal(model[0], [1.0, 2.0])
+    np.testing.assert_array_equal(gradient[0], [0.25, -4.0])
+
+
+def test_plain_sgd_is_the_float64_step_rounded_once_to_float32():
+    rng = np.random.default_rng(0)
+    model, gradient = rng.normal(0, 1, 1001).astype(np.float32), rng.normal(0, 1e-3, 1001)
+    (stepped,) = ServerSGD(lr=0.3).step([model], [gradient])
+    np.testing.assert_array_equal(stepped, (model.astype(np.float64) - 0.3 * gradient).astype(np.float32))
+

@@ -96,3 +96,35 @@ def test_the_cycle_fault_walks_through_every_kind_from_the_partition_id():
         reasons.append(validate_reply(reply(broken), TEMPLATE, 10.0, max_bytes=update_byte_limit(0, TEMPLATE)).reason)
     assert reasons[0] == "shape"  # CYCLE[2]
     assert sorted(set(reasons)) == sorted({"non-finite", "shape", "dtype", "array-count", "norm", "oversize", "raised"})
+
+
+@pytest.mark.parametrize(("bad", "reason"), [(np.nan, "non-finite"), (np.inf, "non-finite"), (3e38, "norm")])
+def test_a_single_bad_value_is_refused_for_its_reason(bad, reason):
+    delta = good()
+    delta[1][1] = bad  # in the last array, after a clean one
+    checked = validate_reply(reply(delta), TEMPLATE, max_update_norm=10.0)
+    assert isinstance(checked, Rejection) and checked.reason == reason
+
+
+def test_a_huge_finite_update_has_a_finite_norm():
+    big = [np.full((3, 2), 1e30, np.float32), np.ones(2, np.float32)]
+    checked = validate_reply(reply(big), TEMPLATE, max_update_norm=0.0)
+    assert isinstance(checked, ValidUpdate)
+    assert checked.norm == pytest.approx(float(np.float32(1e30)) * 6**0.5)
+
+
+def test_a_valid_update_reads_the_arrays_it_was_sent_without_copying_them():
+    sent = [np.arange(6, dtype=np.float32).reshape(3, 2), np.asfortranarray(np.ones(2, np.float32))]
+    checked = validate_reply(reply(sent), TEMPLATE, max_update_norm=0.0)
+    assert isinstance(checked, ValidUpdate)
+    for got, want in zip(checked.delta, sent):
+        np.testing.assert_array_equal(got, want)
+        assert got.dtype == want.dtype and not got.flags.writeable  # a view of the reply's bytes
+
+
+def test_arrays_whose_bytes_do_not_hold_their_header_shape_are_refused():
+    content = reply(good())
+    array = content["arrays"]["0"]
+    array.data = array.data[:-4]  # one float32 short of the shape its .npy header promises
+    checked = validate_reply(content, TEMPLATE, max_update_norm=10.0)
+    assert isinstance(checked, Rejection) and checked.reason == "dtype"
