@@ -116,7 +116,7 @@ def round_trip_table(repeats: int, replies: int) -> str:
 def round_trip_box(axes, samples: dict[str, list[float]]) -> None:
     """One box per driver, its round trips as points beside it."""
     names = list(samples)
-    axes.boxplot([samples[n] for n in names], vert=False, showfliers=False)
+    axes.boxplot([samples[n] for n in names], orientation="horizontal", showfliers=False)
     for row, name in enumerate(names, start=1):
         axes.plot(samples[name], [row] * len(samples[name]), "o", markersize=2, alpha=0.4, color="tab:blue")
     axes.set_yticks(range(1, len(names) + 1), [n.split(" (")[0] for n in names], fontsize=7)
