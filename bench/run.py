@@ -54,6 +54,9 @@ class Suite:
 SUITES = {
     "time-to-accuracy": Suite("Time to target accuracy: FedBuff, FedAsync, sync and Flower's FedAvg",
                               "time_to_accuracy"),
+    "device-speed": Suite("Time to target as devices get slower: FedBuff vs Flower's FedAvg",
+                          "time_to_accuracy", full=("--device-speed", "0.05,0.25"),
+                          quick=("--quick", "--device-speed", "0.05,0.25")),
     "update-overhead": Suite("Per-update overhead: our loop vs Flower's floor, ClientApp cold start",
                              "update_overhead"),
     "aggregation-cost": Suite("Server aggregation CPU time per accepted update vs the physical floor",
