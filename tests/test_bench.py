@@ -142,3 +142,23 @@ def test_outcome_scores_each_seed_and_keeps_the_first_seeds_curve():
     assert scored.reached == [Reached(7.7, 2, 3), None]
     assert scored.curve == [(0.0, 0.1), (5.3, 0.6), (7.7, 0.85), (9.1, 0.9)]
     assert scored.loads == [3.5, 1.0]
+
+
+def test_device_speed_rows_compare_fedbuff_with_flower_fedavg_at_each_training_time(monkeypatch):
+    import bench.time_to_accuracy as tta
+
+    seen = []
+
+    def fake_runs(scenario, strategies, seeds):
+        seen.append((scenario.step_seconds, tuple(strategies), tuple(seeds)))
+        fedbuff_seconds = 20.0 if scenario.step_seconds < 0.1 else 30.0
+        return {"fedbuff": Outcome("fedbuff", [Reached(fedbuff_seconds, 5, 15)], [], [2.0]),
+                "flower-fedavg": Outcome("flower-fedavg", [Reached(40.0, 4, 24)], [], [3.0])}
+
+    monkeypatch.setattr(tta, "run_strategies", fake_runs)
+    table = tta.device_speed_table(Scenario(), 1, [0.05, 0.25])
+    assert seen == [(0.05, ("fedbuff", "flower-fedavg"), (1,)), (0.25, ("fedbuff", "flower-fedavg"), (1,))]
+    assert "| 0.05 s | 0.46 s | 20 s | 40 s | 2.00× | 2 / 3 |" in table
+    assert "| 0.25 s | 2.30 s | 30 s | 40 s | 1.33× | 2 / 3 |" in table
+    assert "emulated-step-seconds=0.25" in Scenario(step_seconds=0.25).config("fedbuff", 1)
+    assert "emulated-step-seconds" not in Scenario().config("fedbuff", 1)
