@@ -156,7 +156,8 @@ def test_device_speed_rows_compare_fedbuff_with_flower_fedavg_at_each_training_t
                 "flower-fedavg": Outcome("flower-fedavg", [Reached(40.0, 4, 24)], [], [3.0])}
 
     monkeypatch.setattr(tta, "run_strategies", fake_runs)
-    table = tta.device_speed_table(Scenario(), 1, [0.05, 0.25])
+    table, speedups = tta.device_speed_table(Scenario(), 1, [0.05, 0.25])
+    assert speedups == [2.0, pytest.approx(4 / 3)]
     assert seen == [(0.05, ("fedbuff", "flower-fedavg"), (1,)), (0.25, ("fedbuff", "flower-fedavg"), (1,))]
     assert "| 0.05 s | 0.46 s | 20 s | 40 s | 2.00× | 2 / 3 |" in table
     assert "| 0.25 s | 2.30 s | 30 s | 40 s | 1.33× | 2 / 3 |" in table
