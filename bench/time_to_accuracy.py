@@ -12,8 +12,6 @@ from the history the same way. Goal: FedBuff ≥ 3× faster in wall-clock than F
 at equal concurrency. Published reference: FedBuff 3.3× fewer client trips than sync FL and
 2.5× fewer than FedAsync (Nguyen et al. 2022, at concurrency 1000, K = 10).
 
-The Fashion-MNIST row needs the ``dataset`` run-config knob; without it the row says so.
-
 Run: .venv/bin/python -m bench.time_to_accuracy [--quick] [--seeds 1,2,3] [--no-sweep]
 """
 
@@ -30,7 +28,6 @@ from bench.federation import BenchRun, RunResult, run
 from bench.figures import figure_line, save_figure
 from bench.history import Reached, median_or_none, time_to_target
 from bench.report import markdown_table, ratio
-from fedbuff.settings import RunSettings
 
 STRATEGIES = ("fedbuff", "fedasync", "sync", "flower-fedavg")
 GOAL_SPEEDUP = 3.0
@@ -81,11 +78,6 @@ class Outcome:
     @property
     def trips(self) -> float | None:
         return median_or_none([float(r.trips) if r else None for r in self.reached])
-
-
-def dataset_knob_available() -> bool:
-    """Whether this checkout's RunSettings has the ``dataset`` knob (Fashion-MNIST needs it)."""
-    return any(f.name == "dataset" for f in dataclasses.fields(RunSettings))
 
 
 def run_strategies(scenario: Scenario, strategies: Sequence[str], seeds: Sequence[int]) -> dict[str, Outcome]:
@@ -203,6 +195,18 @@ def write_plot(outcomes: dict[str, Outcome], scenario: Scenario) -> Path:
                        f"{scenario.dataset}: {scenario.nodes} nodes, concurrency {scenario.concurrency}")
 
 
+def digits_scenario(args: argparse.Namespace) -> Scenario:
+    """The digits comparison; the quick form has one node per tier and a lower target (minutes, not an hour)."""
+    if args.quick:
+        return Scenario(target=0.7, nodes=3, concurrency=3, buffer_size=2, fedavg_rounds=4)
+    return Scenario(target=args.target)
+
+
+def comma_list(text: str) -> list[str]:
+    """``"a, b,"`` as ``["a", "b"]`` (the strategy options)."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
@@ -223,10 +227,8 @@ def main() -> None:
         device_speed(args)
         return
     seeds = [int(s) for s in (args.seeds or ("1" if args.quick else "1,2,3")).split(",")]
-    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    # The quick form: one node per tier and a lower target, minutes instead of an hour.
-    digits = (Scenario(target=0.7, nodes=3, concurrency=3, buffer_size=2, fedavg_rounds=4) if args.quick
-              else Scenario(target=args.target))
+    strategies = comma_list(args.strategies)
+    digits = digits_scenario(args)
     print(f"Real local federation: {digits.nodes} SuperNodes, tiers low/mid/high (round-robin, emulated with "
           f"`tier-speed-ratios` 9.2 : 3.3 : 1), concurrency {digits.concurrency}, FedBuff K = "
           f"{digits.buffer_size}, evaluation after every server step; Flower's FedAvg runs "
@@ -243,21 +245,17 @@ def main() -> None:
     print("\n" + figure_line(write_plot(outcomes, digits), "accuracy vs wall-clock, first seed of each strategy"))
     if not args.quick and not args.no_fashion:
         print(f"\n### Fashion-MNIST (Dirichlet), target accuracy {args.fashion_target}\n")
-        if dataset_knob_available():
-            fashion = Scenario(dataset="fashion-mnist", target=args.fashion_target, local_steps=FASHION_LOCAL_STEPS,
-                               fedavg_rounds=20, max_wall_seconds=480.0)
-            print(f"{fashion.nodes} SuperNodes, concurrency {fashion.concurrency}, K = {fashion.buffer_size}, "
-                  f"{FASHION_LOCAL_STEPS} local steps per trip (a whole epoch of a 10,000-row partition "
-                  "would take the low tier past the task TTL), Flower's FedAvg "
-                  f"{fashion.fedavg_rounds} rounds. Strategies: {args.fashion_strategies}.\n")
-            fashion_strategies = [s.strip() for s in args.fashion_strategies.split(",") if s.strip()]
-            fashion_outcomes = run_strategies(fashion, fashion_strategies, seeds)
-            print(comparison_table(fashion, fashion_outcomes))
-            print("\n" + figure_line(write_plot(fashion_outcomes, fashion),
-                                     "accuracy vs wall-clock on Fashion-MNIST, first seed of each strategy"))
-        else:
-            print("Not measured: this checkout's RunSettings has no `dataset` knob yet; the row runs "
-                  "as soon as `dataset=\"fashion-mnist\" partitioner=\"dirichlet\"` exists.")
+        fashion = Scenario(dataset="fashion-mnist", target=args.fashion_target, local_steps=FASHION_LOCAL_STEPS,
+                           fedavg_rounds=20, max_wall_seconds=480.0)
+        print(f"{fashion.nodes} SuperNodes, concurrency {fashion.concurrency}, K = {fashion.buffer_size}, "
+              f"{FASHION_LOCAL_STEPS} local steps per trip (a whole epoch of a 10,000-row partition "
+              "would take the low tier past the task TTL), Flower's FedAvg "
+              f"{fashion.fedavg_rounds} rounds. Strategies: {args.fashion_strategies}.\n")
+        fashion_strategies = comma_list(args.fashion_strategies)
+        fashion_outcomes = run_strategies(fashion, fashion_strategies, seeds)
+        print(comparison_table(fashion, fashion_outcomes))
+        print("\n" + figure_line(write_plot(fashion_outcomes, fashion),
+                                 "accuracy vs wall-clock on Fashion-MNIST, first seed of each strategy"))
     if not args.quick and not args.no_sweep:
         print(f"\n### FedBuff sweep (digits, seed {seeds[0]}, one run per point)\n")
         print(sweep_table(digits, seeds[0], concurrencies=(3, 6), buffer_sizes=(1, 3, 6)))
@@ -269,13 +267,11 @@ def main() -> None:
           "trip, more so at higher concurrency.")
 
 
-
 def device_speed(args: argparse.Namespace) -> None:
-    """The device-speed section: how the asynchronous advantage grows as training time per trip
+    """The device-speed section: how the asynchronous advantage changes as training time per trip
     grows against Flower's fixed cost per trip."""
     seed = int((args.seeds or "1").split(",")[0])
-    base = (Scenario(target=0.7, nodes=3, concurrency=3, buffer_size=2, fedavg_rounds=4) if args.quick
-            else Scenario(target=args.target))
+    base = digits_scenario(args)
     steps = [float(v) for v in args.device_speed.split(",")]
     print(f"digits, target {base.target}, {base.nodes} SuperNodes (tiers low/mid/high, ratios 9.2 : 3.3 : 1), "
           f"concurrency {base.concurrency}, FedBuff K = {base.buffer_size}, Flower's FedAvg {base.fedavg_rounds} "
