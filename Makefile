@@ -1,4 +1,5 @@
-# Two commands matter: `make run` (a local federation with FedBuff) and `make test`.
+# Two commands matter: `make run` (a local federation with FedBuff) and `make test` (lint, then
+# the whole suite; `make test-fast` and `make lint` for the edit loop).
 # Both bootstrap .venv on first use; the stamp file makes later calls instant.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -7,14 +8,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 PYTEST_ARGS ?=
-# Two pytest workers: the end-to-end tests spend most of their time waiting on Flower's polls,
-# so two federations at once use the two cores (`make test PYTEST_WORKERS=0` runs in-process).
+# Two pytest workers, two federations at once: that fills the two cores (four took 25 min
+# against 22: CPU-bound) (`make test PYTEST_WORKERS=0` runs in-process).
 PYTEST_WORKERS ?= 2
 # Flower's SuperLink and SuperNode start flower-superexec by name: the venv's bin goes first;
 # ip and tc (iproute2, for the multi-host test) live in sbin, which a minimal PATH may lack.
 export PATH := $(abspath $(BIN)):$(PATH):/usr/sbin:/sbin
 
-.PHONY: run test bench install clean
+.PHONY: run test test-fast lint bench install clean
 
 install: $(STAMP)
 
@@ -33,8 +34,21 @@ $(STAMP): pyproject.toml Makefile
 run: $(STAMP)
 	$(BIN)/fedbuff local $(ARGS)
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
+
+# The house tools, configured in pyproject.toml: ruff (lint and format), the packages' layers
+# (import-linter, docs/architecture.md "Import rules") and mypy. `make test` runs them first.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
+
+# The edit loop: unit and property tests only, nothing that starts Flower, the mask service
+# or Prometheus (the tests marked e2e).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist worksteal -m "not e2e" $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(ARGS)

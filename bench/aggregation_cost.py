@@ -25,10 +25,10 @@ from collections.abc import Callable
 import numpy as np
 from flwr.app import ArrayRecord, RecordDict
 
-from bench.echo_grid import EchoGrid, canned_reply, model_of, serverapp_identity
+from bench.echo_grid import EchoGrid, canned_reply, echo_settings, model_of, serverapp_identity
 from bench.figures import figure_line, save_figure
 from bench.report import markdown_table
-from fedbuff.settings import RunSettings
+from fedbuff import protocol
 from server_app.loop import AsyncLoop
 from server_app.validation import array_views
 from strategies import build_strategy
@@ -48,9 +48,7 @@ class NoEvents:
 def ours_per_update(parameters: int, updates: int) -> float:
     """CPU seconds per accepted update through the loop and FedBuff (K = 10, concurrency 10)."""
     model = model_of(parameters)
-    settings = RunSettings(strategy="fedbuff", buffer_size=BUFFER_SIZE, concurrency=BUFFER_SIZE,
-                           max_server_steps=updates // BUFFER_SIZE, eval_every=10**6,
-                           metrics_enabled=False, write_plots=False, checkpoint_every=0)
+    settings = echo_settings(BUFFER_SIZE, BUFFER_SIZE, updates)
     strategy = build_strategy(settings, model, settings.concurrency)
     grid = EchoGrid(range(1, BUFFER_SIZE + 1), canned_reply(model))
     loop = AsyncLoop(grid, strategy, settings, lambda arrays: (0.0, 0.0), NoEvents())  # type: ignore[arg-type]
@@ -66,7 +64,7 @@ def floor_per_update(reply: RecordDict, parameters: int, updates: int, read: Arr
     total = [np.zeros(a.shape, np.float32) for a in model_of(parameters)]
     started = time.process_time()
     for _ in range(updates):
-        for acc, delta in zip(total, read(reply["arrays"])):  # type: ignore[arg-type]
+        for acc, delta in zip(total, read(reply[protocol.ARRAYS])):  # type: ignore[arg-type]
             np.add(acc, delta, out=acc)
     return (time.process_time() - started) / updates
 
@@ -106,26 +104,57 @@ def main() -> None:
             medians[name].append(statistics.median(values))
         ours_s, physical, flower = (medians[name][-1] for name in medians)
         worst = max(worst, ours_s / physical)
-        rows.append([f"{parameters:,}", updates, f"{physical * 1e3:.3f} ms", f"{flower * 1e3:.3f} ms",
-                     f"{ours_s * 1e3:.3f} ms", f"{ours_s / physical:.2f}×", f"{ours_s / flower:.2f}×",
-                     "met" if ours_s / physical <= GOAL else "missed"])
-    print(markdown_table(["parameters", "updates per repeat", *FLOORS, "ours: loop + FedBuff (K = 10)",
-                          "ours ÷ physical floor", "ours ÷ Flower's deserialiser", f"goal ≤ {GOAL:g}×"], rows))
+        rows.append(
+            [
+                f"{parameters:,}",
+                updates,
+                f"{physical * 1e3:.3f} ms",
+                f"{flower * 1e3:.3f} ms",
+                f"{ours_s * 1e3:.3f} ms",
+                f"{ours_s / physical:.2f}×",
+                f"{ours_s / flower:.2f}×",
+                "met" if ours_s / physical <= GOAL else "missed",
+            ]
+        )
+    print(
+        markdown_table(
+            [
+                "parameters",
+                "updates per repeat",
+                *FLOORS,
+                "ours: loop + FedBuff (K = 10)",
+                "ours ÷ physical floor",
+                "ours ÷ Flower's deserialiser",
+                f"goal ≤ {GOAL:g}×",
+            ],
+            rows,
+        )
+    )
     verdict = "met" if worst <= GOAL else f"missed by {worst / GOAL:.2f}× at the worst size"
-    print(f"\nGoal: server CPU time per accepted update ≤ {GOAL:g}× the physical floor. Where we stand: "
-          f"{verdict} (worst ratio {worst:.2f}×). Medians of {repeat} repeats; CPU time, not wall time.")
-    print("\n" + figure_line(save_figure("aggregation_cost", lambda axes: cost_plot(axes, sizes, medians),
-                                         "server CPU time per accepted update"),
-                             "CPU time per accepted update against the model size, ours and both floors"))
-    print("\nWhat ours pays beyond the floor: an L2 norm over the update (one float32 pass, which also "
-          "catches NaN/Inf), the weighted add into a float64 running sum, the loop's per-update "
-          "bookkeeping, and, amortised over K updates, the server optimizer step and the dispatch "
-          "payload (the new model serialised once per version). About 35 µs of ours per update is the "
-          "in-process Grid itself building each reply Message, which stands in for the transport. "
-          "At 100k parameters these fixed costs (Flower Message objects, validation and bookkeeping in "
-          "Python, ~0.15 ms) are most of ours; from 1M on the float64 add and the norm pass dominate. "
-          "Like the physical floor, it reads the "
-          "reply's arrays as read-only views of their bytes; Flower's deserialiser copies them out.")
+    print(
+        f"\nGoal: server CPU time per accepted update ≤ {GOAL:g}× the physical floor. Where we stand: "
+        f"{verdict} (worst ratio {worst:.2f}×). Medians of {repeat} repeats; CPU time, not wall time."
+    )
+    print(
+        "\n"
+        + figure_line(
+            save_figure(
+                "aggregation_cost", lambda axes: cost_plot(axes, sizes, medians), "server CPU time per accepted update"
+            ),
+            "CPU time per accepted update against the model size, ours and both floors",
+        )
+    )
+    print(
+        "\nWhat ours pays beyond the floor: an L2 norm over the update (one float32 pass, which also "
+        "catches NaN/Inf), the weighted add into a float64 running sum, the loop's per-update "
+        "bookkeeping, and, amortised over K updates, the server optimizer step and the dispatch "
+        "payload (the new model serialised once per version). About 35 µs of ours per update is the "
+        "in-process Grid itself building each reply Message, which stands in for the transport. "
+        "At 100k parameters these fixed costs (Flower Message objects, validation and bookkeeping in "
+        "Python, ~0.15 ms) are most of ours; from 1M on the float64 add and the norm pass dominate. "
+        "Like the physical floor, it reads the "
+        "reply's arrays as read-only views of their bytes; Flower's deserialiser copies them out."
+    )
 
 
 def cost_plot(axes, sizes: list[int], medians: dict[str, list[float]]) -> None:

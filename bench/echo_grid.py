@@ -11,10 +11,16 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
+
+from fedbuff import protocol
+
+if TYPE_CHECKING:
+    from fedbuff.settings import RunSettings
 
 
 def model_of(parameters: int) -> list[np.ndarray]:
@@ -22,15 +28,30 @@ def model_of(parameters: int) -> list[np.ndarray]:
     return [np.zeros((parameters - 10,), np.float32), np.zeros((10,), np.float32)]
 
 
+def echo_settings(buffer_size: int, concurrency: int, updates: int) -> RunSettings:
+    """FedBuff for an echo-grid run: ``updates`` updates in steps of K = ``buffer_size``, nothing
+    evaluated, exported or written (the suites measure aggregation, not outputs)."""
+    from fedbuff.settings import RunSettings  # lazy: the memory suite's baseline stays small
+
+    return RunSettings(
+        strategy="fedbuff",
+        buffer_size=buffer_size,
+        concurrency=concurrency,
+        max_server_steps=updates // buffer_size,
+        eval_every=10**6,
+        metrics_enabled=False,
+        write_plots=False,
+        checkpoint_every=0,
+    )
+
+
 def canned_reply(model: list[np.ndarray], seed: int = 0) -> RecordDict:
     """A valid plaintext train reply (small random delta) for a model shaped like ``model``."""
     rng = np.random.default_rng(seed)
     delta = [rng.normal(0, 1e-3, a.shape).astype(np.float32) for a in model]
-    return RecordDict({
-        "arrays": ArrayRecord(delta),
-        "metrics": MetricRecord({"num-examples": 100, "train-seconds": 0.0}),
-        "device": ConfigRecord({"device-tier": "high"}),
-    })
+    return protocol.reply_content(
+        delta, {protocol.NUM_EXAMPLES: 100, protocol.TRAIN_SECONDS: 0.0}, {protocol.DEVICE_TIER: "high"}
+    )
 
 
 class EchoGrid:

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from server_app.events import EventKind
+
 
 @dataclass(frozen=True)
 class Reached:
@@ -44,22 +46,25 @@ def time_to_target(events: Iterable[dict[str, object]], target: float) -> Reache
     trips = 0
     for event in events:
         kind = event.get("event")
-        if kind == "update":
+        if kind == EventKind.UPDATE:
             trips += 1
-        elif kind == "eval" and float(event["accuracy"]) >= target:  # type: ignore[arg-type]
+        elif kind == EventKind.EVAL and float(event["accuracy"]) >= target:  # type: ignore[arg-type]
             return Reached(float(event["time"]), int(event["version"]), trips)  # type: ignore[arg-type]
     return None
 
 
 def round_trips(events: Iterable[dict[str, object]]) -> list[float]:
     """Round-trip seconds of every reply that carried an update."""
-    return [float(e["round_trip"]) for e in events  # type: ignore[arg-type]
-            if e.get("event") == "update" and "round_trip" in e]
+    return [
+        float(e["round_trip"])
+        for e in events  # type: ignore[arg-type]
+        if e.get("event") == EventKind.UPDATE and "round_trip" in e
+    ]
 
 
 def step_times(events: Iterable[dict[str, object]]) -> list[float]:
     """Times (seconds since start) of every server step."""
-    return [float(e["time"]) for e in events if e.get("event") == "step"]  # type: ignore[arg-type]
+    return [float(e["time"]) for e in events if e.get("event") == EventKind.STEP]  # type: ignore[arg-type]
 
 
 def median_or_none(values: Sequence[float | None]) -> float | None:

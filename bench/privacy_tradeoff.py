@@ -12,10 +12,22 @@ import io
 import tempfile
 from pathlib import Path
 
+from bench.federation import check_configs
 from bench.figures import figure_line, save_figure
-from fedbuff.launcher import LocalFederation, run_local
+from fedbuff_ops.launcher import LocalFederation, run_local
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_config(sigma: float, args: argparse.Namespace) -> str:
+    """The run config of the point at noise multiplier ``sigma`` (0: user-level DP off)."""
+    config = (
+        f"max-server-steps={args.steps} buffer-size=2 concurrency={args.nodes} "
+        f"eval-every={args.steps} metrics-port=0 write-plots=false"
+    )
+    if sigma > 0:
+        config += f' user-dp=true user-dp-mode="central" user-dp-clip={args.clip} user-dp-noise-multiplier={sigma}'
+    return config
 
 
 def main() -> None:
@@ -25,24 +37,23 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--clip", type=float, default=1.0, help="user-dp-clip (L2)")
     args = parser.parse_args()
+    sigmas = [float(s) for s in args.sigmas.split(",")]
+    check_configs(run_config(sigma, args) for sigma in sigmas)
     print("| user-dp-noise-multiplier | ε (δ = 1e-5) | final accuracy | server steps |")
     print("|---|---|---|---|")
     points: list[tuple[float, float]] = []  # (ε, accuracy) of the private runs
     baseline = None
-    for sigma in (float(s) for s in args.sigmas.split(",")):
-        config = (f"max-server-steps={args.steps} buffer-size=2 concurrency={args.nodes} "
-                  f"eval-every={args.steps} metrics-port=0 write-plots=false")
-        if sigma > 0:
-            config += f' user-dp=true user-dp-mode="central" user-dp-clip={args.clip} user-dp-noise-multiplier={sigma}'
+    for sigma in sigmas:
+        config = run_config(sigma, args)
         with tempfile.TemporaryDirectory() as tmp:
             summary = run_local(
-                LocalFederation(app_dir=ROOT, run_dir=Path(tmp) / "run", num_nodes=args.nodes,
-                                tiers=["high"], run_config=config),
+                LocalFederation(
+                    app_dir=ROOT, run_dir=Path(tmp) / "run", num_nodes=args.nodes, tiers=["high"], run_config=config
+                ),
                 out=io.StringIO(),
             )
         epsilon = f"{summary['user_dp_epsilon']:.2f}" if sigma > 0 else "∞ (no DP)"
-        print(f"| {sigma:g} | {epsilon} | {summary['final_accuracy']:.3f} | {summary['server_steps']} |",
-              flush=True)
+        print(f"| {sigma:g} | {epsilon} | {summary['final_accuracy']:.3f} | {summary['server_steps']} |", flush=True)
         if sigma > 0:
             points.append((float(summary["user_dp_epsilon"]), float(summary["final_accuracy"])))
         else:
@@ -57,8 +68,13 @@ def main() -> None:
         axes.set_ylabel("final accuracy")
 
     if points:
-        print("\n" + figure_line(save_figure("privacy_tradeoff", draw, f"digits, {args.nodes} nodes, "
-                                             f"{args.steps} server steps"), "final accuracy against ε"))
+        print(
+            "\n"
+            + figure_line(
+                save_figure("privacy_tradeoff", draw, f"digits, {args.nodes} nodes, {args.steps} server steps"),
+                "final accuracy against ε",
+            )
+        )
 
 
 if __name__ == "__main__":

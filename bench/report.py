@@ -28,10 +28,12 @@ class Section:
     body: str
 
     def render(self) -> str:
-        return (f"## {self.title}\n\n"
-                f"Command: `{self.command}` ({self.form}) — {self.started:%Y-%m-%d %H:%M} UTC. "
-                f"Machine: {self.machine}. Commit: {self.commit}.\n\n"
-                f"{self.body.strip()}\n")
+        return (
+            f"## {self.title}\n\n"
+            f"Command: `{self.command}` ({self.form}) — {self.started:%Y-%m-%d %H:%M} UTC. "
+            f"Machine: {self.machine}. Commit: {self.commit}.\n\n"
+            f"{self.body.strip()}\n"
+        )
 
 
 def render_benchmarks(preamble: str, sections: Sequence[str]) -> str:
@@ -60,12 +62,21 @@ def machine() -> str:
     The load says how busy a shared machine was when a suite started: on 2 cores, a load
     of 10 means every process got a fraction of a core and absolute times stretch with it.
     """
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown CPU")
-    memory_kib = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
-                          if line.startswith("MemTotal")))
-    return (f"{os.cpu_count()} cores, {memory_kib / 2**20:.0f} GiB RAM, {cpu}, Python {platform.python_version()}, "
-            f"load average {os.getloadavg()[0]:.1f} at the start")
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown CPU",
+    )
+    memory_kib = int(
+        next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
+    )
+    return (
+        f"{os.cpu_count()} cores, {memory_kib / 2**20:.0f} GiB RAM, {cpu}, Python {platform.python_version()}, "
+        f"load average {os.getloadavg()[0]:.1f} at the start"
+    )
 
 
 OUTPUTS = ("BENCHMARKS.md", "bench/results")  # written by the benchmarks: not a change to the code measured
@@ -74,6 +85,10 @@ OUTPUTS = ("BENCHMARKS.md", "bench/results")  # written by the benchmarks: not a
 def commit(root: Path) -> str:
     """The short commit hash of ``root``, flagged when code (not benchmark output) is uncommitted."""
     result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", ".", *(f":!{p}" for p in OUTPUTS)],
-                           cwd=root, capture_output=True, text=True).stdout
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", ".", *(f":!{p}" for p in OUTPUTS)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    ).stdout
     return (result.stdout.strip() or "unknown") + (" (with uncommitted changes)" if dirty.strip() else "")

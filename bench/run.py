@@ -19,7 +19,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,21 +52,34 @@ class Suite:
 
 
 SUITES = {
-    "time-to-accuracy": Suite("Time to target accuracy: FedBuff, FedAsync, sync and Flower's FedAvg",
-                              "time_to_accuracy"),
-    "device-speed": Suite("Time to target as devices get slower: FedBuff vs Flower's FedAvg",
-                          "time_to_accuracy", full=("--device-speed", "0.05,0.25"),
-                          quick=("--quick", "--device-speed", "0.05,0.25")),
-    "update-overhead": Suite("Per-update overhead: our loop vs Flower's floor, ClientApp cold start",
-                             "update_overhead"),
-    "aggregation-cost": Suite("Server aggregation CPU time per accepted update vs the physical floor",
-                              "aggregation_cost"),
+    "time-to-accuracy": Suite(
+        "Time to target accuracy: FedBuff, FedAsync, sync and Flower's FedAvg", "time_to_accuracy"
+    ),
+    "device-speed": Suite(
+        "Time to target as devices get slower: FedBuff vs Flower's FedAvg",
+        "time_to_accuracy",
+        full=("--device-speed", "0.05,0.25"),
+        quick=("--quick", "--device-speed", "0.05,0.25"),
+    ),
+    "update-overhead": Suite(
+        "Per-update overhead: the warm trainer vs Flower's floor, ClientApp cold start", "update_overhead"
+    ),
+    "aggregation-cost": Suite(
+        "Server aggregation CPU time per accepted update vs the physical floor", "aggregation_cost"
+    ),
     "server-memory": Suite("Server peak memory vs buffer size K", "server_memory"),
     "simulation-scale": Suite("Scale in Flower's simulation engine (Ray)", "simulation_scale"),
-    "secagg-cost": Suite("Secure aggregation cost (server add, client masking) vs plaintext", "secagg_cost",
-                         quick=("--sizes", "100000,1000000")),
-    "privacy-tradeoff": Suite("Accuracy vs user-level ε on digits (real local federation, 3 nodes)",
-                              "privacy_tradeoff", quick=("--sigmas", "0,1")),
+    "secagg-cost": Suite(
+        "Secure aggregation cost (server add, client masking) vs plaintext",
+        "secagg_cost",
+        quick=("--sizes", "100000,1000000"),
+    ),
+    "privacy-tradeoff": Suite(
+        "Accuracy vs user-level ε on digits (real local federation, 3 nodes)",
+        "privacy_tradeoff",
+        quick=("--sigmas", "0,1"),
+    ),
+    "load": Suite("Load: 50 SuperNodes for 10 minutes, nothing lost", "load"),
 }
 
 
@@ -92,7 +105,7 @@ def run_suite(suite: Suite, quick: bool, extra: Sequence[str] = ()) -> Section:
     argv = [sys.executable, *suite.argv(quick, extra)]
     command = "python " + shlex.join(argv[1:])
     print(f"[bench] {command}", flush=True)
-    started, where, code = datetime.now(timezone.utc), machine(), commit(ROOT)
+    started, where, code = datetime.now(UTC), machine(), commit(ROOT)
     result = subprocess.run(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True)  # progress on stderr
     if result.returncode != 0:
         raise RuntimeError(f"{command} failed with exit code {result.returncode}")
@@ -105,9 +118,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer runs (minutes)")
     parser.add_argument("--only", choices=sorted(SUITES), action="append", help="run only these suites")
-    parser.add_argument("--suite-args", default="",
-                        help="extra arguments for the suite(s), e.g. --only time-to-accuracy "
-                             "--suite-args='--seeds 1,2' (they appear in the section's command)")
+    parser.add_argument(
+        "--suite-args",
+        default="",
+        help="extra arguments for the suite(s), e.g. --only time-to-accuracy "
+        "--suite-args='--seeds 1,2' (they appear in the section's command)",
+    )
     args = parser.parse_args()
     path = ROOT / "BENCHMARKS.md"
     fresh: dict[str, str] = {}

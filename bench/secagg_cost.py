@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 
 import numpy as np
 import torch
 from cryptography.hazmat.primitives.asymmetric import ec, x25519
 
-from client_app.masking import mask_update, secagg_context
+from mask_service.masking import MaskedUpdate, mask_update, secagg_context
 from strategies.buffer import WeightedSumBuffer
 from strategies.ring import MaskedBuffer, RingCodec
 
@@ -32,6 +33,23 @@ def best_of(repeat: int, fn) -> float:
         fn()
         times.append(time.perf_counter() - started)
     return min(times)
+
+
+def plaintext_add(delta: list[np.ndarray]) -> None:
+    """One update into a fresh plaintext buffer (the server's add without secure aggregation)."""
+    WeightedSumBuffer().add(0, delta, 0.7)
+
+
+def masked_add(codec: RingCodec, n: int, masked: MaskedUpdate) -> None:
+    """One masked update into a fresh masked buffer (the server's add under secure aggregation)."""
+    MaskedBuffer(codec, [(n,)]).add(
+        0,
+        masked.masked,
+        weight=45875,
+        ephemeral_public=masked.ephemeral_public,
+        signature=masked.signature,
+        node_key_fingerprint=masked.node_key_fingerprint,
+    )
 
 
 def local_step_seconds(n: int, repeat: int) -> float:
@@ -63,38 +81,43 @@ def main() -> None:
     node_key = ec.generate_private_key(ec.SECP384R1())
     server_ratios: dict[int, float] = {}
     client_ratios: dict[int, float] = {}
-    print("| parameters | server plaintext add | server masked add | server ratio | client mask+sign "
-          "| one local SGD step | client ratio |")
+    print(
+        "| parameters | server plaintext add | server masked add | server ratio | client mask+sign "
+        "| one local SGD step | client ratio |"
+    )
     print("|---|---|---|---|---|---|---|")
     for n in (int(s) for s in args.sizes.split(",")):
         delta = [rng.normal(0, 0.1, n).astype(np.float32)]
         context = secagg_context(1, n)
         masked = mask_update(delta, codec, service, node_key, context)
-        plain_seconds = best_of(args.repeat, lambda: WeightedSumBuffer().add(0, delta, 0.7))
-
-        def masked_add() -> None:
-            MaskedBuffer(codec, [(n,)]).add(0, masked.masked, weight=45875, ephemeral_public=masked.ephemeral_public,
-                                           signature=masked.signature,
-                                           node_key_fingerprint=masked.node_key_fingerprint)
-
-        masked_seconds = best_of(args.repeat, masked_add)
-        client_seconds = best_of(args.repeat, lambda: mask_update(delta, codec, service, node_key, context))
+        plain_seconds = best_of(args.repeat, partial(plaintext_add, delta))
+        masked_seconds = best_of(args.repeat, partial(masked_add, codec, n, masked))
+        client_seconds = best_of(args.repeat, partial(mask_update, delta, codec, service, node_key, context))
         step_seconds = local_step_seconds(n, args.repeat)
-        print(f"| {n:,} | {plain_seconds * 1e3:.2f} ms | {masked_seconds * 1e3:.2f} ms | "
-              f"{masked_seconds / plain_seconds:.2f}× | {client_seconds * 1e3:.1f} ms | "
-              f"{step_seconds * 1e3:.1f} ms | {client_seconds / step_seconds:.2f}× |", flush=True)
+        print(
+            f"| {n:,} | {plain_seconds * 1e3:.2f} ms | {masked_seconds * 1e3:.2f} ms | "
+            f"{masked_seconds / plain_seconds:.2f}× | {client_seconds * 1e3:.1f} ms | "
+            f"{step_seconds * 1e3:.1f} ms | {client_seconds / step_seconds:.2f}× |",
+            flush=True,
+        )
         server_ratios[n], client_ratios[n] = masked_seconds / plain_seconds, client_seconds / step_seconds
     worst = max(server_ratios.values())
-    print(f"\nGoal (issue 6): the server's masked add ≤ {SERVER_GOAL:g}× its plaintext add. Where we stand: "
-          f"worst {worst:.2f}× — " + ("met." if worst <= SERVER_GOAL else f"missed by {worst / SERVER_GOAL:.1f}×."))
+    print(
+        f"\nGoal (issue 6): the server's masked add ≤ {SERVER_GOAL:g}× its plaintext add. Where we stand: "
+        f"worst {worst:.2f}× — " + ("met." if worst <= SERVER_GOAL else f"missed by {worst / SERVER_GOAL:.1f}×.")
+    )
     if 1_000_000 in client_ratios:
         share = client_ratios[1_000_000]
-        print(f"Goal: client masking ≤ {100 * CLIENT_GOAL:.0f}% of one local SGD step at 1M parameters. Where "
-              f"we stand: {100 * share:.0f}% — " + ("met." if share <= CLIENT_GOAL else
-                                                   f"missed ({share / CLIENT_GOAL:.0f}× the allowance)."))
-    print("\nWhat the masked add pays beyond the plaintext one: a SHA-256 of the 8-byte-per-parameter masked "
-          "vector (the signature binds it to the client) and a uint64 multiply-add in the ring; the client "
-          "pays a ChaCha20 keystream as long as the model, the fixed-point encoding and an ECDSA signature.")
+        print(
+            f"Goal: client masking ≤ {100 * CLIENT_GOAL:.0f}% of one local SGD step at 1M parameters. Where "
+            f"we stand: {100 * share:.0f}% — "
+            + ("met." if share <= CLIENT_GOAL else f"missed ({share / CLIENT_GOAL:.0f}× the allowance).")
+        )
+    print(
+        "\nWhat the masked add pays beyond the plaintext one: a SHA-256 of the 8-byte-per-parameter masked "
+        "vector (the signature binds it to the client) and a uint64 multiply-add in the ring; the client "
+        "pays a ChaCha20 keystream as long as the model, the fixed-point encoding and an ECDSA signature."
+    )
 
 
 if __name__ == "__main__":

@@ -53,17 +53,14 @@ def status_kib(field: str) -> int:
 def child(parameters: int, buffer_size: int) -> MemoryResult:
     """Runs in the child process: baseline after imports, then the loop, then the peak."""
     from bench.aggregation_cost import NoEvents
-    from bench.echo_grid import EchoGrid, canned_reply, model_of, serverapp_identity
-    from fedbuff.settings import RunSettings
+    from bench.echo_grid import EchoGrid, canned_reply, echo_settings, model_of, serverapp_identity
     from server_app.loop import AsyncLoop
     from strategies import build_strategy
 
     baseline = status_kib("VmRSS")
     nodes = max(buffer_size, 10)  # one update per client per buffer: K needs ≥ K clients
     updates = 2 * max(buffer_size, 10)
-    settings = RunSettings(strategy="fedbuff", buffer_size=buffer_size, concurrency=nodes,
-                           max_server_steps=updates // buffer_size, eval_every=10**6,
-                           metrics_enabled=False, write_plots=False, checkpoint_every=0)
+    settings = echo_settings(buffer_size, nodes, updates)
     strategy = build_strategy(settings, model_of(parameters), nodes)  # the strategy keeps its own copy
     grid = EchoGrid(range(1, nodes + 1), canned_reply(model_of(parameters)))
     loop = AsyncLoop(grid, strategy, settings, lambda arrays: (0.0, 0.0), NoEvents())  # type: ignore[arg-type]
@@ -74,8 +71,16 @@ def child(parameters: int, buffer_size: int) -> MemoryResult:
 
 def measure(parameters: int, buffer_size: int) -> MemoryResult:
     """Run :func:`child` in a fresh interpreter, so each K starts from the same empty heap."""
-    argv = [sys.executable, "-m", "bench.server_memory", "--child", "--parameters", str(parameters),
-            "--ks", str(buffer_size)]
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.server_memory",
+        "--child",
+        "--parameters",
+        str(parameters),
+        "--ks",
+        str(buffer_size),
+    ]
     result = subprocess.run(argv, capture_output=True, text=True, check=True)
     return MemoryResult(**json.loads(result.stdout.strip().splitlines()[-1]))
 
@@ -98,11 +103,18 @@ def main() -> None:
         print(f"[bench]   K = {k}, {parameters:,} parameters", file=sys.stderr, flush=True)
         result = measure(parameters, k)
         copies.append(result.copies(parameters))
-        rows.append([k, result.updates, f"{result.baseline_kib / 1024:.0f} MiB", f"{result.peak_kib / 1024:.0f} MiB",
-                     f"{(result.peak_kib - result.baseline_kib) / 1024:.0f} MiB", f"{copies[-1]:.2f}"])
+        rows.append(
+            [
+                k,
+                result.updates,
+                f"{result.baseline_kib / 1024:.0f} MiB",
+                f"{result.peak_kib / 1024:.0f} MiB",
+                f"{(result.peak_kib - result.baseline_kib) / 1024:.0f} MiB",
+                f"{copies[-1]:.2f}",
+            ]
+        )
     print(f"Model: {parameters:,} float32 parameters = {model_mib:.1f} MiB per copy.\n")
-    print(markdown_table(["K", "updates", "RSS after imports", "peak RSS", "peak − baseline",
-                          "model copies"], rows))
+    print(markdown_table(["K", "updates", "RSS after imports", "peak RSS", "peak − baseline", "model copies"], rows))
 
     def draw(axes) -> None:
         axes.plot(ks, copies, "o-", label="peak above the baseline")
@@ -115,17 +127,24 @@ def main() -> None:
     plot = save_figure("server_memory", draw, f"server peak memory, {parameters:,} parameters")
     flat = max(copies) <= FLAT_TOLERANCE * min(copies) + 0.25
     within = max(copies) <= GOAL_COPIES
-    print(f"\nGoal: flat in K and within {GOAL_COPIES:g} model copies. Where we stand: "
-          f"{'flat' if flat else 'NOT flat'} in K (from {min(copies):.2f} to {max(copies):.2f} copies); "
-          + ("within 3 copies: met." if within else
-             f"within 3 copies: missed by {max(copies) - GOAL_COPIES:.2f} copies "
-             f"({max(copies) / GOAL_COPIES:.2f}× the goal)."))
+    print(
+        f"\nGoal: flat in K and within {GOAL_COPIES:g} model copies. Where we stand: "
+        f"{'flat' if flat else 'NOT flat'} in K (from {min(copies):.2f} to {max(copies):.2f} copies); "
+        + (
+            "within 3 copies: met."
+            if within
+            else f"within 3 copies: missed by {max(copies) - GOAL_COPIES:.2f} copies "
+            f"({max(copies) / GOAL_COPIES:.2f}× the goal)."
+        )
+    )
     print("\n" + figure_line(plot, "peak memory in model copies against K"))
-    print("\nWhat the peak holds, at a server step: the pulled reply's bytes (the delta is read as a view "
-          "of them), the current model, its serialised dispatch payload, the float64 running sum (two "
-          "copies) and the new model: six copies with no temporaries at all. Three would need a float32 "
-          "sum, an in-place model update and dropping the old payload before the step; what is above "
-          "six is the C allocator's slack (freed blocks it has not yet returned to the system).")
+    print(
+        "\nWhat the peak holds, at a server step: the pulled reply's bytes (the delta is read as a view "
+        "of them), the current model, its serialised dispatch payload, the float64 running sum (two "
+        "copies) and the new model: six copies with no temporaries at all. Three would need a float32 "
+        "sum, an in-place model update and dropping the old payload before the step; what is above "
+        "six is the C allocator's slack (freed blocks it has not yet returned to the system)."
+    )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ from bench.federation import BenchRun, RunResult, run
 from bench.figures import figure_line, save_figure
 from bench.history import step_times
 from bench.report import markdown_table
-from fedbuff.launcher import LaunchError
+from fedbuff_ops.launcher import LaunchError
+from server_app.events import EventKind
 
 FLOOR_APP = Path(__file__).resolve().parent / "floor_app"
 BUFFER_SIZE = 10
@@ -60,24 +61,52 @@ def main() -> None:
     rows, rates = [], {}
     for n in clients:
         concurrency = min(MAX_CONCURRENCY, n)
-        spec = BenchRun(n, f'driver="ours" concurrency={concurrency} buffer-size={BUFFER_SIZE} '
-                           f"max-server-steps=1000000 max-wall-seconds={seconds}",
-                        tiers=["real"], simulation=True, app_dir=FLOOR_APP, label=f"simulation {n} clients")
+        spec = BenchRun(
+            n,
+            f'driver="ours" concurrency={concurrency} buffer-size={BUFFER_SIZE} '
+            f"max-server-steps=1000000 max-wall-seconds={seconds}",
+            tiers=["real"],
+            simulation=True,
+            app_dir=FLOOR_APP,
+            label=f"simulation {n} clients",
+        )
         result = run_with_retry(spec)
         if result is None:
             rows.append([n, concurrency, "—", "—", "Ray did not start (twice)", "—"])
             continue
         times = step_times(result.events)
-        updates = sum(1 for e in result.events if e.get("event") == "update")
+        updates = sum(1 for e in result.events if e.get("event") == EventKind.UPDATE)
         rate = rates[n] = steps_per_minute(times)
-        rows.append([n, concurrency, len(times), updates, "n/a" if rate is None else f"{rate:.1f}",
-                     "n/a" if rate is None else f"{rate * BUFFER_SIZE:.0f}"])
-    print(f"{os.cpu_count()} cores, one CPU per virtual client, FedBuff K = {BUFFER_SIZE}, "
-          f"{seconds:.0f} s of training per run.\n")
-    print(markdown_table(["virtual clients", "concurrency", "server steps", "updates received",
-                          "server steps per minute", "updates per minute"], rows))
+        rows.append(
+            [
+                n,
+                concurrency,
+                len(times),
+                updates,
+                "n/a" if rate is None else f"{rate:.1f}",
+                "n/a" if rate is None else f"{rate * BUFFER_SIZE:.0f}",
+            ]
+        )
+    print(
+        f"{os.cpu_count()} cores, one CPU per virtual client, FedBuff K = {BUFFER_SIZE}, "
+        f"{seconds:.0f} s of training per run.\n"
+    )
+    print(
+        markdown_table(
+            [
+                "virtual clients",
+                "concurrency",
+                "server steps",
+                "updates received",
+                "server steps per minute",
+                "updates per minute",
+            ],
+            rows,
+        )
+    )
     known = [n for n in clients if rates.get(n)]
     if known:
+
         def draw(axes) -> None:
             axes.plot(known, [rates[n] for n in known], "o-")
             axes.set_xscale("log")
@@ -85,19 +114,28 @@ def main() -> None:
             axes.set_ylabel("server steps per minute")
             axes.set_ylim(bottom=0)
 
-        print("\n" + figure_line(save_figure("simulation_scale", draw, f"FedBuff K = {BUFFER_SIZE} in Ray"),
-                                 "server steps per minute against the number of virtual clients"))
+        print(
+            "\n"
+            + figure_line(
+                save_figure("simulation_scale", draw, f"FedBuff K = {BUFFER_SIZE} in Ray"),
+                "server steps per minute against the number of virtual clients",
+            )
+        )
     if len(known) >= 2:
         first, last = known[0], known[-1]
-        print(f"\nScaling: {last / first:.0f}× the clients gives {rates[last] / rates[first]:.2f}× the "
-              "server steps per minute (1.00× would be flat: the loop's cost does not grow with the "
-              "number of idle clients).")
-    print("\nWhat limits it: Ray runs one virtual ClientApp per core, so on 2 cores updates arrive at "
-          "the rate two workers turn messages around, whatever the concurrency; the server loop shares "
-          "those two cores with them. Why more idle clients cost throughput was not profiled here; "
-          "candidates are the engine's per-node state (most of the 1,000 nodes get their first message "
-          "within the run) and the loop's least-recently-used node choice, which sorts all nodes at "
-          "each dispatch.")
+        print(
+            f"\nScaling: {last / first:.0f}× the clients gives {rates[last] / rates[first]:.2f}× the "
+            "server steps per minute (1.00× would be flat: the loop's cost does not grow with the "
+            "number of idle clients)."
+        )
+    print(
+        "\nWhat limits it: Ray runs one virtual ClientApp per core, so on 2 cores updates arrive at "
+        "the rate two workers turn messages around, whatever the concurrency; the server loop shares "
+        "those two cores with them. Why more idle clients cost throughput was not profiled here; "
+        "candidates are the engine's per-node state (most of the 1,000 nodes get their first message "
+        "within the run) and the loop's least-recently-used node choice, which sorts all nodes at "
+        "each dispatch."
+    )
 
 
 if __name__ == "__main__":

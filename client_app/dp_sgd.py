@@ -1,10 +1,13 @@
-"""Sample-level DP-SGD on the client's partition with Opacus (DESIGN.md §6).
+"""Sample-level DP-SGD on the client's partition with Opacus (docs/privacy.md, section 2).
 
 Replaces :func:`fedbuff.model.train` when ``dp-sgd`` is on: per-example gradients are clipped
 to ``dp-max-grad-norm`` and Gaussian noise ``N(0, (σ·C)²)`` is added to their sum at every
-step; batches are Poisson-sampled (each example in each step with probability
-``batch_size / n``), which is what Opacus' RDP accountant assumes. The guarantee is about one
-*example* of this client's partition, and ε is this client's own.
+step; batches are Poisson-sampled, each example in each step with probability
+``q = 1 / ⌈n / batch_size⌉`` (one over the number of batches of the partition: Opacus'
+``DPDataLoader`` takes ``1 / len(data_loader)``, and the same q calibrates σ and is reported),
+which is what Opacus' RDP accountant assumes; q is ``batch_size / n`` only when ``batch_size``
+divides ``n``. The guarantee is about one *example* of this client's partition, and ε is this
+client's own.
 
 Every message runs in a fresh ClientApp process, so the accountant's history travels in
 ``context.state`` between messages (:func:`history_to_record` / :func:`history_from_record`:
@@ -23,14 +26,17 @@ import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
     import torch
+    from flwr.app import ConfigRecordValues
     from torch import nn
+
+    from fedbuff.settings import DPSGDOptions
 
 History = list[tuple[float, float, int]]
 
@@ -40,52 +46,8 @@ HISTORY_RATE = "sample-rate"
 HISTORY_STEPS = "steps"
 
 
-class DPConfigError(ValueError):
-    """A DP-SGD knob is out of range; the message starts with the run-config key."""
-
-
 class IncompatibleModelError(ValueError):
     """The model has layers Opacus cannot compute per-example gradients for."""
-
-
-@dataclass(frozen=True)
-class DPSGDOptions:
-    """DP-SGD knobs; field ``a_b`` is the run-config key ``a-b``.
-
-    - ``dp_sgd``: switch.
-    - ``dp_noise_multiplier``: σ, noise std / clip norm per step (used when no target ε).
-    - ``dp_max_grad_norm``: C, the per-example gradient L2 clip.
-    - ``dp_target_epsilon``: > 0: choose σ so that ONE message's local training (its epochs,
-      or its ``local-steps``) costs this ε at ``dp-delta`` (Opacus' calibration); 0: use
-      ``dp-noise-multiplier``. The client's cumulative ε keeps growing across messages.
-    - ``dp_delta``: δ of the reported (ε, δ); should be well below 1 / partition size.
-    """
-
-    dp_sgd: bool = False
-    dp_noise_multiplier: float = 1.0
-    dp_max_grad_norm: float = 1.0
-    dp_target_epsilon: float = 0.0
-    dp_delta: float = 1e-5
-
-    def __post_init__(self) -> None:
-        def fail(key: str, requirement: str, value: object) -> None:
-            raise DPConfigError(f"{key} must be {requirement}, got {value!r}")
-
-        def number(value: object) -> bool:
-            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-        if not isinstance(self.dp_sgd, bool):
-            fail("dp-sgd", "a boolean", self.dp_sgd)
-        if not (number(self.dp_noise_multiplier) and self.dp_noise_multiplier >= 0):
-            fail("dp-noise-multiplier", "a finite number >= 0", self.dp_noise_multiplier)
-        if self.dp_sgd and self.dp_target_epsilon == 0 and self.dp_noise_multiplier == 0:
-            fail("dp-noise-multiplier", "> 0 with dp-sgd on and no dp-target-epsilon", self.dp_noise_multiplier)
-        if not (number(self.dp_max_grad_norm) and self.dp_max_grad_norm > 0):
-            fail("dp-max-grad-norm", "a finite number > 0", self.dp_max_grad_norm)
-        if not (number(self.dp_target_epsilon) and self.dp_target_epsilon >= 0):
-            fail("dp-target-epsilon", "a finite number >= 0 (0: use dp-noise-multiplier)", self.dp_target_epsilon)
-        if not (number(self.dp_delta) and 0 < self.dp_delta < 1):
-            fail("dp-delta", "in (0, 1)", self.dp_delta)
 
 
 @dataclass(frozen=True)
@@ -101,13 +63,13 @@ class DPSGDResult:
     epsilon: float
     noise_multiplier: float
     sample_rate: float
-    history: dict[str, list]
+    history: dict[str, ConfigRecordValues]
 
 
 # -- accountant history <-> context.state ----------------------------------------------------
 
 
-def history_to_record(history: Sequence[Sequence[float]]) -> dict[str, list]:
+def history_to_record(history: Sequence[Sequence[float]]) -> dict[str, ConfigRecordValues]:
     """Opacus' ``[(σ, q, steps), ...]`` as three flat lists (a ``ConfigRecord``'s values)."""
     return {
         HISTORY_NOISE: [float(s) for s, _, _ in history],
@@ -198,9 +160,10 @@ def train_dp_sgd(
 ) -> DPSGDResult:
     """DP-SGD (Opacus ``PrivacyEngine``, RDP accountant) on one partition; trains ``model`` in place.
 
-    Mirrors :func:`fedbuff.model.train`: ``epochs`` passes of ``n / batch_size`` Poisson-sampled
-    batches each, ``steps > 0`` caps the number of batches; plain SGD with ``lr``. ``history``
-    is the accountant state returned by the previous message (``None`` for the first).
+    Mirrors :func:`fedbuff.model.train`: ``epochs`` passes of ``⌈n / batch_size⌉`` Poisson-sampled
+    batches each (sample rate ``1 / ⌈n / batch_size⌉``), ``steps > 0`` caps the number of
+    batches; plain SGD with ``lr``. ``history`` is the accountant state returned by the previous
+    message (``None`` for the first).
 
     ``sampling_seed`` and ``noise_seed`` exist for tests. Leave them ``None`` in a deployment:
     they are then drawn from ``os.urandom``. A seed the server can guess (the run seed, the
@@ -209,9 +172,7 @@ def train_dp_sgd(
     """
     import torch
     from opacus import PrivacyEngine
-    from opacus.accountants.utils import get_noise_multiplier
     from opacus.validators.errors import UnsupportedModuleError
-    from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
 
     if epochs < 1 or steps < 0 or batch_size < 1 or not lr > 0:
@@ -223,66 +184,39 @@ def train_dp_sgd(
     check_compatible(model)
     model.to(device).train()
 
-    dataset = TensorDataset(torch.from_numpy(np.asarray(features, dtype=np.float32)),
-                            torch.from_numpy(np.asarray(labels, dtype=np.int64)))
+    dataset = TensorDataset(
+        torch.from_numpy(np.asarray(features, dtype=np.float32)), torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    )
     sampling = torch.Generator().manual_seed(_os_seed() if sampling_seed is None else sampling_seed)
     loader = DataLoader(dataset, batch_size=min(batch_size, len(dataset)), generator=sampling)
     noise = torch.Generator(device=device).manual_seed(_os_seed() if noise_seed is None else noise_seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
 
     sample_rate = 1.0 / len(loader)
-    if options.dp_target_epsilon > 0:
-        planned = min(steps, epochs * len(loader)) if steps else epochs * len(loader)
-        with warnings.catch_warnings():  # the search probes huge σ, whose best order is the largest
-            warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
-            sigma = get_noise_multiplier(target_epsilon=options.dp_target_epsilon, target_delta=options.dp_delta,
-                                         sample_rate=sample_rate, steps=planned, accountant="rdp")
-    else:
-        sigma = options.dp_noise_multiplier
+    planned = min(steps, epochs * len(loader)) if steps else epochs * len(loader)
+    sigma = _noise_multiplier(options, sample_rate, planned)
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
         engine = PrivacyEngine(accountant="rdp")
         try:
             dp_model, dp_optimizer, dp_loader = engine.make_private(
-                module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=sigma,
-                max_grad_norm=options.dp_max_grad_norm, poisson_sampling=True, noise_generator=noise,
+                module=model,
+                optimizer=optimizer,
+                data_loader=loader,
+                noise_multiplier=sigma,
+                max_grad_norm=options.dp_max_grad_norm,
+                poisson_sampling=True,
+                noise_generator=noise,
             )
         except (UnsupportedModuleError, NotImplementedError) as err:
             raise IncompatibleModelError(f"DP-SGD cannot train this model: Opacus says: {err}") from err
     engine.accountant.history = list(restored)  # continue this client's composition
 
-    loss_fn = nn.CrossEntropyLoss()
-    total_loss, counted, taken = 0.0, 0, 0
     try:
-        with warnings.catch_warnings():
-            # the first layer's input needs no gradient; Opacus' hooks work regardless
-            warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            for _ in range(epochs):
-                for x, y in dp_loader:
-                    x, y = x.to(device), y.to(device)
-                    dp_optimizer.zero_grad(set_to_none=True)
-                    # An empty Poisson batch is still a step (pure noise, counted by the
-                    # accountant, as the analysis assumes); its loss is NaN and not averaged.
-                    loss = loss_fn(dp_model(x), y)
-                    loss.backward()
-                    dp_optimizer.step()
-                    if len(y):
-                        total_loss += float(loss.item())
-                        counted += 1
-                    taken += 1
-                    if steps and taken >= steps:
-                        break
-                if steps and taken >= steps:
-                    break
+        total_loss, counted, taken = _private_steps(dp_model, dp_optimizer, dp_loader, device, epochs, steps)
     finally:
-        if hasattr(dp_model, "remove_hooks"):  # GradSampleModule: detach Opacus' hooks
-            dp_model.remove_hooks()
-        for param in model.parameters():
-            for attr in ("grad_sample", "summed_grad"):
-                if hasattr(param, attr):
-                    delattr(param, attr)
-            param.grad = None
+        _detach_opacus(model, dp_model)
 
     epsilon = float(engine.accountant.get_epsilon(delta=options.dp_delta))
     return DPSGDResult(
@@ -293,3 +227,62 @@ def train_dp_sgd(
         sample_rate=sample_rate,
         history=history_to_record(engine.accountant.history),
     )
+
+
+def _noise_multiplier(options: DPSGDOptions, sample_rate: float, planned_steps: int) -> float:
+    """σ: Opacus' calibration to ``dp-target-epsilon`` over one message's steps, else the knob."""
+    if options.dp_target_epsilon <= 0:
+        return options.dp_noise_multiplier
+    from opacus.accountants.utils import get_noise_multiplier
+
+    with warnings.catch_warnings():  # the search probes huge σ, whose best order is the largest
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        return float(
+            get_noise_multiplier(
+                target_epsilon=options.dp_target_epsilon,
+                target_delta=options.dp_delta,
+                sample_rate=sample_rate,
+                steps=planned_steps,
+                accountant="rdp",
+            )
+        )
+
+
+def _private_steps(
+    dp_model: nn.Module, dp_optimizer: Any, dp_loader: Any, device: torch.device, epochs: int, steps: int
+) -> tuple[float, int, int]:
+    """Run the DP-SGD steps: (summed loss, batches it was summed over, steps taken)."""
+    from torch import nn
+
+    loss_fn = nn.CrossEntropyLoss()
+    total_loss, counted, taken = 0.0, 0, 0
+    with warnings.catch_warnings():
+        # the first layer's input needs no gradient; Opacus' hooks work regardless
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        for _ in range(epochs):
+            for x, y in dp_loader:
+                x, y = x.to(device), y.to(device)
+                dp_optimizer.zero_grad(set_to_none=True)
+                # An empty Poisson batch is still a step (pure noise, counted by the
+                # accountant, as the analysis assumes); its loss is NaN and not averaged.
+                loss = loss_fn(dp_model(x), y)
+                loss.backward()
+                dp_optimizer.step()
+                if len(y):
+                    total_loss += float(loss.item())
+                    counted += 1
+                taken += 1
+                if steps and taken >= steps:
+                    return total_loss, counted, taken
+    return total_loss, counted, taken
+
+
+def _detach_opacus(model: nn.Module, dp_model: Any) -> None:  # dp_model: Opacus' GradSampleModule (untyped)
+    """Leave ``model`` as plain torch: Opacus' hooks removed, per-sample gradients dropped."""
+    if hasattr(dp_model, "remove_hooks"):  # GradSampleModule
+        dp_model.remove_hooks()
+    for param in model.parameters():
+        for attr in ("grad_sample", "summed_grad"):
+            if hasattr(param, attr):
+                delattr(param, attr)
+        param.grad = None

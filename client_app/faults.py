@@ -7,6 +7,8 @@ makes the ClientApp fail outright, and ``cycle`` walks through all of them, one 
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 from flwr.app import Context, MetricRecord
 
@@ -52,6 +54,7 @@ def inject(fault: str, arrays: list[np.ndarray], context: Context) -> list[np.nd
 def _next_in_cycle(context: Context) -> str:
     """The fault for this message; the position persists in ``context.state``."""
     record = context.state.metric_records.get(_CYCLE_STATE)
-    position = int(record["position"]) if record is not None else int(context.node_config.get("partition-id", 0))
+    # cast: the record is this function's own, written below with an int position
+    position = cast(int, record["position"]) if record is not None else int(context.node_config.get("partition-id", 0))
     context.state[_CYCLE_STATE] = MetricRecord({"position": position + 1})
     return CYCLE[position % len(CYCLE)]

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from flwr.app import UserConfigValue
+
 from client_app.faults import FAULTS
 from fedbuff.settings import DEVICE_TIERS
 
@@ -27,19 +29,17 @@ class NodeProfile:
     def __post_init__(self) -> None:
         if not 0 <= self.partition_id < self.num_partitions:
             raise ValueError(
-                f"node config partition-id={self.partition_id} is outside "
-                f"[0, num-partitions={self.num_partitions})"
+                f"node config partition-id={self.partition_id} is outside [0, num-partitions={self.num_partitions})"
             )
         if self.device_tier not in (*DEVICE_TIERS, REAL_DEVICE):
             raise ValueError(
-                f"node config device-tier={self.device_tier!r}; choose one of "
-                f"{(*DEVICE_TIERS, REAL_DEVICE)}"
+                f"node config device-tier={self.device_tier!r}; choose one of {(*DEVICE_TIERS, REAL_DEVICE)}"
             )
         if self.test_fault not in FAULTS:
             raise ValueError(f"node config test-fault={self.test_fault!r}; choose one of {FAULTS}")
 
     @classmethod
-    def from_node_config(cls, node_config: Mapping[str, object]) -> NodeProfile:
+    def from_node_config(cls, node_config: Mapping[str, UserConfigValue]) -> NodeProfile:
         """Read the profile; partition keys are required, the rest default."""
         missing = [k for k in ("partition-id", "num-partitions") if k not in node_config]
         if missing:

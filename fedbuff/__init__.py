@@ -1,1 +1,2 @@
-"""fedbuff-deploy: shared task code (model, data, run settings) and the local launcher."""
+"""fedbuff-deploy's task code, shared by the ServerApp and the ClientApp: run settings, models,
+datasets, partitioners, the device model and the data of one run."""

@@ -29,6 +29,6 @@ def load_digits_split(seed: int, test_fraction: float) -> tuple[Split, Split]:
     features = (digits.data / 16.0).astype(np.float32)
     labels = digits.target.astype(np.int64)
     order = np.random.default_rng(seed).permutation(len(labels))
-    n_test = int(round(test_fraction * len(labels)))
+    n_test = round(test_fraction * len(labels))
     test, train = order[:n_test], order[n_test:]
     return Split(features[train], labels[train]), Split(features[test], labels[test])

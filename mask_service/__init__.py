@@ -1,11 +1,11 @@
-"""The mask service of asynchronous secure aggregation (DESIGN.md §5, docs/secure-aggregation.md).
+"""Asynchronous secure aggregation's masks (docs/secure-aggregation.md): the service and what
+both ends of a masked update share.
 
-``python -m mask_service`` runs the service (:mod:`mask_service.service`); the ServerApp
-talks to it through :class:`MaskServiceClient`. Importing this package loads only the
-client stub and the wire format (grpc, numpy), not the service.
+- :mod:`mask_service.masking`: key agreement, one-time masks, signatures and the pinned service
+  key; the ClientApp masks with it, the service recomputes masks with it (numpy, cryptography).
+- :mod:`mask_service.client` and :mod:`mask_service.wire`: the ServerApp's stub and the wire
+  format (grpc).
+- :mod:`mask_service.service`: the service itself, ``python -m mask_service``.
+
+Importing this package imports none of them: the ClientApp needs the masking alone.
 """
-
-from mask_service.client import MaskServiceClient
-from mask_service.wire import MaskServiceError, ServiceInfo
-
-__all__ = ["MaskServiceClient", "MaskServiceError", "ServiceInfo"]

@@ -33,9 +33,17 @@ class MaskServiceClient:
     ``certificate_chain``).
     """
 
-    def __init__(self, address: str, *, timeout: float = 300.0, root_certificates: bytes | None = None,
-                 private_key: bytes | None = None, certificate_chain: bytes | None = None,
-                 max_receive_bytes: int = -1, max_send_bytes: int = 256 << 20) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout: float = 300.0,
+        root_certificates: bytes | None = None,
+        private_key: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        max_receive_bytes: int = -1,
+        max_send_bytes: int = 256 << 20,
+    ) -> None:
         self.address = address
         self.timeout = timeout
         options = [
@@ -65,8 +73,9 @@ class MaskServiceClient:
         try:
             grpc.channel_ready_future(self._channel).result(timeout=timeout)
         except grpc.FutureTimeoutError:
-            raise MaskServiceError("unavailable", f"no mask service at {self.address} after {timeout} s",
-                                   grpc.StatusCode.UNAVAILABLE) from None
+            raise MaskServiceError(
+                "unavailable", f"no mask service at {self.address} after {timeout} s", grpc.StatusCode.UNAVAILABLE
+            ) from None
 
     def _call(self, method: Any, request: bytes, timeout: float | None) -> tuple[dict[str, Any], bytes]:
         try:
@@ -98,8 +107,13 @@ class MaskServiceClient:
         """Raw 32-byte X25519 public key to relay to clients (they check it against their pin)."""
         return self.info(timeout).public_key
 
-    def check(self, context: bytes, contribution: Contribution | tuple, length: int | None = None,
-              timeout: float | None = None) -> None:
+    def check(
+        self,
+        context: bytes,
+        contribution: Contribution | tuple,
+        length: int | None = None,
+        timeout: float | None = None,
+    ) -> None:
         """Return when the service would accept ``contribution`` in an ``Unmask`` of ``context``.
 
         Raises :class:`MaskServiceError` with the reason ``Unmask`` would give
@@ -112,18 +126,21 @@ class MaskServiceClient:
             header["length"] = int(length)
         self._call(self._check, encode_frame(header), timeout)
 
-    def unmask(self, context: bytes, contributions: Sequence[Contribution | tuple], length: int,
-               timeout: float | None = None) -> np.ndarray:
+    def unmask(
+        self, context: bytes, contributions: Sequence[Contribution | tuple], length: int, timeout: float | None = None
+    ) -> np.ndarray:
         """``Σ weight_i·mask_i (mod 2^64)`` over ``contributions`` as a uint64 vector of ``length``.
 
         ``contributions`` are :class:`strategies.ring.Contribution` (``MaskedBuffer.contributions``)
         or tuples ``(ephemeral_public, signature, masked_digest, node_key_fingerprint, weight)``.
         """
-        request = encode_frame({
-            "context": b64(context),
-            "length": int(length),
-            "contributions": [contribution_to_json(c) for c in contributions],
-        })
+        request = encode_frame(
+            {
+                "context": b64(context),
+                "length": int(length),
+                "contributions": [contribution_to_json(c) for c in contributions],
+            }
+        )
         header, payload = self._call(self._unmask, request, timeout)
         try:
             return from_wire(payload, int(length))

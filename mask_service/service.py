@@ -1,4 +1,4 @@
-"""The mask service: recomputes one-time masks for a buffer, never sees an update (DESIGN.md §5).
+"""The mask service: recomputes one-time masks for a buffer, never sees an update (docs/secure-aggregation.md).
 
 It holds a static X25519 key pair (created on first start in ``--state-dir``, private key
 mode 0600), a registry of node public keys (OpenSSH ``.pub`` files), and a durable log of
@@ -46,7 +46,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from client_app.masking import (
+from mask_service.masking import (
     fingerprint,
     load_node_public_key,
     node_key_fingerprint,
@@ -95,8 +95,9 @@ def load_or_create_key(state_dir: Path) -> X25519PrivateKey:
     key_path, db_path = state_dir / KEY_FILE, state_dir / USED_DB
     if not key_path.exists():
         key = X25519PrivateKey.generate()
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
         try:
             fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:  # another process won the race: use its key
@@ -111,9 +112,7 @@ def load_or_create_key(state_dir: Path) -> X25519PrivateKey:
     else:
         mode = stat.S_IMODE(key_path.stat().st_mode)
         if mode & 0o077:
-            raise StateError(
-                f"{key_path} is accessible by group/others (mode {mode:o}); run: chmod 600 {key_path}"
-            )
+            raise StateError(f"{key_path} is accessible by group/others (mode {mode:o}); run: chmod 600 {key_path}")
         if not db_path.exists():
             raise StateError(
                 f"{key_path} exists but its used-mask log {db_path} does not: masks unmasked before "
@@ -121,11 +120,12 @@ def load_or_create_key(state_dir: Path) -> X25519PrivateKey:
                 "key (every node must then pin the new fingerprint)"
             )
         try:
-            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+            loaded = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
         except ValueError as err:
             raise StateError(f"cannot load {key_path}: {err}") from err
-        if not isinstance(key, X25519PrivateKey):
+        if not isinstance(loaded, X25519PrivateKey):
             raise StateError(f"{key_path} is not an X25519 private key")
+        key = loaded
     public = service_key_bytes(key)
     for name, text in ((PUBLIC_FILE, b64(public) + "\n"), (FINGERPRINT_FILE, fingerprint(public) + "\n")):
         path = state_dir / name
@@ -185,7 +185,7 @@ class UsedMaskLog:
         found: list[bytes] = []
         with self._lock:
             for start in range(0, len(keys), 500):
-                chunk = list(keys[start:start + 500])
+                chunk = list(keys[start : start + 500])
                 marks = ",".join("?" * len(chunk))
                 rows = self._db.execute(
                     f"SELECT ephemeral_public FROM used_masks WHERE ephemeral_public IN ({marks})", chunk
@@ -287,7 +287,7 @@ class NodeKeyRegistry:
 
 
 def _key_entries(text: str) -> list[str]:
-    entries = []
+    entries: list[str] = []
     for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
@@ -302,9 +302,17 @@ def _key_entries(text: str) -> list[str]:
 class MaskService:
     """The unmask logic, independent of gRPC (the servicer below is a thin shell)."""
 
-    def __init__(self, state_dir: str | os.PathLike[str], registered_keys: str | os.PathLike[str], *,
-                 k_min: int, max_weight: int, max_length: int, max_contributions: int = 4096,
-                 max_context_bytes: int = 1024) -> None:
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str],
+        registered_keys: str | os.PathLike[str],
+        *,
+        k_min: int,
+        max_weight: int,
+        max_length: int,
+        max_contributions: int = 4096,
+        max_context_bytes: int = 1024,
+    ) -> None:
         if k_min < 1:
             raise ValueError(f"k_min={k_min} must be >= 1 (2 or more for any privacy)")
         if max_weight < 1 or max_length < 1 or max_contributions < 1:
@@ -323,16 +331,26 @@ class MaskService:
         self.fingerprint = fingerprint(self.public_key)
 
     def info(self) -> ServiceInfo:
-        return ServiceInfo(self.public_key, self.fingerprint, self.k_min, self.max_weight, self.max_length,
-                           self.max_contributions, PROTOCOL)
+        return ServiceInfo(
+            self.public_key,
+            self.fingerprint,
+            self.k_min,
+            self.max_weight,
+            self.max_length,
+            self.max_contributions,
+            PROTOCOL,
+        )
 
     @property
     def used_count(self) -> int:
         """How many masks this service has ever unmasked."""
         return len(self._used)
 
-    def unmask(self, context: bytes, length: int, contributions: Sequence[Contribution]) -> np.ndarray:
-        """``Σ weight_i·mask_i (mod 2^64)``, or :class:`MaskServiceError` (nothing recorded)."""
+    def unmask(self, context: bytes, length: object, contributions: Sequence[Contribution]) -> np.ndarray:
+        """``Σ weight_i·mask_i (mod 2^64)``, or :class:`MaskServiceError` (nothing recorded).
+
+        ``length`` is checked here (an int >= 1): the servicer passes it as the request header holds it.
+        """
         context = bytes(context)
         if len(context) > self.max_context_bytes:
             raise MaskServiceError("malformed", f"context is {len(context)} bytes > {self.max_context_bytes}")
@@ -392,8 +410,13 @@ class MaskService:
             )
         except MaskReused:
             raise MaskServiceError("mask-reused", "a concurrent request used one of these masks") from None
-        log.info("unmasked %d contribution(s) from %d node(s), length %d, context %s",
-                 len(contributions), len(weighted_nodes), length, fingerprint(context)[:12])
+        log.info(
+            "unmasked %d contribution(s) from %d node(s), length %d, context %s",
+            len(contributions),
+            len(weighted_nodes),
+            length,
+            fingerprint(context)[:12],
+        )
         return total
 
     def check(self, context: bytes, contribution: Contribution, length: int | None = None) -> None:
@@ -462,15 +485,17 @@ class _Servicer:
 
     def public_key(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         info = self.service.info()
-        return encode_frame({
-            "protocol": info.protocol,
-            "public_key": b64(info.public_key),
-            "fingerprint": info.fingerprint,
-            "k_min": info.k_min,
-            "max_weight": info.max_weight,
-            "max_length": info.max_length,
-            "max_contributions": info.max_contributions,
-        })
+        return encode_frame(
+            {
+                "protocol": info.protocol,
+                "public_key": b64(info.public_key),
+                "fingerprint": info.fingerprint,
+                "k_min": info.k_min,
+                "max_weight": info.max_weight,
+                "max_length": info.max_length,
+                "max_contributions": info.max_contributions,
+            }
+        )
 
     def check(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         def run() -> bytes:
@@ -518,15 +543,22 @@ def _answer(context: grpc.ServicerContext, what: str, run: Callable[[], bytes]) 
     except MaskServiceError as err:
         log.warning("%s from %s refused: %s", what, context.peer(), err.details)
         context.abort(err.code, err.details)
-    except Exception:  # noqa: BLE001 - never leak a stack trace to the caller
+    except Exception:
         log.exception("%s failed", what)
         context.abort(grpc.StatusCode.INTERNAL, "internal: the mask service failed; see its log")
     raise AssertionError("context.abort always raises")
 
 
-def build_server(service: MaskService, host: str = "127.0.0.1", port: int = 0, *, workers: int = 4,
-                 tls_cert_chain: bytes | None = None, tls_private_key: bytes | None = None,
-                 tls_client_ca: bytes | None = None) -> tuple[grpc.Server, int]:
+def build_server(
+    service: MaskService,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    workers: int = 4,
+    tls_cert_chain: bytes | None = None,
+    tls_private_key: bytes | None = None,
+    tls_client_ca: bytes | None = None,
+) -> tuple[grpc.Server, int]:
     """A started-able gRPC server for ``service``; returns it and the bound port."""
     send_limit = 8 * service.max_length + (1 << 20)
     receive_limit = max(4 << 20, service.max_contributions * 2048 + service.max_context_bytes * 2 + (1 << 20))
@@ -549,7 +581,8 @@ def build_server(service: MaskService, host: str = "127.0.0.1", port: int = 0, *
         if not (tls_cert_chain and tls_private_key):
             raise ValueError("TLS needs both a certificate chain and a private key")
         credentials = grpc.ssl_server_credentials(
-            [(tls_private_key, tls_cert_chain)], root_certificates=tls_client_ca,
+            [(tls_private_key, tls_cert_chain)],
+            root_certificates=tls_client_ca,
             require_client_auth=tls_client_ca is not None,
         )
         bound = server.add_secure_port(address, credentials)
@@ -568,8 +601,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="FedBuff mask service: unmasks sums of one-time masks for a secure-aggregation buffer.",
     )
     parser.add_argument("--state-dir", required=True, type=Path, help="key pair and used-mask log (created)")
-    parser.add_argument("--registered-keys", type=Path,
-                        help="directory of node OpenSSH .pub files, or a file listing them")
+    parser.add_argument(
+        "--registered-keys", type=Path, help="directory of node OpenSSH .pub files, or a file listing them"
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9095, help="0 picks a free port (printed)")
     parser.add_argument("--k-min", type=int, default=2, help="fewest distinct weighted nodes per unmask")
@@ -580,8 +614,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--tls-cert-chain", type=Path)
     parser.add_argument("--tls-private-key", type=Path)
     parser.add_argument("--tls-client-ca", type=Path, help="require client certificates signed by this CA")
-    parser.add_argument("--print-fingerprint", action="store_true",
-                        help="create or load the key, print its public key and fingerprint, and exit")
+    parser.add_argument(
+        "--print-fingerprint",
+        action="store_true",
+        help="create or load the key, print its public key and fingerprint, and exit",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     if not args.print_fingerprint and args.registered_keys is None:
@@ -591,22 +628,33 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         if args.print_fingerprint:
             key = load_or_create_key(args.state_dir)
             public = service_key_bytes(key)
             print(f"public-key={b64(public)}\nfingerprint={fingerprint(public)}", flush=True)
             return 0
-        service = MaskService(args.state_dir, args.registered_keys, k_min=args.k_min,
-                              max_weight=args.max_weight, max_length=args.max_length,
-                              max_contributions=args.max_contributions)
+        service = MaskService(
+            args.state_dir,
+            args.registered_keys,
+            k_min=args.k_min,
+            max_weight=args.max_weight,
+            max_length=args.max_length,
+            max_contributions=args.max_contributions,
+        )
         read = lambda p: p.read_bytes() if p else None  # noqa: E731
-        server, port = build_server(service, args.host, args.port, workers=args.workers,
-                                    tls_cert_chain=read(args.tls_cert_chain),
-                                    tls_private_key=read(args.tls_private_key),
-                                    tls_client_ca=read(args.tls_client_ca))
+        server, port = build_server(
+            service,
+            args.host,
+            args.port,
+            workers=args.workers,
+            tls_cert_chain=read(args.tls_cert_chain),
+            tls_private_key=read(args.tls_private_key),
+            tls_client_ca=read(args.tls_client_ca),
+        )
     except (StateError, ValueError, OSError) as err:
         log.error("%s", err)
         return 2
@@ -618,10 +666,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     server.start()
-    log.info("mask service on %s:%d, %d node key(s) registered, k-min %d, fingerprint %s",
-             args.host, port, len(service.registry), service.k_min, service.fingerprint)
-    print(f"mask-service ready address={args.host}:{port} public-key={b64(service.public_key)} "
-          f"fingerprint={service.fingerprint}", flush=True)
+    log.info(
+        "mask service on %s:%d, %d node key(s) registered, k-min %d, fingerprint %s",
+        args.host,
+        port,
+        len(service.registry),
+        service.k_min,
+        service.fingerprint,
+    )
+    print(
+        f"mask-service ready address={args.host}:{port} public-key={b64(service.public_key)} "
+        f"fingerprint={service.fingerprint}",
+        flush=True,
+    )
     while not stop.wait(0.5):
         pass
     log.info("stopping")

@@ -121,12 +121,12 @@ def decode_frame(data: bytes) -> tuple[dict[str, Any], bytes]:
     if size > MAX_HEADER_BYTES or _HEADER.size + size > len(data):
         raise ValueError("frame header length exceeds the frame")
     try:
-        header = json.loads(data[_HEADER.size:_HEADER.size + size])
+        header = json.loads(data[_HEADER.size : _HEADER.size + size])
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"frame header is not JSON: {err}") from err
     if not isinstance(header, dict):
         raise ValueError("frame header must be a JSON object")
-    return header, data[_HEADER.size + size:]
+    return header, data[_HEADER.size + size :]
 
 
 def b64(data: bytes) -> str:
@@ -146,8 +146,9 @@ def contribution_to_json(item: Contribution | Sequence[Any]) -> dict[str, Any]:
     """One contribution as the Unmask header lists it (accepts a tuple in field order)."""
     if not isinstance(item, Contribution):
         ephemeral_public, signature, masked_digest, node_key_fingerprint, weight = item
-        item = Contribution(bytes(ephemeral_public), bytes(signature), bytes(masked_digest),
-                            str(node_key_fingerprint), int(weight))
+        item = Contribution(
+            bytes(ephemeral_public), bytes(signature), bytes(masked_digest), str(node_key_fingerprint), int(weight)
+        )
     return {
         "ephemeral_public": b64(item.ephemeral_public),
         "signature": b64(item.signature),

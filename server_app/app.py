@@ -13,15 +13,19 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedbuff.settings import RunSettings, SettingsError
 from server_app.checkpoint import CheckpointError, CheckpointWriter, ServerState, load_latest, snapshot
-from server_app.events import EventSink, Fanout
-from server_app.loop import AsyncLoop, Evaluation
+from server_app.events import EventKind, EventSink, Fanout
+from server_app.loop import AsyncLoop, RunResult
 from server_app.metrics import MetricsConfig, MetricsExporter
 from server_app.records import RunRecorder, default_run_dir
-from server_app.stats import RunStats, largest_gap
+from server_app.stats import largest_gap
+from server_app.validation import num_examples_limit
 from strategies import build_strategy
-from strategies.registry import FLOWER_FEDAVG
+from strategies.registry import spec_of
 
 if TYPE_CHECKING:
+    from torch import nn
+
+    from fedbuff.datasets import FederatedData
     from server_app.evaluation import CentralEvaluator
     from server_app.privacy import PrivacyBudget
 
@@ -41,7 +45,6 @@ def main(grid: Grid, context: Context) -> None:
     from fedbuff import run_data
     from fedbuff.model import ModelSpec, build_model, get_weights
     from server_app.evaluation import CentralEvaluator, TierHoldout
-    from server_app.pretrain import initial_weights
 
     data = run_data.load(settings)
     model = build_model(settings.hidden_units, settings.seed, ModelSpec.of(data))
@@ -49,11 +52,7 @@ def main(grid: Grid, context: Context) -> None:
     if resumed is not None:  # the checkpoint's model replaces these weights
         initial, start = get_weights(model), f"resumed from {settings.resume_from}"
     else:
-        try:
-            initial, start = initial_weights(settings, model, data)
-        except SettingsError as err:
-            log.error("invalid run config: %s", err)
-            raise
+        initial, start = _initial_weights(settings, model, data)
     holdout = TierHoldout(settings, data)
     evaluator = CentralEvaluator(model, data, holdout)
 
@@ -64,9 +63,15 @@ def main(grid: Grid, context: Context) -> None:
     recorder = RunRecorder(run_dir)
     recorder.write_config(settings.as_dict())
     log.info(
-        "%s on %s (%s partitions): concurrency %d, buffer %d, max %d server steps; start: %s; "
-        "run folder %s", settings.strategy, settings.dataset, settings.partitioner,
-        settings.concurrency, settings.buffer_size, settings.max_server_steps, start, run_dir.resolve(),
+        "%s on %s (%s partitions): concurrency %d, buffer %d, max %d server steps; start: %s; run folder %s",
+        settings.strategy,
+        settings.dataset,
+        settings.partitioner,
+        settings.concurrency,
+        settings.buffer_size,
+        settings.max_server_steps,
+        start,
+        run_dir.resolve(),
     )
     exporter = _start_exporter(settings)
     events = Fanout([holdout, recorder, *filter(None, [exporter])])
@@ -76,10 +81,12 @@ def main(grid: Grid, context: Context) -> None:
     try:
         if resumed is not None:
             _resume(settings, resumed, budget, events)
-        reason, evaluations, stats, final, version = _train(
-            grid, settings, context.run_id, initial, evaluator, events, budget, resumed, checkpoints
+        # every partition is a subset of the training split: no honest client claims more
+        max_examples = num_examples_limit(settings.max_num_examples, len(data.train.labels))
+        result = _train(
+            grid, settings, context.run_id, initial, evaluator, events, budget, resumed, checkpoints, max_examples
         )
-        summary = _summary(settings, reason, evaluations, stats, version, time.monotonic() - started, run_dir)
+        summary = _summary(settings, result, time.monotonic() - started, run_dir)
         summary["initial_model"] = start
         if budget is not None:
             summary["user_dp_epsilon"] = budget.accountant.epsilon()
@@ -91,27 +98,60 @@ def main(grid: Grid, context: Context) -> None:
             exporter.close()
     if settings.write_plots:
         _write_plots(run_dir)
+    _log_summary(result, summary)
+
+
+def _initial_weights(settings: RunSettings, model: nn.Module, data: FederatedData) -> tuple[list[np.ndarray], str]:
+    """The fresh run's starting model (random, pre-trained or warmed up) and how it was made."""
+    from server_app.pretrain import initial_weights
+
+    try:
+        return initial_weights(settings, model, data)
+    except SettingsError as err:
+        log.error("invalid run config: %s", err)
+        raise
+
+
+def _log_summary(result: RunResult, summary: dict[str, object]) -> None:
     log.info(
         "SUMMARY | %s | accuracy %.3f -> %.3f | %d server steps | updates accepted %d, refused %d | "
         "staleness mean %.2f max %d | %.1fs",
-        reason, summary["initial_accuracy"], summary["final_accuracy"], version, stats.accepted,
-        stats.refused, stats.staleness_mean(), stats.staleness_max(), summary["wall_seconds"],
+        result.reason,
+        summary["initial_accuracy"],
+        summary["final_accuracy"],
+        result.version,
+        result.stats.accepted,
+        result.stats.refused,
+        result.stats.staleness_mean(),
+        result.stats.staleness_max(),
+        summary["wall_seconds"],
     )
 
 
 def _train(
-    grid: Grid, settings: RunSettings, run_id: int, initial: list[np.ndarray], evaluate: CentralEvaluator,
-    events: EventSink, budget: PrivacyBudget | None, resumed: ServerState | None,
+    grid: Grid,
+    settings: RunSettings,
+    run_id: int,
+    initial: list[np.ndarray],
+    evaluate: CentralEvaluator,
+    events: EventSink,
+    budget: PrivacyBudget | None,
+    resumed: ServerState | None,
     checkpoints: CheckpointWriter,
-) -> tuple[str, list[Evaluation], RunStats, list[np.ndarray], int]:
-    """Run the chosen strategy, checkpointing on the cadence and at the end; return
-    (stop reason, evaluations, stats, final model, version)."""
-    if settings.strategy == FLOWER_FEDAVG:
+    max_examples: int,
+) -> RunResult:
+    """Run the chosen strategy, checkpointing on the cadence and at the end. A reply claiming
+    more than ``max_examples`` examples is refused."""
+    if spec_of(settings.strategy).run_by_flower:
         from server_app.flower_fedavg import run_flower_fedavg
 
-        reason, evaluations, stats, final, version = run_flower_fedavg(grid, settings, initial, evaluate, events)
-        checkpoints.write(ServerState(final, version, settings.strategy, stats=stats, evaluations=evaluations))
-        return reason, evaluations, stats, final, version
+        result = run_flower_fedavg(grid, settings, initial, evaluate, events, max_examples)
+        checkpoints.write(
+            ServerState(
+                result.model, result.version, settings.strategy, stats=result.stats, evaluations=result.evaluations
+            )
+        )
+        return result
 
     def save(loop: AsyncLoop) -> None:
         """A failed write (disk full) costs this checkpoint, never the run: the last good one stays."""
@@ -129,21 +169,38 @@ def _train(
     if budget is not None:
         from strategies.dp import FlushPrivacy
 
-        k = settings.concurrency if settings.strategy == "sync" else settings.buffer_size
-        privacy = FlushPrivacy(settings, k, budget.release)
+        privacy = FlushPrivacy(settings, settings.dp_k_min, budget.release)
     stop_when = budget.stop_reason if budget is not None else None
     secure = None
     if settings.secagg:
         from server_app import secagg
 
-        secure = secagg.connect(settings, run_id, initial, privacy)
-        loop = AsyncLoop(grid, secure.strategy, settings, evaluate, events, validate=secure.validate,
-                         task_config=secure.task_config, stop_when=stop_when, on_step=on_step,
-                         evaluate_tiers=evaluate.accuracy_by_tier)
+        secure = secagg.connect(settings, run_id, initial, privacy, max_examples)
+        loop = AsyncLoop(
+            grid,
+            secure.strategy,
+            settings,
+            evaluate,
+            events,
+            validate=secure.validate,
+            task_config=secure.task_config,
+            stop_when=stop_when,
+            on_step=on_step,
+            evaluate_tiers=evaluate.accuracy_by_tier,
+        )
     else:
         strategy = build_strategy(settings, initial, settings.concurrency, privacy)
-        loop = AsyncLoop(grid, strategy, settings, evaluate, events, stop_when=stop_when, on_step=on_step,
-                         evaluate_tiers=evaluate.accuracy_by_tier)
+        loop = AsyncLoop(
+            grid,
+            strategy,
+            settings,
+            evaluate,
+            events,
+            stop_when=stop_when,
+            on_step=on_step,
+            evaluate_tiers=evaluate.accuracy_by_tier,
+            max_num_examples=max_examples,
+        )
     _continue(loop, resumed)
     try:
         reason = loop.run()
@@ -153,7 +210,7 @@ def _train(
         save(loop)
         if secure is not None:
             secure.client.close()
-    return reason, loop.evaluations, loop.stats, loop.strategy.model, loop.strategy.version
+    return RunResult(reason, loop.evaluations, loop.stats, loop.strategy.model, loop.strategy.version)
 
 
 def _load_checkpoint(settings: RunSettings) -> ServerState | None:
@@ -163,11 +220,14 @@ def _load_checkpoint(settings: RunSettings) -> ServerState | None:
     try:
         state, path = load_latest(Path(settings.resume_from))
         if state.strategy != settings.strategy:
-            raise CheckpointError(f"{path} is a checkpoint of strategy {state.strategy!r}, "
-                                  f"this run's is {settings.strategy!r}")
+            raise CheckpointError(
+                f"{path} is a checkpoint of strategy {state.strategy!r}, this run's is {settings.strategy!r}"
+            )
         if (state.accountant is not None) != settings.user_dp:
-            raise CheckpointError(f"{path}: user-dp must be {state.accountant is not None} as in the "
-                                  "checkpointed run (ε would not add up otherwise)")
+            raise CheckpointError(
+                f"{path}: user-dp must be {state.accountant is not None} as in the "
+                "checkpointed run (ε would not add up otherwise)"
+            )
     except CheckpointError as err:
         log.error("cannot resume: %s", err)
         raise
@@ -181,18 +241,28 @@ def _resume(settings: RunSettings, state: ServerState, budget: PrivacyBudget | N
             budget.accountant.load_state_dict(state.accountant)  # type: ignore[arg-type]
         except (KeyError, ValueError) as err:
             raise CheckpointError(f"{settings.resume_from}: user-DP accountant state: {err}") from err
-        events.event("privacy", epsilon=budget.accountant.epsilon(), delta=settings.user_dp_delta, time=0.0)
-    log.info("resuming at version %d; dropped %d buffered update(s) and %d task(s) in flight",
-             state.version, state.buffer_fill, state.in_flight)
-    events.event("resume", time=0.0, version=state.version, accepted=state.stats.accepted,
-                 discarded_buffered=state.buffer_fill, abandoned_in_flight=state.in_flight)
+        events.event(EventKind.PRIVACY, epsilon=budget.accountant.epsilon(), delta=settings.user_dp_delta, time=0.0)
+    log.info(
+        "resuming at version %d; dropped %d buffered update(s) and %d task(s) in flight",
+        state.version,
+        state.buffer_fill,
+        state.in_flight,
+    )
+    events.event(
+        EventKind.RESUME,
+        time=0.0,
+        version=state.version,
+        accepted=state.stats.accepted,
+        discarded_buffered=state.buffer_fill,
+        abandoned_in_flight=state.in_flight,
+    )
 
 
 def _continue(loop: AsyncLoop, resumed: ServerState | None) -> None:
     """Hand a fresh loop the checkpoint's model, version, optimizer state and counters."""
     if resumed is None:
         return
-    loop.strategy.restore(resumed.model, resumed.version, resumed.optimizer)
+    loop.strategy.load_state_dict({"model": resumed.model, "version": resumed.version, "optimizer": resumed.optimizer})
     loop.stats = resumed.stats
     loop.evaluations = list(resumed.evaluations)
 
@@ -204,23 +274,29 @@ def _privacy_budget(settings: RunSettings, events: EventSink, started: float) ->
     from server_app.privacy import PrivacyBudget
 
     def publish(epsilon: float) -> None:
-        events.event("privacy", epsilon=epsilon, delta=settings.user_dp_delta,
-                     time=round(time.monotonic() - started, 3))
+        events.event(
+            EventKind.PRIVACY, epsilon=epsilon, delta=settings.user_dp_delta, time=round(time.monotonic() - started, 3)
+        )
 
-    return PrivacyBudget(settings.user_dp_noise_multiplier, settings.user_dp_delta,
-                         settings.user_dp_epsilon_budget, publish)
+    return PrivacyBudget(
+        settings.user_dp_noise_multiplier, settings.user_dp_delta, settings.user_dp_epsilon_budget, publish
+    )
 
 
 def _start_exporter(settings: RunSettings) -> MetricsExporter | None:
     """The Prometheus endpoint; a port in use costs the metrics, never the run."""
     if not settings.metrics_enabled:
         return None
-    exporter = MetricsExporter(MetricsConfig(
-        address=settings.metrics_address, port=settings.metrics_port,
-        straggler_deadline_seconds=settings.straggler_deadline_seconds,
-    ))
-    exporter.describe_run(buffer_size=settings.buffer_size, max_staleness=settings.max_staleness,
-                          concurrency=settings.concurrency)
+    exporter = MetricsExporter(
+        MetricsConfig(
+            address=settings.metrics_address,
+            port=settings.metrics_port,
+            straggler_deadline_seconds=settings.straggler_deadline_seconds,
+        )
+    )
+    exporter.describe_run(
+        buffer_size=settings.buffer_size, max_staleness=settings.max_staleness, concurrency=settings.concurrency
+    )
     try:
         log.info("metrics at %s", exporter.start())
     except OSError as err:
@@ -239,15 +315,12 @@ def _write_plots(run_dir: Path) -> None:
         log.exception("plotting failed")
 
 
-def _summary(
-    settings: RunSettings, reason: str, evaluations: list[Evaluation], stats: RunStats,
-    version: int, wall_seconds: float, run_dir: Path,
-) -> dict[str, object]:
-    first, last = evaluations[0], evaluations[-1]
+def _summary(settings: RunSettings, result: RunResult, wall_seconds: float, run_dir: Path) -> dict[str, object]:
+    first, last = result.evaluations[0], result.evaluations[-1]
     return {
-        "stop_reason": reason,
+        "stop_reason": result.reason,
         "strategy": settings.strategy,
-        "server_steps": version,
+        "server_steps": result.version,
         "initial_accuracy": first.accuracy,
         "final_accuracy": last.accuracy,
         "final_loss": last.loss,
@@ -257,7 +330,7 @@ def _summary(
         "accuracy_gap": largest_gap(last.accuracy_by_tier),
         "wall_seconds": round(wall_seconds, 2),
         "run_dir": str(run_dir.resolve()),
-        **stats.summary(),
+        **result.stats.summary(),
     }
 
 

@@ -108,9 +108,15 @@ def load_latest(location: Path) -> tuple[ServerState, Path]:
     :class:`CheckpointError` naming every file tried when none is good.
     """
     folder = location.parent if location.suffix == ".npz" else location
-    candidates = list(dict.fromkeys([
-        *([location] if location.suffix == ".npz" else []), folder / LATEST, folder / PREVIOUS,
-    ]))
+    candidates = list(
+        dict.fromkeys(
+            [
+                *([location] if location.suffix == ".npz" else []),
+                folder / LATEST,
+                folder / PREVIOUS,
+            ]
+        )
+    )
     problems = []
     for path in candidates:
         try:
@@ -128,8 +134,8 @@ class CheckpointWriter:
     """Saves a run's checkpoints in its folder, keeping the last good one as the previous.
 
     When a new ``checkpoint.npz`` is safely on disk, the one it replaces becomes
-    ``checkpoint.prev.npz``, but only if it is known good (written by this writer, or verified once): a corrupted newest file
-    never pushes out the good previous one.
+    ``checkpoint.prev.npz``, but only if it is known good (written by this writer, or verified
+    once): a corrupted newest file never pushes out the good previous one.
     """
 
     def __init__(self, run_dir: Path) -> None:
@@ -158,12 +164,17 @@ class CheckpointWriter:
 
 def snapshot(loop: AsyncLoop, strategy: str, accountant: dict[str, Any] | None) -> ServerState:
     """The state of a running loop, as a checkpoint holds it."""
-    optimizer = getattr(loop.strategy, "optimizer", None)
+    state = loop.strategy.state_dict()
     return ServerState(
-        model=loop.strategy.model, version=loop.strategy.version, strategy=strategy,
-        optimizer=optimizer.state_dict() if optimizer is not None else {},
-        accountant=accountant, stats=loop.stats, evaluations=loop.evaluations,
-        in_flight=len(loop.tasks), buffer_fill=loop.strategy.buffer_fill,
+        model=state["model"],
+        version=state["version"],
+        strategy=strategy,
+        optimizer=dict(state.get("optimizer") or {}),
+        accountant=accountant,
+        stats=loop.stats,
+        evaluations=loop.evaluations,
+        in_flight=len(loop.tasks),
+        buffer_fill=loop.strategy.buffer_fill,
     )
 
 
@@ -192,7 +203,9 @@ def _state(entries: dict[str, np.ndarray]) -> ServerState:
     meta = json.loads(entries["meta"].tobytes())
     if meta["format"] != FORMAT:
         raise ValueError(f"format {meta['format']}, this server reads {FORMAT}")
-    optimizer = {k[len(_OPTIMIZER):]: v for k, v in entries.items() if k.startswith(_OPTIMIZER)}
+    optimizer: dict[str, np.ndarray | int] = {
+        k[len(_OPTIMIZER) :]: v for k, v in entries.items() if k.startswith(_OPTIMIZER)
+    }
     if "steps" in optimizer:
         optimizer["steps"] = int(optimizer["steps"])
     return ServerState(
@@ -218,20 +231,37 @@ def _digest(entries: dict[str, np.ndarray]) -> bytes:
     return sha.digest()
 
 
-_COUNTERS = ("outcomes", "rejected", "errors", "accepted_by_tier", "staleness")
+_COUNTERS = (
+    "outcomes",
+    "rejected",
+    "errors",
+    "accepted_by_tier",
+    "staleness",
+    "dropped_fields",
+    "clipped",
+    "refused_steps",
+)
 
 
 def _stats_dict(stats: RunStats) -> dict[str, Any]:
     counters = {name: {str(k): v for k, v in getattr(stats, name).items()} for name in _COUNTERS}
-    return {"dispatched": stats.dispatched, "round_trip_sum": stats.round_trip_sum,
-            "replies": stats.replies, **counters}
+    return {
+        "dispatched": stats.dispatched,
+        "round_trip_sum": stats.round_trip_sum,
+        "replies": stats.replies,
+        **counters,
+    }
 
 
 def _stats_from(data: dict[str, Any]) -> RunStats:
-    counters = {name: Counter(data[name]) for name in _COUNTERS}
+    counters = {name: Counter(data.get(name, {})) for name in _COUNTERS}  # newer counters: absent before
     counters["staleness"] = Counter({int(k): v for k, v in data["staleness"].items()})
-    return RunStats(dispatched=int(data["dispatched"]), round_trip_sum=float(data["round_trip_sum"]),
-                    replies=int(data["replies"]), **counters)
+    return RunStats(
+        dispatched=int(data["dispatched"]),
+        round_trip_sum=float(data["round_trip_sum"]),
+        replies=int(data["replies"]),
+        **counters,
+    )
 
 
 def _fsync_dir(folder: Path) -> None:

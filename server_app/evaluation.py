@@ -1,5 +1,5 @@
 """Central evaluation on the server's held-out split: overall, and on each device tier's
-own held-out data (the fairness report, DESIGN.md §8).
+own held-out data (the fairness report, docs/heterogeneity.md).
 
 A tier's own held-out data:
 
@@ -23,6 +23,7 @@ from fedbuff import run_data
 from fedbuff.datasets import FederatedData
 from fedbuff.partitioners import label_histogram
 from fedbuff.settings import RunSettings
+from server_app.events import EventKind
 from server_app.stats import TIER_LABELS
 
 
@@ -37,9 +38,9 @@ class TierHoldout:
         self._rows: list[np.ndarray] | None = None
         self._weights: dict[str, np.ndarray] | None = None
 
-    def event(self, kind: str, **fields: object) -> None:
+    def event(self, kind: EventKind, **fields: object) -> None:
         """Learn ``partition -> tier`` from ``update`` events; ignore everything else."""
-        if kind != "update":
+        if kind != EventKind.UPDATE:
             return
         tier, part, count = fields.get("tier"), fields.get("partition"), fields.get("partitions")
         if tier not in TIER_LABELS or not isinstance(part, int) or not isinstance(count, int):

@@ -2,34 +2,42 @@
 
 It is driven the way Flower users drive it (``FedAvg.start``), so it pays Flower's round
 barrier and its 3 s pull interval. Only the Grid is wrapped, to count the replies it
-carries and publish them as loop events; FedAvg itself sees an ordinary Grid.
+carries and publish them as loop events; FedAvg itself sees an ordinary Grid. One thing the
+wrapper does not pass on: a reply claiming more examples than the run's bound (FedAvg weights
+by that claim unchecked, so one liar would become the model). FedAvg's own weights ``n_i / Σn``
+are not clipped: this is the baseline as users run it.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, ConfigRecordValues, Message, MetricRecord
 from flwr.serverapp import Grid
 
+from fedbuff import protocol
 from fedbuff.settings import RunSettings
-from server_app.events import EventSink
-from server_app.loop import ERROR_REASONS, OTHER_ERROR, Evaluation
+from server_app.events import EventKind, EventSink
+from server_app.loop import ERROR_REASONS, OTHER_ERROR, Evaluation, RunResult
 from server_app.stats import RunStats, tier_label
 
+log = logging.getLogger(__name__)
 Evaluator = Callable[[list[np.ndarray]], tuple[float, float]]
 
 
 class CountingGrid:
-    """A Grid that records every train reply passing through ``send_and_receive``."""
+    """A Grid that records every train reply passing through ``send_and_receive`` and holds back
+    those whose ``num-examples`` is not an int in ``[1, max_examples]``."""
 
-    def __init__(self, grid: Grid, stats: RunStats, events: EventSink, started: float) -> None:
+    def __init__(self, grid: Grid, stats: RunStats, events: EventSink, started: float, max_examples: int) -> None:
         self._grid = grid
         self._stats = stats
         self._events = events
         self._started = started
+        self._max_examples = max_examples
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._grid, name)
@@ -39,30 +47,52 @@ class CountingGrid:
         self._stats.dispatched += len(messages)
         replies = list(self._grid.send_and_receive(messages, timeout=timeout))
         now = round(time.monotonic() - self._started, 3)
+        passed = []
         for reply in replies:
             node = reply.metadata.src_node_id
             if reply.has_error():
                 reason = ERROR_REASONS.get(reply.error.code, OTHER_ERROR)
                 self._stats.errors[reason] += 1
-                self._events.event("error", node=node, tier="unknown", reason=reason, time=now)
+                self._events.event(EventKind.ERROR, node=node, tier="unknown", reason=reason, time=now)
+                passed.append(reply)
                 continue
-            device = reply.content.config_records.get("device", {})
-            tier = tier_label(str(device.get("device-tier")))
+            if not self._credible(reply):
+                self._stats.rejected["num-examples"] += 1  # the rejection reason, validation's name
+                log.warning(
+                    "holding back the reply of node %d: num-examples not an int in [1, %d]", node, self._max_examples
+                )
+                self._events.event(EventKind.INVALID, node=node, tier="unknown", reason="num-examples", time=now)
+                continue
+            passed.append(reply)
+            device: Mapping[str, ConfigRecordValues] = reply.content.config_records.get(protocol.DEVICE, {})
+            tier = tier_label(str(device.get(protocol.DEVICE_TIER)))
             self._stats.outcomes["accepted"] += 1
             self._stats.staleness[0] += 1
             self._stats.accepted_by_tier[tier] += 1
-            self._events.event("update", node=node, tier=tier, outcome="accepted", staleness=0, time=now)
+            self._events.event(EventKind.UPDATE, node=node, tier=tier, outcome="accepted", staleness=0, time=now)
         lost = len(messages) - len(replies)
         if lost > 0:
             self._stats.errors["round-timeout"] += lost
-        return replies
+        return passed
+
+    def _credible(self, reply: Message) -> bool:
+        """Whether every MetricRecord's ``num-examples`` (FedAvg's weight) is within the bound."""
+        counts = [record.get(protocol.NUM_EXAMPLES) for record in reply.content.metric_records.values()]
+        return bool(counts) and all(
+            isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= self._max_examples for n in counts
+        )
 
 
 def run_flower_fedavg(
-    grid: Grid, settings: RunSettings, initial: list[np.ndarray], evaluate: Evaluator,
+    grid: Grid,
+    settings: RunSettings,
+    initial: list[np.ndarray],
+    evaluate: Evaluator,
     events: EventSink,
-) -> tuple[str, list[Evaluation], RunStats, list[np.ndarray], int]:
-    """``max-server-steps`` rounds of Flower's FedAvg over ``concurrency`` sampled nodes."""
+    max_examples: int,
+) -> RunResult:
+    """``max-server-steps`` rounds of Flower's FedAvg over ``concurrency`` sampled nodes; replies
+    claiming more than ``max_examples`` examples never reach it."""
     from flwr.serverapp.strategy import FedAvg
 
     started = time.monotonic()
@@ -72,8 +102,13 @@ def run_flower_fedavg(
     def central(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         loss, accuracy = evaluate(arrays.to_numpy_ndarrays())
         evaluations.append(Evaluation(server_round, loss, accuracy))
-        events.event("eval", version=server_round, loss=loss, accuracy=accuracy,
-                     time=round(time.monotonic() - started, 3))
+        events.event(
+            EventKind.EVAL,
+            version=server_round,
+            loss=loss,
+            accuracy=accuracy,
+            time=round(time.monotonic() - started, 3),
+        )
         return MetricRecord({"loss": loss, "accuracy": accuracy})
 
     online = max(1, len(list(grid.get_node_ids())))
@@ -85,12 +120,12 @@ def run_flower_fedavg(
         min_available_nodes=cohort,
     )
     result = strategy.start(
-        CountingGrid(grid, stats, events, started),  # type: ignore[arg-type]
+        CountingGrid(grid, stats, events, started, max_examples),  # type: ignore[arg-type]
         ArrayRecord(initial),
         num_rounds=settings.max_server_steps,
         timeout=settings.task_ttl_seconds,
-        train_config=ConfigRecord({"reply": "weights"}),
+        train_config=ConfigRecord({protocol.REPLY: protocol.REPLY_WEIGHTS}),
         evaluate_fn=central,
     )
     reason = f"max-server-steps ({settings.max_server_steps} rounds) reached"
-    return reason, evaluations, stats, result.arrays.to_numpy_ndarrays(), settings.max_server_steps
+    return RunResult(reason, evaluations, stats, result.arrays.to_numpy_ndarrays(), settings.max_server_steps)

@@ -3,7 +3,7 @@
 It pushes train tasks with ``grid.push_messages``, pulls whatever has arrived with
 ``grid.pull_messages``, stamps each task with the model version it carries, computes
 staleness on arrival, validates the reply, hands it to the strategy and re-dispatches
-to the node that just replied (DESIGN.md §3).
+to the node that just replied (docs/architecture.md, "One update's path").
 """
 
 from __future__ import annotations
@@ -14,19 +14,22 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
+from typing import cast
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
-
+from flwr.app import ConfigRecordValues, Message, MessageType, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
+from fedbuff import protocol
 from fedbuff.settings import RunSettings
-from server_app.events import EventSink
+from server_app.events import EventKind, EventSink
 from server_app.nodes import NodePool
 from server_app.stats import RunStats, largest_gap, tier_label
 from server_app.validation import Rejection, ValidUpdate, update_byte_limit, validate_reply
 from strategies import AsyncStrategy, ClientUpdate, Outcome
+from strategies.base import StepOutcome
+from strategies.registry import spec_of
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,17 @@ class Evaluation:
     accuracy_by_tier: Mapping[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class RunResult:
+    """What a training run (the asynchronous loop or Flower's FedAvg) ended with."""
+
+    reason: str  # why it stopped, as logged
+    evaluations: list[Evaluation]
+    stats: RunStats
+    model: list[np.ndarray]  # the final global model
+    version: int  # server steps (FedAvg: rounds) taken
+
+
 class AsyncLoop:
     """Drives one asynchronous training run until a stop condition; see :meth:`run`."""
 
@@ -80,12 +94,14 @@ class AsyncLoop:
         evaluate: Evaluator,
         events: EventSink,
         validate: Validator | None = None,
-        task_config: Mapping[str, object] | None = None,
+        task_config: Mapping[str, ConfigRecordValues] | None = None,
         stop_when: Callable[[], str | None] | None = None,
         on_step: Callable[[AsyncLoop], None] | None = None,
         evaluate_tiers: TierEvaluator | None = None,
+        max_num_examples: int | None = None,
     ) -> None:
-        """``validate`` checks each reply (default: a plaintext delta shaped like the model);
+        """``validate`` checks each reply (default: a plaintext delta shaped like the model,
+        claiming at most ``max_num_examples`` examples, default ``settings.max_num_examples``);
         ``task_config`` goes into every task's config (e.g. the mask service's public key);
         ``stop_when`` is one more stop condition (e.g. the privacy budget): a reason or None;
         ``on_step`` runs after every server step (e.g. the checkpoint cadence);
@@ -98,21 +114,27 @@ class AsyncLoop:
         self.evaluate = evaluate
         self.events = events
         self.validate = validate or partial(
-            validate_reply, template=strategy.model, max_update_norm=settings.max_update_norm,
+            validate_reply,
+            template=strategy.model,
+            max_update_norm=settings.max_update_norm,
             max_bytes=update_byte_limit(settings.max_update_bytes, strategy.model),
+            max_num_examples=max_num_examples or settings.max_num_examples,
         )
         self.task_config = dict(task_config or {})
         self.stop_when = stop_when or (lambda: None)
         self.on_step = on_step or (lambda loop: None)
         self.evaluate_tiers = evaluate_tiers or (lambda: {})
-        self.nodes = NodePool(grid, on_change=self._node_changed,
-                              backoff_seconds=settings.error_backoff_seconds,
-                              backoff_max_seconds=settings.error_backoff_max_seconds)
+        self.nodes = NodePool(
+            grid,
+            on_change=self._node_changed,
+            backoff_seconds=settings.error_backoff_seconds,
+            backoff_max_seconds=settings.error_backoff_max_seconds,
+        )
         self.stats = RunStats()
         self.tasks: dict[str, Task] = {}
         self.node_tiers: dict[int, str] = {}  # learned from replies, allow-listed
         # The synchronous baseline: every task of a round returns before the next dispatch.
-        self.barrier = settings.strategy == "sync"
+        self.barrier = spec_of(settings.strategy).barrier
         self._round_open = False
         self.evaluations: list[Evaluation] = []
         self._started = 0.0
@@ -139,7 +161,8 @@ class AsyncLoop:
                 time.sleep(IDLE_SLEEP_SECONDS)
         if self.evaluations[-1].version != self.strategy.version:
             self._evaluate_now()
-        log.info("stopping: %s", reason)
+        log.info("stopping: %s (%d task(s) in flight abandoned)", reason, len(self.tasks))
+        self._emit(EventKind.STOP, reason=reason, in_flight=len(self.tasks))
         return reason
 
     @property
@@ -170,8 +193,13 @@ class AsyncLoop:
             self.tasks[pushed[0]] = Task(node_id, version, sent_at)
             self.nodes.mark_used(node_id, sent_at)
             self.stats.dispatched += 1
-            self._emit("dispatch", node=node_id, version=version, in_flight=len(self.tasks),
-                       bytes=sum(a.nbytes for a in self.strategy.model))
+            self._emit(
+                EventKind.DISPATCH,
+                node=node_id,
+                version=version,
+                in_flight=len(self.tasks),
+                bytes=sum(a.nbytes for a in self.strategy.model),
+            )
 
     def _train_message(self, node_id: int, version: int) -> Message:
         # TTL counts from Message.created_at: build each message right before pushing it.
@@ -186,8 +214,7 @@ class AsyncLoop:
     def _task_content(self, version: int) -> RecordDict:
         """What every task of ``version`` carries: the model, serialised once per version, and the config."""
         if self._payload is None or self._payload[0] != version:
-            config = ConfigRecord({**self.task_config, "server-version": version})
-            self._payload = (version, RecordDict({"arrays": ArrayRecord(self.strategy.model), "config": config}))
+            self._payload = (version, protocol.task_content(self.strategy.model, version, self.task_config))
         return self._payload[1]
 
     # -- replies --------------------------------------------------------------------------
@@ -197,7 +224,7 @@ class AsyncLoop:
         if task is None:  # answered already, written off, or never sent by this server
             self.stats.rejected["unknown-task"] += 1
             log.warning("ignoring a reply to an unknown task %s", reply.metadata.reply_to_message_id)
-            self._emit("invalid", reason="unknown-task")
+            self._emit(EventKind.INVALID, reason="unknown-task")
             return
         if reply.has_error():
             self._handle_error(task, reply, now)
@@ -209,10 +236,10 @@ class AsyncLoop:
         if isinstance(checked, Rejection):
             self.stats.rejected[checked.reason] += 1
             log.warning("rejected update from node %d (%s): %s", task.node_id, checked.reason, checked.detail)
-            self._emit("invalid", node=task.node_id, reason=checked.reason, round_trip=round(round_trip, 3))
+            self._emit(EventKind.INVALID, node=task.node_id, reason=checked.reason, round_trip=round(round_trip, 3))
             self.nodes.failed(task.node_id, now)
             return
-        tier = self.node_tiers[task.node_id] = tier_label(checked.device.get("device-tier"))
+        tier = self.node_tiers[task.node_id] = tier_label(checked.device.get(protocol.DEVICE_TIER))
         staleness = self.strategy.version - task.version
         aggregate_started = time.perf_counter()
         try:
@@ -222,7 +249,7 @@ class AsyncLoop:
         except ValueError as err:  # e.g. a replayed mask: the buffer is left as it was
             self.stats.rejected["refused"] += 1
             log.warning("strategy refused the update from node %d: %s", task.node_id, err)
-            self._emit("invalid", node=task.node_id, reason="refused", round_trip=round(round_trip, 3))
+            self._emit(EventKind.INVALID, node=task.node_id, reason="refused", round_trip=round(round_trip, 3))
             self.nodes.failed(task.node_id, now)
             return
         aggregate_seconds = time.perf_counter() - aggregate_started
@@ -231,28 +258,59 @@ class AsyncLoop:
             self.stats.staleness[staleness] += 1
             self.stats.accepted_by_tier[tier] += 1
             self.nodes.succeeded(task.node_id)
+        self._count_distrust(task.node_id, checked, receipt.weight_clipped)
+        metrics = checked.metrics
         self._emit(
-            "update", node=task.node_id, outcome=receipt.outcome.value, staleness=staleness,
-            weight=round(receipt.weight, 6), round_trip=round(round_trip, 3),
-            train_seconds=round(checked.metrics.get("train-seconds", 0.0), 3),
-            bytes=sum(d.nbytes for d in checked.delta), buffer_fill=self.strategy.buffer_fill,
-            device_kind=checked.device.get("device-kind", "unknown"), **_partition(checked.device),
+            EventKind.UPDATE,
+            node=task.node_id,
+            outcome=receipt.outcome.value,
+            staleness=staleness,
+            weight=round(receipt.weight, 6),
+            round_trip=round(round_trip, 3),
+            bytes=sum(d.nbytes for d in checked.delta),
+            buffer_fill=self.strategy.buffer_fill,
+            device_kind=checked.device.get(protocol.DEVICE_KIND, "unknown"),
+            **_partition(checked.device),
+            **(
+                {"train_seconds": round(metrics[protocol.TRAIN_SECONDS], 3)}
+                if protocol.TRAIN_SECONDS in metrics
+                else {}
+            ),
             **({} if checked.norm is None else {"norm": round(checked.norm, 6)}),
-            **({"dp_epsilon": checked.metrics["dp-epsilon"]} if "dp-epsilon" in checked.metrics else {}),
+            **({"dp_epsilon": metrics[protocol.DP_EPSILON]} if protocol.DP_EPSILON in metrics else {}),
+            **({"dropped_fields": list(checked.dropped)} if checked.dropped else {}),
+            **({"weight_clipped": True} if receipt.weight_clipped else {}),
         )
-        if receipt.flush_error is not None:
-            self.stats.errors[receipt.flush_error] += 1
-            log.warning("buffer dropped at flush: %s", receipt.flush_error)
-            self._emit("flush-failed", reason=receipt.flush_error)
-        if receipt.stepped:
-            self._after_step(aggregate_seconds)
+        if receipt.step is not None:
+            self._after_attempt(receipt.step, aggregate_seconds)
+
+    def _count_distrust(self, node_id: int, checked: ValidUpdate, weight_clipped: bool) -> None:
+        """Count what the server did not take at face value in an otherwise valid reply:
+        reported fields it dropped, and an example weight it cut to ``max-example-weight``."""
+        for name in checked.dropped:
+            self.stats.dropped_fields[name] += 1
+        if checked.dropped:
+            log.warning("dropped invalid reported field(s) %s of node %d", ", ".join(checked.dropped), node_id)
+        if weight_clipped:
+            self.stats.clipped["example-weight"] += 1
+            log.warning(
+                "example weight of node %d (num-examples %d) clipped to max-example-weight %g",
+                node_id,
+                checked.num_examples,
+                self.settings.max_example_weight,
+            )
 
     def _handle_error(self, task: Task, reply: Message, now: float) -> None:
         reason = ERROR_REASONS.get(reply.error.code, OTHER_ERROR)
         self.stats.errors[reason] += 1
-        log.warning("task on node %d failed: %s (code %d) %s", task.node_id, reason, reply.error.code,
-                    reply.error.reason.strip()[:200])
-        self._emit("error", node=task.node_id, reason=reason)
+        log.warning(
+            "task on node %d failed: %s (code %d) %s",
+            task.node_id,
+            reason,
+            reply.error.code,
+            (reply.error.reason or "").strip()[:200],
+        )
+        self._emit(EventKind.ERROR, node=task.node_id, reason=reason)
         if reply.error.code == ErrorCode.NODE_UNAVAILABLE:
             self.nodes.retire(task.node_id, now)
         elif reason in CLIENT_FAULTS:
@@ -264,8 +322,8 @@ class AsyncLoop:
             return
         self._round_open = False
         started = time.perf_counter()
-        if self._stop_reason() is None and self.strategy.flush():
-            self._after_step(time.perf_counter() - started)
+        if self._stop_reason() is None and (step := self.strategy.flush()) is not None:
+            self._after_attempt(step, time.perf_counter() - started)
 
     def _write_off_lost(self, now: float) -> None:
         limit = self.settings.task_ttl_seconds + LOST_GRACE_SECONDS
@@ -274,27 +332,62 @@ class AsyncLoop:
                 del self.tasks[message_id]
                 self.stats.errors[LOST_REASON] += 1
                 log.warning("task on node %d never answered; written off", task.node_id)
-                self._emit("error", node=task.node_id, reason=LOST_REASON)
+                self._emit(EventKind.ERROR, node=task.node_id, reason=LOST_REASON)
 
     # -- server steps ---------------------------------------------------------------------
 
-    def _after_step(self, aggregate_seconds: float) -> None:
+    def _after_attempt(self, step: StepOutcome, aggregate_seconds: float) -> None:
+        """Account for one attempted server step: taken, dropped at flush, or refused by the guard."""
+        if step.flush_error is not None:
+            self.stats.errors[step.flush_error] += 1
+            log.warning("buffer dropped at flush: %s", step.flush_error)
+            self._emit(EventKind.FLUSH_FAILED, reason=step.flush_error)
+        elif step.refused is not None:
+            self.stats.refused_steps[step.refused] += 1
+            log.warning(
+                "step guard refused the step to version %d (%s, step norm %s; bound %g): buffer dropped, model kept",
+                self.strategy.version + 1,
+                step.refused,
+                "non-finite" if step.norm is None else f"{step.norm:.4g}",
+                step.bound,
+            )
+            self._emit(
+                EventKind.STEP_REFUSED,
+                version=self.strategy.version,
+                reason=step.refused,
+                **({} if step.norm is None else {"step_norm": round(step.norm, 6)}),
+            )
+        if step.stepped:
+            self._after_step(aggregate_seconds, step.norm)
+
+    def _after_step(self, aggregate_seconds: float, step_norm: float | None) -> None:
         version = self.strategy.version
-        evaluation = None
         if version % self.settings.eval_every == 0:
-            evaluation = self._evaluate_now()
+            self._evaluate_now()
         latest = self.evaluations[-1]
         log.info(
             "step %3d | acc %.3f (v%d) | staleness mean %.2f max %d | in-flight %d | "
             "accepted %d refused %d errors %d | %.0fs",
-            version, latest.accuracy, latest.version, self.stats.staleness_mean(),
-            self.stats.staleness_max(), len(self.tasks), self.stats.accepted,
-            self.stats.refused, sum(self.stats.errors.values()), self.elapsed,
+            version,
+            latest.accuracy,
+            latest.version,
+            self.stats.staleness_mean(),
+            self.stats.staleness_max(),
+            len(self.tasks),
+            self.stats.accepted,
+            self.stats.refused,
+            sum(self.stats.errors.values()),
+            self.elapsed,
         )
         self._emit(
-            "step", version=version, in_flight=len(self.tasks), accepted=self.stats.accepted,
-            refused=self.stats.refused, staleness_mean=round(self.stats.staleness_mean(), 3),
+            EventKind.STEP,
+            version=version,
+            in_flight=len(self.tasks),
+            accepted=self.stats.accepted,
+            refused=self.stats.refused,
+            staleness_mean=round(self.stats.staleness_mean(), 3),
             aggregate_seconds=round(aggregate_seconds, 6),
+            **({} if step_norm is None else {"step_norm": round(step_norm, 6)}),
         )
         self.on_step(self)
 
@@ -304,16 +397,17 @@ class AsyncLoop:
         evaluation = Evaluation(self.strategy.version, loss, accuracy, by_tier)
         self.evaluations.append(evaluation)
         fairness = {"accuracy_by_tier": by_tier, "accuracy_gap": largest_gap(by_tier)} if by_tier else {}
-        self._emit("eval", version=evaluation.version, loss=loss, accuracy=accuracy, **fairness)
+        self._emit(EventKind.EVAL, version=evaluation.version, loss=loss, accuracy=accuracy, **fairness)
         return evaluation
 
     def _node_changed(self, node_id: int, state: str, online: int) -> None:
-        self._emit("node", node=node_id, state=state, online=online)
+        self._emit(EventKind.NODE, node=node_id, state=state, online=online)
 
-    def _emit(self, kind: str, **fields: object) -> None:
+    def _emit(self, kind: EventKind, **fields: object) -> None:
         """Publish one event (schema in ``server_app.events``) with its time and node tier."""
         if "node" in fields:
-            fields["tier"] = self.node_tiers.get(int(fields["node"]), "unknown")  # type: ignore[arg-type]
+            # cast: every caller passes node=<a node id, an int>
+            fields["tier"] = self.node_tiers.get(cast(int, fields["node"]), "unknown")
         self.events.event(kind, time=round(self.elapsed, 3), **fields)
 
     def _stop_reason(self) -> str | None:
@@ -330,11 +424,8 @@ class AsyncLoop:
         return None
 
 
-def _partition(device: Mapping[str, str]) -> dict[str, int]:
-    """``partition`` / ``partitions`` of a reply's device record when both are valid ints
-    (per-tier held-out data needs them); nothing otherwise."""
-    try:
-        part, count = int(device["partition-id"]), int(device["num-partitions"])
-    except (KeyError, ValueError):
-        return {}
-    return {"partition": part, "partitions": count} if 0 <= part < count else {}
+def _partition(device: Mapping[str, str | int]) -> dict[str, int]:
+    """``partition`` / ``partitions`` of a reply's device record (per-tier held-out data needs
+    them); validation keeps the pair only when both are ints with ``0 <= id < count``."""
+    part, count = device.get(protocol.PARTITION_ID), device.get(protocol.NUM_PARTITIONS)
+    return {"partition": part, "partitions": count} if isinstance(part, int) and isinstance(count, int) else {}

@@ -4,16 +4,20 @@ The exporter owns its own :class:`prometheus_client.CollectorRegistry` (never th
 process-global one) and turns each loop event into metric updates. It serves
 ``/metrics`` over HTTP once :meth:`MetricsExporter.start` is called.
 
-Naming (DESIGN.md §7): every series starts with ``fl_``, uses base units (seconds,
-bytes, ratios 0..1), counters end in ``_total``, distributions are histograms (never
-summaries), and labels come only from bounded, server-side allow-lists:
+Naming (docs/architecture.md, "Metrics and the run history"): every series starts with
+``fl_``, uses base units (seconds, bytes, ratios 0..1), counters end in ``_total``,
+distributions are histograms (never summaries), and labels come only from bounded,
+server-side allow-lists:
 
 - ``device_tier``: ``stats.TIER_LABELS`` (high, mid, low, real) plus ``unknown``;
 - ``device_kind``: ``cuda``, ``mps``, ``cpu``, ``unknown``;
 - ``outcome``: ``accepted``, ``stale``, ``duplicate``, ``invalid``, ``error``;
 - ``reason``: ``validation.REJECTION_REASONS`` (+ ``other``) for invalid updates, the
   loop's error reasons for stragglers and drop-outs (see below);
-- ``direction``: ``up`` (client → server) and ``down`` (server → client).
+- ``direction``: ``up`` (client → server) and ``down`` (server → client);
+- ``field``: ``reply_fields.DROPPED_FIELDS``, the reported fields a valid reply may have
+  dropped (``other`` for names without a rule);
+- ``reason`` of refused server steps: ``guard.STEP_GUARD_REASONS``.
 
 A node id or any client-supplied string never becomes a label value: unknown values
 map to ``unknown`` / ``other`` / ``other-error``.
@@ -55,10 +59,13 @@ from flwr.common.constant import ErrorCode
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import start_http_server
 
+from server_app.events import EventKind
 from server_app.loop import ERROR_REASONS, LOST_REASON, OTHER_ERROR
+from server_app.reply_fields import DROPPED_FIELDS, OTHER
 from server_app.stats import TIER_LABELS
 from server_app.validation import REJECTION_REASONS
 from strategies import Outcome
+from strategies.guard import STEP_GUARD_REASONS
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +82,7 @@ DIRECTIONS = ("up", "down")
 
 STALENESS_BUCKETS = (0, 1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 30, 50, 100)
 SECONDS_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600)
-FAST_SECONDS_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                        1, 2.5, 5, 10)
+FAST_SECONDS_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 NORM_BUCKETS = (0.001, 0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100, 300, 1000, 3000, 10000)
 
 
@@ -100,9 +106,7 @@ class MetricsConfig:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"metrics port must be in [0, 65535], got {self.port}")
         if not self.straggler_deadline_seconds >= 0:
-            raise ValueError(
-                f"straggler deadline must be >= 0 seconds, got {self.straggler_deadline_seconds}"
-            )
+            raise ValueError(f"straggler deadline must be >= 0 seconds, got {self.straggler_deadline_seconds}")
 
 
 def tier_of(value: object) -> str:
@@ -143,8 +147,7 @@ class MetricsExporter:
     the registry, which ``prometheus_client`` makes thread-safe).
     """
 
-    def __init__(self, config: MetricsConfig | None = None,
-                 registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, config: MetricsConfig | None = None, registry: CollectorRegistry | None = None) -> None:
         self.config = config or MetricsConfig()
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self._server: Any = None
@@ -154,15 +157,16 @@ class MetricsExporter:
         self._in_flight: dict[object, list[str]] = {}  # node → tiers of its tasks in flight (FIFO)
         self._node_tier: dict[object, str] = {}  # connected node → its tier label
         self._warned = False
-        self._handlers: Mapping[str, Callable[[Mapping[str, Any]], None]] = {
-            "dispatch": self._on_dispatch,
-            "update": self._on_update,
-            "invalid": self._on_invalid,
-            "error": self._on_error,
-            "step": self._on_step,
-            "eval": self._on_eval,
-            "node": self._on_node,
-            "privacy": lambda f: self.set_privacy(f.get("epsilon"), f.get("delta")),  # type: ignore[arg-type]
+        self._handlers: Mapping[EventKind, Callable[[Mapping[str, Any]], None]] = {
+            EventKind.DISPATCH: self._on_dispatch,
+            EventKind.UPDATE: self._on_update,
+            EventKind.INVALID: self._on_invalid,
+            EventKind.ERROR: self._on_error,
+            EventKind.STEP: self._on_step,
+            EventKind.EVAL: self._on_eval,
+            EventKind.NODE: self._on_node,
+            EventKind.STEP_REFUSED: self._on_step_refused,
+            EventKind.PRIVACY: lambda f: self.set_privacy(f.get("epsilon"), f.get("delta")),  # type: ignore[arg-type]
         }
         self._define()
 
@@ -171,104 +175,152 @@ class MetricsExporter:
     def _define(self) -> None:
         r = self.registry
         tier = ("device_tier",)
-        self.build_info = Gauge("fl_build_info", "Build of the ServerApp (value is always 1)",
-                                ("version", "flwr_version", "python_version"), registry=r)
+        self.build_info = Gauge(
+            "fl_build_info",
+            "Build of the ServerApp (value is always 1)",
+            ("version", "flwr_version", "python_version"),
+            registry=r,
+        )
         self.build_info.labels(
             _package_version("fedbuff-deploy"), _package_version("flwr"), platform.python_version()
         ).set(1)
         # run constants (describe_run)
         self.buffer_size = Gauge("fl_buffer_size", "Updates per buffer flush (K)", registry=r)
         self.max_staleness = Gauge(
-            "fl_max_staleness", "Configured max-staleness in versions (0 = no limit)", registry=r)
+            "fl_max_staleness", "Configured max-staleness in versions (0 = no limit)", registry=r
+        )
         self.concurrency = Gauge("fl_concurrency", "Configured tasks in flight", registry=r)
         # model and buffer
-        self.model_version = Gauge("fl_model_version", "Version (server steps) of the global model",
-                                   registry=r)
+        self.model_version = Gauge("fl_model_version", "Version (server steps) of the global model", registry=r)
         self.server_steps = Counter("fl_server_steps", "Server optimizer steps taken", registry=r)
-        self.buffer_fill = Gauge("fl_buffer_fill", "Updates waiting in the buffer that flushes next",
-                                 registry=r)
+        self.buffer_fill = Gauge("fl_buffer_fill", "Updates waiting in the buffer that flushes next", registry=r)
         self.buffer_fill_duration = Histogram(
             "fl_buffer_fill_duration_seconds",
             "Time to fill a buffer: seconds between consecutive server steps (the first from run start)",
-            buckets=SECONDS_BUCKETS, registry=r)
+            buckets=SECONDS_BUCKETS,
+            registry=r,
+        )
         self.aggregation_duration = Histogram(
             "fl_aggregation_duration_seconds",
             "Time the strategy took to take in the update that completed a buffer, including the step",
-            buckets=FAST_SECONDS_BUCKETS, registry=r)
+            buckets=FAST_SECONDS_BUCKETS,
+            registry=r,
+        )
         # tasks and nodes
         self.dispatched = Counter("fl_tasks_dispatched", "Train tasks pushed to nodes", tier, registry=r)
-        self.in_flight = Gauge("fl_tasks_in_flight", "Train tasks pushed and not yet answered",
-                               tier, registry=r)
-        self.connected = Gauge("fl_connected_nodes", "Nodes admitted and not retired", tier,
-                               registry=r)
-        self.backoffs = Counter("fl_node_backoffs", "Nodes backed off after failed replies in a row",
-                                tier, registry=r)
+        self.in_flight = Gauge("fl_tasks_in_flight", "Train tasks pushed and not yet answered", tier, registry=r)
+        self.connected = Gauge("fl_connected_nodes", "Nodes admitted and not retired", tier, registry=r)
+        self.backoffs = Counter("fl_node_backoffs", "Nodes backed off after failed replies in a row", tier, registry=r)
         # replies
-        self.updates = Counter("fl_updates", "Replies by what happened to them", ("outcome", *tier),
-                               registry=r)
-        self.invalid = Counter("fl_invalid_updates", "Replies refused by validation", ("reason",),
-                               registry=r)
+        self.updates = Counter("fl_updates", "Replies by what happened to them", ("outcome", *tier), registry=r)
+        self.invalid = Counter("fl_invalid_updates", "Replies refused by validation", ("reason",), registry=r)
         self.stragglers = Counter(
-            "fl_stragglers", "Late tasks: replies past the straggler deadline, or TTL expiries",
-            ("reason", *tier), registry=r)
-        self.dropouts = Counter("fl_dropouts", "Tasks that failed: node gone, lost, client error",
-                                ("reason", *tier), registry=r)
+            "fl_stragglers",
+            "Late tasks: replies past the straggler deadline, or TTL expiries",
+            ("reason", *tier),
+            registry=r,
+        )
+        self.dropouts = Counter(
+            "fl_dropouts", "Tasks that failed: node gone, lost, client error", ("reason", *tier), registry=r
+        )
         self.staleness = Histogram(
             "fl_update_staleness",
             "Staleness on arrival (server version minus version at dispatch) of valid updates",
-            buckets=STALENESS_BUCKETS, registry=r)
-        self.round_trip = Histogram("fl_round_trip_seconds", "Dispatch to reply, measured by the server",
-                                    tier, buckets=SECONDS_BUCKETS, registry=r)
+            buckets=STALENESS_BUCKETS,
+            registry=r,
+        )
+        self.round_trip = Histogram(
+            "fl_round_trip_seconds",
+            "Dispatch to reply, measured by the server",
+            tier,
+            buckets=SECONDS_BUCKETS,
+            registry=r,
+        )
         self.train_seconds = Histogram(
-            "fl_client_train_seconds", "Local training time reported by the client",
-            ("device_tier", "device_kind"), buckets=SECONDS_BUCKETS, registry=r)
-        self.update_norm = Histogram("fl_update_norm", "L2 norm of valid update deltas",
-                                     buckets=NORM_BUCKETS, registry=r)
+            "fl_client_train_seconds",
+            "Local training time reported by the client",
+            ("device_tier", "device_kind"),
+            buckets=SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.update_norm = Histogram(
+            "fl_update_norm", "L2 norm of valid update deltas", buckets=NORM_BUCKETS, registry=r
+        )
+        self.dropped_fields = Counter(
+            "fl_reply_fields_dropped",
+            "Reported fields of valid replies dropped for a wrong type, a non-finite value or a value out of range",
+            ("field",),
+            registry=r,
+        )
+        self.weight_clips = Counter(
+            "fl_example_weight_clips", "Updates whose example weight was cut to max-example-weight", registry=r
+        )
+        # server steps
+        self.step_norm = Histogram(
+            "fl_step_norm", "L2 norm of each server step taken (new model − old)", buckets=NORM_BUCKETS, registry=r
+        )
+        self.refused_steps = Counter(
+            "fl_steps_refused",
+            "Server steps the step guard refused (buffer dropped, model kept)",
+            ("reason",),
+            registry=r,
+        )
         self.payload_bytes = Counter(
-            "fl_payload_bytes", "Array payload bytes: down = model sent, up = valid update received",
-            ("direction",), registry=r)
+            "fl_payload_bytes",
+            "Array payload bytes: down = model sent, up = valid update received",
+            ("direction",),
+            registry=r,
+        )
         # evaluation and privacy
-        self.eval_loss = Gauge("fl_eval_loss", "Central evaluation loss of the latest evaluated model",
-                               registry=r)
-        self.eval_accuracy = Gauge("fl_eval_accuracy_ratio",
-                                   "Central evaluation accuracy (0..1) of the latest evaluated model",
-                                   registry=r)
-        self.eval_version = Gauge("fl_eval_model_version", "Model version of the latest evaluation",
-                                  registry=r)
+        self.eval_loss = Gauge("fl_eval_loss", "Central evaluation loss of the latest evaluated model", registry=r)
+        self.eval_accuracy = Gauge(
+            "fl_eval_accuracy_ratio", "Central evaluation accuracy (0..1) of the latest evaluated model", registry=r
+        )
+        self.eval_version = Gauge("fl_eval_model_version", "Model version of the latest evaluation", registry=r)
         self.tier_accuracy = Gauge(
             "fl_eval_tier_accuracy_ratio",
             "Accuracy (0..1) of the latest evaluated model on the tier's own held-out data",
-            tier, registry=r)
+            tier,
+            registry=r,
+        )
         self.tier_accuracy_gap = Gauge(
             "fl_eval_tier_accuracy_gap_ratio",
-            "Largest accuracy difference between two tiers in the latest evaluation", registry=r)
-        self.participation = Gauge("fl_tier_participation_ratio",
-                                   "The tier's share (0..1) of all accepted updates so far", tier,
-                                   registry=r)
+            "Largest accuracy difference between two tiers in the latest evaluation",
+            registry=r,
+        )
+        self.participation = Gauge(
+            "fl_tier_participation_ratio", "The tier's share (0..1) of all accepted updates so far", tier, registry=r
+        )
         self.epsilon = Gauge("fl_privacy_epsilon", "Privacy spent so far (ε of (ε, δ)-DP)", registry=r)
         self.delta = Gauge("fl_privacy_delta", "δ of the reported (ε, δ)-DP guarantee", registry=r)
-        self.client_epsilon = Gauge("fl_client_dp_epsilon",
-                                    "Largest DP-SGD ε a client of the tier reported (0 while DP-SGD is off)",
-                                    tier, registry=r)
+        self.client_epsilon = Gauge(
+            "fl_client_dp_epsilon",
+            "Largest DP-SGD ε a client of the tier reported (0 while DP-SGD is off)",
+            tier,
+            registry=r,
+        )
         # the exporter itself
-        self.dropped = Counter("fl_dropped_observations",
-                               "Values not observed because they were NaN, ±Inf or not numbers",
-                               ("metric",), registry=r)
-        self.exporter_errors = Counter("fl_exporter_errors", "Events the exporter failed to handle",
-                                       registry=r)
+        self.dropped = Counter(
+            "fl_dropped_observations",
+            "Values not observed because they were NaN, ±Inf or not numbers",
+            ("metric",),
+            registry=r,
+        )
+        self.exporter_errors = Counter("fl_exporter_errors", "Events the exporter failed to handle", registry=r)
 
         # Children are created up front: every series exists (at 0) from the first scrape,
         # so rate() and alerts see a counter start, and hot paths skip .labels().
         self._updates = {(o, t): self.updates.labels(o, t) for o in OUTCOMES for t in TIERS}
         self._invalid = {reason: self.invalid.labels(reason) for reason in INVALID_REASONS}
-        self._stragglers = {(r_, t): self.stragglers.labels(r_, t)
-                            for r_ in STRAGGLER_REASONS for t in TIERS}
+        self._stragglers = {(r_, t): self.stragglers.labels(r_, t) for r_ in STRAGGLER_REASONS for t in TIERS}
         self._dropouts = {(r_, t): self.dropouts.labels(r_, t) for r_ in DROPOUT_REASONS for t in TIERS}
         self._dispatched = {t: self.dispatched.labels(t) for t in TIERS}
         self._in_flight_g = {t: self.in_flight.labels(t) for t in TIERS}
         self._connected_g = {t: self.connected.labels(t) for t in TIERS}
         self._backoffs = {t: self.backoffs.labels(t) for t in TIERS}
         self._bytes = {d: self.payload_bytes.labels(d) for d in DIRECTIONS}
+        self._dropped_fields = {name: self.dropped_fields.labels(name) for name in DROPPED_FIELDS}
+        self._refused_steps = {reason: self.refused_steps.labels(reason) for reason in STEP_GUARD_REASONS}
         self._client_epsilon = {t: self.client_epsilon.labels(t) for t in TIERS}
         self._participation = {t: self.participation.labels(t) for t in TIERS}
         self._accepted_by_tier: dict[str, int] = dict.fromkeys(TIERS, 0)
@@ -279,7 +331,7 @@ class MetricsExporter:
 
     # -- public ---------------------------------------------------------------------------
 
-    def event(self, kind: str, **fields: object) -> None:
+    def event(self, kind: EventKind, **fields: object) -> None:
         """Update the series one loop event (schema: ``server_app.events``) moves."""
         handler = self._handlers.get(kind)
         if handler is None:
@@ -290,15 +342,17 @@ class MetricsExporter:
             self.exporter_errors.inc()
             if not self._warned:
                 self._warned = True
-                log.exception("metrics exporter failed on a %r event (further failures only counted)",
-                              kind)
+                log.exception("metrics exporter failed on a %r event (further failures only counted)", kind)
 
-    def describe_run(self, *, buffer_size: int | None = None, max_staleness: int | None = None,
-                     concurrency: int | None = None) -> None:
+    def describe_run(
+        self, *, buffer_size: int | None = None, max_staleness: int | None = None, concurrency: int | None = None
+    ) -> None:
         """Publish the run's constants that alerts compare against (buffer size, max staleness)."""
-        for gauge, value, name in ((self.buffer_size, buffer_size, "fl_buffer_size"),
-                                   (self.max_staleness, max_staleness, "fl_max_staleness"),
-                                   (self.concurrency, concurrency, "fl_concurrency")):
+        for gauge, value, name in (
+            (self.buffer_size, buffer_size, "fl_buffer_size"),
+            (self.max_staleness, max_staleness, "fl_max_staleness"),
+            (self.concurrency, concurrency, "fl_concurrency"),
+        ):
             if value is not None:
                 self._set(gauge, value, name)
 
@@ -316,9 +370,7 @@ class MetricsExporter:
         """
         if self._server is not None:
             raise RuntimeError(f"metrics exporter already serving at {self.url}")
-        self._server, self._thread = start_http_server(
-            self.config.port, self.config.address, registry=self.registry
-        )
+        self._server, self._thread = start_http_server(self.config.port, self.config.address, registry=self.registry)
         host, port = self._server.server_address[:2]
         host = f"[{host}]" if ":" in str(host) else host
         self.url = f"http://{host}:{port}/metrics"
@@ -376,6 +428,11 @@ class MetricsExporter:
         self._add_bytes("up", f.get("bytes"))
         if "buffer_fill" in f:
             self._set(self.buffer_fill, f["buffer_fill"], "fl_buffer_fill")
+        dropped = f.get("dropped_fields")
+        for name in dropped if isinstance(dropped, list | tuple) else ():
+            self._dropped_fields[name if name in self._dropped_fields else OTHER].inc()
+        if f.get("weight_clipped") is True:
+            self.weight_clips.inc()
 
     def _on_invalid(self, f: Mapping[str, Any]) -> None:
         tier = tier_of(f.get("tier"))
@@ -398,13 +455,21 @@ class MetricsExporter:
     def _on_step(self, f: Mapping[str, Any]) -> None:
         self.server_steps.inc()
         self._set(self.model_version, f.get("version"), "fl_model_version")
-        self._observe(self.aggregation_duration, f.get("aggregate_seconds"),
-                      "fl_aggregation_duration_seconds")
+        self._observe(self.aggregation_duration, f.get("aggregate_seconds"), "fl_aggregation_duration_seconds")
+        self._observe(self.step_norm, f.get("step_norm"), "fl_step_norm")
         now = _finite(f.get("time"))
         if now is not None:
-            self._observe(self.buffer_fill_duration, now - (self._last_step_time or 0.0),
-                          "fl_buffer_fill_duration_seconds")
+            self._observe(
+                self.buffer_fill_duration, now - (self._last_step_time or 0.0), "fl_buffer_fill_duration_seconds"
+            )
             self._last_step_time = now
+
+    def _on_step_refused(self, f: Mapping[str, Any]) -> None:
+        reason = f.get("reason")
+        if reason in self._refused_steps:
+            self._refused_steps[reason].inc()
+        else:  # a reason this exporter does not know: counted, bounded, as "other"
+            self.refused_steps.labels("other").inc()
 
     def _on_eval(self, f: Mapping[str, Any]) -> None:
         self._set(self.eval_loss, f.get("loss"), "fl_eval_loss")

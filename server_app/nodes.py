@@ -78,8 +78,13 @@ class NodePool:
         failures = self._failures[node_id] = self._failures.get(node_id, 0) + 1
         seconds = min(self._backoff_seconds * 2.0 ** min(failures - 1, 62), self._backoff_max_seconds)
         self._backed_off_until[node_id] = now + seconds
-        log.warning("node %d backed off for %.0f s after %d failed repl%s in a row",
-                    node_id, seconds, failures, "y" if failures == 1 else "ies")
+        log.warning(
+            "node %d backed off for %.0f s after %d failed repl%s in a row",
+            node_id,
+            seconds,
+            failures,
+            "y" if failures == 1 else "ies",
+        )
         self._on_change(node_id, "backed-off", len(self._online))
         return seconds
 
@@ -90,8 +95,7 @@ class NodePool:
 
     def candidates(self, load: Counter[int], per_node: int, now: float) -> list[int]:
         """Eligible nodes with spare capacity, least recently dispatched first."""
-        eligible = [n for n in self._known
-                    if load[n] < per_node and self._backed_off_until.get(n, 0.0) <= now]
+        eligible = [n for n in self._known if load[n] < per_node and self._backed_off_until.get(n, 0.0) <= now]
         return sorted(eligible, key=lambda n: (self._last_used.get(n, 0.0), n))
 
     def mark_used(self, node_id: int, now: float) -> None:

@@ -23,7 +23,7 @@ _PROXY_STREAM = 0x9A3E
 
 def proxy_rows(settings: RunSettings, num_train: int) -> np.ndarray:
     """The warm-up rows: a seeded ``warmup-fraction`` sample of the training rows (sorted)."""
-    size = max(1, int(round(settings.warmup_fraction * num_train)))
+    size = max(1, round(settings.warmup_fraction * num_train))
     rng = np.random.default_rng([settings.seed, _PROXY_STREAM])
     return np.sort(rng.choice(num_train, size=size, replace=False))
 
@@ -51,8 +51,10 @@ def _from_checkpoint(location: str, template: list[np.ndarray]) -> tuple[list[np
         raise SettingsError(f"initial-weights: {err}") from err
     shapes = [a.shape for a in state.model]
     if shapes != [a.shape for a in template]:
-        raise SettingsError(f"initial-weights: {path} holds arrays {shapes}, this run's model needs "
-                            f"{[a.shape for a in template]} (same dataset and hidden-units?)")
+        raise SettingsError(
+            f"initial-weights: {path} holds arrays {shapes}, this run's model needs "
+            f"{[a.shape for a in template]} (same dataset and hidden-units?)"
+        )
     return [np.asarray(a, dtype=np.float32) for a in state.model], f"checkpoint {path} (version {state.version})"
 
 
@@ -61,8 +63,16 @@ def _warm_up(settings: RunSettings, model, data: FederatedData) -> tuple[list[np
 
     rows = proxy_rows(settings, len(data.train))
     epochs = math.ceil(settings.warmup_steps * settings.batch_size / len(rows)) + 1
-    loss, steps = train(model, data.train.features[rows], data.train.labels[rows], epochs=epochs,
-                        steps=settings.warmup_steps, batch_size=settings.batch_size,
-                        lr=settings.client_lr, seed=settings.seed, device=pick_device())
+    loss, steps = train(
+        model,
+        data.train.features[rows],
+        data.train.labels[rows],
+        epochs=epochs,
+        steps=settings.warmup_steps,
+        batch_size=settings.batch_size,
+        lr=settings.client_lr,
+        seed=settings.seed,
+        device=pick_device(),
+    )
     log.info("warm-up: %d SGD steps on %d proxy rows, mean loss %.3f", steps, len(rows), loss)
     return get_weights(model), f"warm-up ({steps} steps on {len(rows)} proxy rows)"

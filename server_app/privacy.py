@@ -74,7 +74,7 @@ class UserLevelAccountant:
     @property
     def history(self) -> History:
         """Opacus' history: ``(noise_multiplier, sample_rate, steps)`` runs, oldest first."""
-        return [tuple(entry) for entry in self._accountant.history]  # type: ignore[misc]
+        return [tuple(entry) for entry in self._accountant.history]
 
     def step(self, noise_multiplier: float | None = None, num_steps: int = 1) -> None:
         """Account ``num_steps`` flushes at ``noise_multiplier`` (default: the configured σ).
@@ -98,8 +98,12 @@ class UserLevelAccountant:
     def epsilon_after(self, extra_steps: int, noise_multiplier: float | None = None) -> float:
         """ε after ``extra_steps`` more flushes at ``noise_multiplier`` (default σ); no change here."""
         scratch = RDPAccountant()
-        scratch.history = _extended(self.history, self.noise_multiplier if noise_multiplier is None
-                                    else float(noise_multiplier), self.sample_rate, extra_steps)
+        scratch.history = _extended(
+            self.history,
+            self.noise_multiplier if noise_multiplier is None else float(noise_multiplier),
+            self.sample_rate,
+            extra_steps,
+        )
         return float(scratch.get_epsilon(delta=self.delta))
 
     # -- the budget ---------------------------------------------------------------------------
@@ -153,8 +157,11 @@ class UserLevelAccountant:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`; the configured σ, δ and sample rate are checked to match."""
-        for key, mine in (("noise-multiplier", self.noise_multiplier), ("delta", self.delta),
-                          ("sample-rate", self.sample_rate)):
+        for key, mine in (
+            ("noise-multiplier", self.noise_multiplier),
+            ("delta", self.delta),
+            ("sample-rate", self.sample_rate),
+        ):
             if key in state and float(state[key]) != mine:
                 raise ValueError(f"accountant state has {key}={state[key]!r}, this run has {mine!r}")
         sigmas = [float(s) for s in state["history-noise-multiplier"]]
@@ -194,8 +201,9 @@ class PrivacyBudget:
     applied; once it refuses, :meth:`stop_reason` tells the loop to stop.
     """
 
-    def __init__(self, noise_multiplier: float, delta: float, budget: float,
-                 on_epsilon: Callable[[float], None]) -> None:
+    def __init__(
+        self, noise_multiplier: float, delta: float, budget: float, on_epsilon: Callable[[float], None]
+    ) -> None:
         self.accountant = UserLevelAccountant(noise_multiplier, delta)
         self.budget = budget
         self._on_epsilon = on_epsilon

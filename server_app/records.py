@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
+
+from server_app.events import EventKind
 
 
 def default_run_dir(root: str | Path = "runs") -> Path:
     """``runs/<UTC timestamp>``, unique to the second."""
-    return Path(root) / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return Path(root) / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
 
 
 class RunRecorder:
@@ -23,13 +25,14 @@ class RunRecorder:
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
-        self._history: IO[str] = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        # open for the run's life, flushed per event, closed by close()
+        self._history: IO[str] = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
 
     def write_config(self, config: dict[str, object]) -> None:
         """The exact settings the run used."""
         self._write_json("config.json", config)
 
-    def event(self, kind: str, **fields: object) -> None:
+    def event(self, kind: EventKind, **fields: object) -> None:
         """Append one loop event (``server_app.events``) to ``metrics.jsonl``, flushed at once."""
         self._history.write(json.dumps({"event": kind, **fields}) + "\n")
         self._history.flush()

@@ -11,9 +11,9 @@ from fedbuff.settings import DEVICE_TIERS
 TIER_LABELS = (*DEVICE_TIERS, "real")
 
 
-def tier_label(reported: str | None) -> str:
-    """Map a client-reported tier onto the server-side allow-list."""
-    return reported if reported in TIER_LABELS else "unknown"
+def tier_label(reported: object) -> str:
+    """Map a client-reported tier (any record value, or None) onto the server-side allow-list."""
+    return reported if isinstance(reported, str) and reported in TIER_LABELS else "unknown"
 
 
 def largest_gap(accuracy_by_tier: Mapping[str, float]) -> float | None:
@@ -33,6 +33,9 @@ class RunStats:
     errors: Counter[str] = field(default_factory=Counter)
     accepted_by_tier: Counter[str] = field(default_factory=Counter)
     staleness: Counter[int] = field(default_factory=Counter)
+    dropped_fields: Counter[str] = field(default_factory=Counter)  # reported fields dropped, by name
+    clipped: Counter[str] = field(default_factory=Counter)  # values cut to a bound ("example-weight")
+    refused_steps: Counter[str] = field(default_factory=Counter)  # server steps the step guard refused
     round_trip_sum: float = 0.0
     replies: int = 0
 
@@ -70,5 +73,8 @@ class RunStats:
             "staleness_mean": round(self.staleness_mean(), 3),
             "staleness_max": self.staleness_max(),
             "staleness_histogram": {str(k): v for k, v in sorted(self.staleness.items())},
+            "dropped_fields": dict(self.dropped_fields),
+            "clipped": dict(self.clipped),
+            "refused_steps": dict(self.refused_steps),
             "round_trip_mean_seconds": round(self.round_trip_sum / self.replies, 3) if self.replies else None,
         }

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from io import BytesIO
 from typing import TypeVar
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, ConfigRecordValues, MetricRecord, RecordDict
 from flwr.common.constant import SType
 
+from fedbuff import protocol
+from fedbuff.protocol import NUM_EXAMPLES
+from server_app.reply_fields import reported_fields
 from strategies.base import MaskEnvelope
 from strategies.chunked import sum_of_squares
 
@@ -25,7 +29,8 @@ REJECTION_REASONS = (
     "dtype",
     "non-finite",
     "norm",
-    "num-examples",
+    "num-examples",  # not a positive int, or above the run's bound (num_examples_limit)
+    "encoding",  # the arrays' bytes are not one well-formed .npy payload each (header, length, stype)
     "mask-envelope",
     "refused",  # well-formed, but the strategy would not take it (e.g. a replayed mask)
     "mask-refused",  # the mask service's Check refused the contribution (its reason is in the detail)
@@ -36,8 +41,19 @@ EPHEMERAL_KEY_BYTES = 32  # X25519
 MAX_SIGNATURE_BYTES = 256
 AUTO_LIMIT_SLACK_BYTES = 64 * 1024  # serialisation headers and the small records beside the arrays
 NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-NPY_LENGTH_WIDTHS = {(1, 0): 2, (2, 0): 4}  # bytes of the header-length field, by format version
+# bytes of the header-length field, by format version (looked up with tuple(bytes), a tuple[int, ...])
+NPY_LENGTH_WIDTHS: dict[tuple[int, ...], int] = {(1, 0): 2, (2, 0): 4}
 NPY_PREFIX_BYTES = 8  # magic string (6) and version (2)
+
+
+def num_examples_limit(configured: int, train_rows: int | None = None) -> int:
+    """The largest ``num-examples`` a reply may claim: ``max-num-examples``, lowered to the size
+    of the training split when the server holds it (``train_rows``).
+
+    Every partition is a subset of that split, so no honest client can hold more; a larger
+    claim is a lie about the one number that weights the update.
+    """
+    return min(configured, train_rows) if train_rows else configured
 
 
 def update_byte_limit(configured: int, model: list[np.ndarray]) -> int:
@@ -63,8 +79,9 @@ class ValidUpdate:
     num_examples: int
     norm: float | None
     metrics: dict[str, float]
-    device: dict[str, str]
+    device: dict[str, str | int]
     mask: MaskEnvelope | None = None
+    dropped: tuple[str, ...] = ()  # optional fields that broke their rule (reply_fields.DROPPED_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -76,13 +93,18 @@ class Rejection:
 
 
 def validate_reply(
-    content: RecordDict, template: list[np.ndarray], max_update_norm: float, max_bytes: int | None = None
+    content: RecordDict,
+    template: list[np.ndarray],
+    max_update_norm: float,
+    max_bytes: int | None = None,
+    max_num_examples: int | None = None,
 ) -> ValidUpdate | Rejection:
     """Validate a plaintext train reply against the model's layout.
 
-    ``max_update_norm`` 0 disables the norm bound; ``max_bytes`` None the size bound.
+    ``max_update_norm`` 0 disables the norm bound; ``max_bytes`` None the size bound;
+    ``max_num_examples`` None leaves ``num-examples`` bounded only below (by 1).
     """
-    arrays = _common(content, max_bytes)
+    arrays = _common(content, max_bytes, max_num_examples)
     if isinstance(arrays, Rejection):
         return arrays
     delta, num_examples = arrays
@@ -101,13 +123,15 @@ def validate_reply(
     return _valid(content, delta, num_examples, norm)
 
 
-def validate_masked_reply(content: RecordDict, length: int, max_bytes: int | None = None) -> ValidUpdate | Rejection:
+def validate_masked_reply(
+    content: RecordDict, length: int, max_bytes: int | None = None, max_num_examples: int | None = None
+) -> ValidUpdate | Rejection:
     """Validate a secure-aggregation reply: one uint64 ring vector of ``length`` plus its envelope.
 
-    Finite values and the norm cannot be checked on a masked vector; the client's clipping
-    and the codec's overflow check at flush stand in for them.
+    Finite values and the norm cannot be checked on a masked vector; the client's clipping,
+    the codec's overflow check and the step guard at flush stand in for them.
     """
-    arrays = _common(content, max_bytes)
+    arrays = _common(content, max_bytes, max_num_examples)
     if isinstance(arrays, Rejection):
         return arrays
     delta, num_examples = arrays
@@ -117,17 +141,18 @@ def validate_masked_reply(content: RecordDict, length: int, max_bytes: int | Non
         return Rejection("dtype", f"masked vector must be uint64, got {delta[0].dtype}")
     if delta[0].shape != (length,):
         return Rejection("shape", f"masked vector: expected ({length},), got {delta[0].shape}")
-    envelope = _record(content, "secagg", ConfigRecord)
-    try:
-        mask = MaskEnvelope(
-            ephemeral_public=bytes(envelope["ephemeral-public"]),  # type: ignore[index]
-            signature=bytes(envelope["signature"]),  # type: ignore[index]
-            node_key_fingerprint=str(envelope["node-key-fingerprint"]),  # type: ignore[index]
+    envelope: Mapping[str, ConfigRecordValues] = _record(content, protocol.SECAGG, ConfigRecord) or {}
+    public, signature = envelope.get(protocol.EPHEMERAL_PUBLIC), envelope.get(protocol.SIGNATURE)
+    fingerprint = envelope.get(protocol.NODE_KEY_FINGERPRINT)
+    # bytes(32) would be 32 zero bytes: the types are checked, not converted
+    if not (isinstance(public, bytes) and isinstance(signature, bytes) and isinstance(fingerprint, str)):
+        return Rejection(
+            "mask-envelope",
+            "ConfigRecord 'secagg' needs ephemeral-public and signature (bytes) and node-key-fingerprint (str)",
         )
-    except (KeyError, TypeError, ValueError):
-        return Rejection("mask-envelope", "ConfigRecord 'secagg' needs ephemeral-public, signature, node-key-fingerprint")
-    if len(mask.ephemeral_public) != EPHEMERAL_KEY_BYTES or not 0 < len(mask.signature) <= MAX_SIGNATURE_BYTES:
+    if len(public) != EPHEMERAL_KEY_BYTES or not 0 < len(signature) <= MAX_SIGNATURE_BYTES:
         return Rejection("mask-envelope", "ephemeral key or signature has the wrong size")
+    mask = MaskEnvelope(ephemeral_public=public, signature=signature, node_key_fingerprint=fingerprint)
     return _valid(content, delta, num_examples, None, mask)
 
 
@@ -140,23 +165,39 @@ def _first_non_finite(delta: list[np.ndarray]) -> int | None:
     return next((i for i, d in enumerate(delta) if not np.isfinite(d).all()), None)
 
 
-def _common(content: RecordDict, max_bytes: int | None) -> tuple[list[np.ndarray], int] | Rejection:
+def _common(
+    content: RecordDict, max_bytes: int | None, max_num_examples: int | None
+) -> tuple[list[np.ndarray], int] | Rejection:
+    """The checks both reply kinds share: size, required records, decodable arrays, example count."""
     if max_bytes is not None:
-        size = sum(len(array.data) for record in content.values() if isinstance(record, ArrayRecord)
-                   for array in record.values())
+        size = sum(
+            len(array.data)
+            for record in content.values()
+            if isinstance(record, ArrayRecord)
+            for array in record.values()
+        )
         if size > max_bytes:
             return Rejection("oversize", f"reply arrays hold {size} bytes, the limit is {max_bytes} (max-update-bytes)")
-    arrays = _record(content, "arrays", ArrayRecord)
-    metrics = _record(content, "metrics", MetricRecord)
-    if arrays is None or metrics is None or "num-examples" not in metrics:
-        return Rejection("missing-field", "reply needs ArrayRecord 'arrays' and MetricRecord 'metrics' with num-examples")
+    arrays = _record(content, protocol.ARRAYS, ArrayRecord)
+    metrics = _record(content, protocol.METRICS, MetricRecord)
+    if arrays is None or metrics is None or NUM_EXAMPLES not in metrics:
+        return Rejection(
+            "missing-field",
+            f"reply needs ArrayRecord {protocol.ARRAYS!r} and MetricRecord {protocol.METRICS!r} with {NUM_EXAMPLES}",
+        )
     try:
         delta = array_views(arrays)
     except Exception as err:  # a malformed array payload is the sender's problem, not ours
-        return Rejection("dtype", f"arrays do not deserialise: {err}")
-    num_examples = metrics["num-examples"]
-    if not isinstance(num_examples, int) or num_examples < 1:
+        return Rejection("encoding", f"arrays do not deserialise: {err}")
+    num_examples = metrics[NUM_EXAMPLES]
+    if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 1:
         return Rejection("num-examples", f"num-examples must be a positive int, got {num_examples!r}")
+    if max_num_examples is not None and num_examples > max_num_examples:
+        return Rejection(
+            "num-examples",
+            f"num-examples {num_examples} is above the bound {max_num_examples} "
+            "(max-num-examples, or the training split's size)",
+        )
     return delta, num_examples
 
 
@@ -169,13 +210,19 @@ def _read_only_view(array: Array) -> np.ndarray:
     """The array as a read-only view of the .npy bytes it arrived in, header checked as np.load does.
 
     ``Array.numpy()`` copies every update out of its bytes; the server only ever reads a delta,
-    so a view saves a full pass over each update and a model copy of peak memory.
+    so a view saves a full pass over each update and a model copy of peak memory. The payload
+    must be exactly the header plus the data it announces: bytes after the data (which
+    ``np.load`` ignores) could smuggle anything past the size the header claims.
     """
     if array.stype != SType.NUMPY:
         raise TypeError(f"unsupported serialisation {array.stype!r}")
-    header = array.data[:_npy_header_size(array.data)]
+    header = array.data[: _npy_header_size(array.data)]
     shape, fortran_order, dtype = _npy_layout(header)
-    values = np.frombuffer(array.data, dtype=dtype, count=math.prod(shape), offset=len(header))
+    count = math.prod(shape)
+    extra = len(array.data) - len(header) - count * dtype.itemsize
+    if extra != 0:
+        raise ValueError(f"{abs(extra)} bytes {'after' if extra > 0 else 'missing from'} the array's data")
+    values = np.frombuffer(array.data, dtype=dtype, count=count, offset=len(header))
     return values.reshape(shape, order="F" if fortran_order else "C")
 
 
@@ -184,7 +231,7 @@ def _npy_header_size(data: bytes) -> int:
     width = NPY_LENGTH_WIDTHS.get(tuple(data[6:8]))
     if width is None or len(data) < NPY_PREFIX_BYTES + width:
         raise ValueError("not a .npy array of format version 1.0 or 2.0")
-    return NPY_PREFIX_BYTES + width + int.from_bytes(data[NPY_PREFIX_BYTES:NPY_PREFIX_BYTES + width], "little")
+    return NPY_PREFIX_BYTES + width + int.from_bytes(data[NPY_PREFIX_BYTES : NPY_PREFIX_BYTES + width], "little")
 
 
 @functools.lru_cache(maxsize=256)
@@ -202,17 +249,22 @@ def _npy_layout(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
     return shape, fortran_order, dtype
 
 
-def _valid(content: RecordDict, delta: list[np.ndarray], num_examples: int, norm: float | None,
-           mask: MaskEnvelope | None = None) -> ValidUpdate:
-    device = _record(content, "device", ConfigRecord)
-    metrics = content["metrics"]
+def _valid(
+    content: RecordDict,
+    delta: list[np.ndarray],
+    num_examples: int,
+    norm: float | None,
+    mask: MaskEnvelope | None = None,
+) -> ValidUpdate:
+    reported = reported_fields(content)
     return ValidUpdate(
         delta=delta,
         num_examples=num_examples,
         norm=norm,
-        metrics={k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
-        device={k: str(v) for k, v in (device or {}).items()},
+        metrics=reported.metrics,
+        device=reported.device,
         mask=mask,
+        dropped=reported.dropped,
     )
 
 

@@ -1,7 +1,7 @@
 """Pure aggregation logic for asynchronous federated learning.
 
 Numpy arrays in, numpy arrays out: no Flower transport and no training code, so that
-every rule here can be checked against its reference semantics (DESIGN.md §4).
+every rule here can be checked against its reference semantics (docs/architecture.md, "Reference semantics").
 """
 
 from strategies.base import AsyncStrategy, ClientUpdate, Outcome, Receipt
@@ -30,6 +30,7 @@ __all__ = [
     "ServerAdam",
     "ServerOptimizer",
     "ServerSGD",
+    "ServerYogi",
     "StrategyOptions",
     "WeightedSumBuffer",
     "build_strategy",

@@ -1,4 +1,7 @@
-"""A buffer that only ever adds: the shape secure aggregation needs (DESIGN.md §5)."""
+"""A buffer that only ever adds: the shape secure aggregation needs.
+
+Why: docs/architecture.md, "Secure aggregation".
+"""
 
 from __future__ import annotations
 

@@ -75,6 +75,24 @@ def sum_of_squares(x: np.ndarray) -> float:
     return total
 
 
+def squared_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """``Σ (a − b)²`` in float64, slice by slice (the step guard's norm of ``new − old``).
+
+    Non-finite when either array holds a NaN or an Inf; float32 inputs cannot overflow it.
+    """
+    if np.shape(a) != np.shape(b):
+        raise ValueError(f"cannot compare an array of shape {np.shape(a)} with one of shape {np.shape(b)}")
+    flat_a, flat_b = np.reshape(a, -1), np.reshape(b, -1)
+    wide = np.empty(min(CHUNK, flat_a.size), np.float64)
+    total = 0.0
+    with np.errstate(invalid="ignore", over="ignore"):  # inf − inf is NaN: reported, not raised
+        for part in slices(flat_a.size):
+            diff = wide[: part.stop - part.start]
+            np.subtract(flat_a[part], flat_b[part], out=diff, dtype=np.float64)
+            total += float(np.dot(diff, diff))
+    return total
+
+
 def _flat_view(array: np.ndarray) -> np.ndarray:
     """A 1-D view of ``array`` (never a copy: writes through it must land in ``array``)."""
     return array.reshape(-1, copy=False)

@@ -1,4 +1,4 @@
-"""User-level differential privacy for the buffer: clipping and Gaussian noise (DESIGN.md §6).
+"""User-level differential privacy for the buffer: clipping and Gaussian noise (docs/privacy.md, section 3).
 
 Pure numpy and the standard library: no Flower, no torch, no Opacus. The accountant that turns
 the noise below into an ε lives in ``server_app/privacy.py``; sample-level DP-SGD in
@@ -51,14 +51,11 @@ from typing import Any
 
 import numpy as np
 
+from strategies.errors import SettingsError
+
 Arrays = list[np.ndarray]
 
 USER_DP_MODES = ("central", "distributed")
-
-
-class DPConfigError(ValueError):
-    """A differential-privacy knob is of the wrong type, out of range, or incompatible with
-    another knob; the message starts with the run-config key."""
 
 
 # -- clipping ---------------------------------------------------------------------------------
@@ -160,9 +157,7 @@ def add_noise_share(arrays: Sequence[np.ndarray], std: float, rng: np.random.Gen
     return out
 
 
-def flush_noise_multiplier(
-    mode: str, noise_multiplier: float, weights: Sequence[float], k_min: int = 1
-) -> float:
+def flush_noise_multiplier(mode: str, noise_multiplier: float, weights: Sequence[float], k_min: int = 1) -> float:
     """Effective noise multiplier of one flush, the value to hand the accountant.
 
     ``weights`` are the weights the server really applied to the flush's contributions (after
@@ -251,7 +246,9 @@ class UserDPOptions:
     - ``user_dp_noise_multiplier``: σ; noise std on a buffer's sum is σ·C.
     - ``user_dp_mode``: ``central`` (server adds noise at flush) or ``distributed`` (each
       client adds a share σ·C/√K_min).
-    - ``user_dp_k_min``: K_min of the distributed shares; 0 means ``buffer-size``.
+    - ``user_dp_k_min``: K_min of the distributed shares; 0 means the strategy's flush size
+      (``buffer-size`` for fedbuff, ``concurrency`` for sync). The run settings resolve it
+      once (``RunSettings.dp_k_min``), for the clients' shares and the server's accountant.
     - ``user_dp_delta``: δ of the reported (ε, δ).
     - ``user_dp_epsilon_budget``: stop the run before ε would exceed it; 0: no stop.
     """
@@ -267,16 +264,6 @@ class UserDPOptions:
     def __post_init__(self) -> None:
         check_user_dp_values(self)
 
-    def k_min_for(self, buffer_size: int) -> int:
-        """K_min in effect: ``user-dp-k-min``, or ``buffer-size`` when it is 0."""
-        return self.user_dp_k_min or buffer_size
-
-    def share_std(self, buffer_size: int) -> float:
-        """The distributed share std σ·C/√K_min a client adds (0.0 in central mode)."""
-        if self.user_dp_mode != "distributed":
-            return 0.0
-        return distributed_share_std(self.user_dp_noise_multiplier, self.user_dp_clip, self.k_min_for(buffer_size))
-
     def central_std(self) -> float:
         """The std σ·C the server adds to a buffer's sum (0.0 in distributed mode)."""
         if self.user_dp_mode != "central":
@@ -285,7 +272,7 @@ class UserDPOptions:
 
 
 def _fail(key: str, requirement: str, value: object) -> None:
-    raise DPConfigError(f"{key} must be {requirement}, got {value!r}")
+    raise SettingsError(f"{key} must be {requirement}, got {value!r}")
 
 
 def _number(value: object) -> bool:
@@ -308,7 +295,7 @@ def check_user_dp_values(options: Any) -> None:
         _fail("user-dp-mode", f"one of {USER_DP_MODES}", options.user_dp_mode)
     k_min = options.user_dp_k_min
     if isinstance(k_min, bool) or not isinstance(k_min, int) or k_min < 0:
-        _fail("user-dp-k-min", "an integer >= 0 (0: buffer-size)", k_min)
+        _fail("user-dp-k-min", "an integer >= 0 (0: the flush size)", k_min)
     delta = options.user_dp_delta
     if not (_number(delta) and 0 < delta < 1):
         _fail("user-dp-delta", "in (0, 1)", delta)
@@ -320,15 +307,19 @@ def check_user_dp_values(options: Any) -> None:
 def check_user_dp(settings: Any) -> None:
     """Check user-level DP against the rest of a run's settings (call once at start-up).
 
-    ``settings`` needs the ``user_dp_*`` attributes plus ``strategy``, ``buffer_size`` and
-    ``example_weight``; ``secagg`` / ``secagg_clip`` are checked when present. A no-op when
-    ``user_dp`` is off (beyond the value checks). Raises :class:`DPConfigError` naming the key.
+    ``settings`` needs the ``user_dp_*`` attributes plus ``strategy``, ``example_weight``,
+    ``flush_size`` (how many updates fill one flush: ``strategies.registry.flush_size``) and
+    ``dp_k_min`` (K_min in effect); ``secagg`` / ``secagg_clip`` are checked when present. A
+    no-op when ``user_dp`` is off. The values on their own are :func:`check_user_dp_values`'
+    (:class:`UserDPOptions` runs it). Raises :class:`SettingsError` naming the key.
     """
-    check_user_dp_values(settings)
     if not settings.user_dp:
         return
-    if settings.strategy not in ("fedbuff", "sync"):
-        _fail("strategy", "'fedbuff' or 'sync' with user-dp (noise is added per buffer flush)", settings.strategy)
+    from strategies.registry import spec_of, with_capability  # the registry builds FedBuff, which imports this
+
+    if not spec_of(settings.strategy).user_dp:
+        names = " or ".join(repr(name) for name in with_capability("user_dp"))
+        _fail("strategy", f"{names} with user-dp (noise is added per buffer flush)", settings.strategy)
     if settings.example_weight != "equal":
         _fail(
             "example-weight",
@@ -336,9 +327,14 @@ def check_user_dp(settings: Any) -> None:
             "so the clip bound would no longer bound a client's contribution",
             settings.example_weight,
         )
-    k_min = settings.user_dp_k_min or settings.buffer_size
-    if k_min > settings.buffer_size:
-        _fail("user-dp-k-min", f"<= buffer-size ({settings.buffer_size})", settings.user_dp_k_min)
+    k_min = settings.dp_k_min
+    if k_min > settings.flush_size:
+        _fail(
+            "user-dp-k-min",
+            f"<= the {settings.flush_size} updates that fill one {settings.strategy} flush "
+            "(buffer-size for fedbuff, concurrency for sync)",
+            settings.user_dp_k_min,
+        )
     if settings.user_dp_mode == "distributed" and getattr(settings, "secagg", False):
         share = distributed_share_std(settings.user_dp_noise_multiplier, settings.user_dp_clip, k_min)
         needed = settings.user_dp_clip + 10.0 * share
@@ -360,17 +356,36 @@ class FlushPrivacy:
     server that can recompute the noise can remove it.
     """
 
-    def __init__(self, options: UserDPOptions, buffer_size: int, release: Callable[[float], bool],
-                 rng: np.random.Generator | None = None) -> None:
+    def __init__(
+        self,
+        options: UserDPOptions,
+        k_min: int,
+        release: Callable[[float], bool],
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        """``k_min`` is the K_min the clients sized their shares with (``RunSettings.dp_k_min``)."""
         self.options = options
-        self.k_min = options.k_min_for(buffer_size)
+        self.k_min = k_min
         self._release = release
         self._rng = rng or np.random.default_rng()
 
+    def averaged_std(self, weights: Sequence[float], count: int, normalization: str) -> float:
+        """Per-coordinate noise std in this flush's averaged pseudo-gradient (:func:`averaged_noise_std`)."""
+        return averaged_noise_std(
+            self.options.user_dp_mode,
+            self.options.user_dp_noise_multiplier,
+            self.options.user_dp_clip,
+            weights,
+            buffer_size=count,
+            k_min=self.k_min,
+            normalization=normalization,
+        )
+
     def privatize(self, total: Sequence[np.ndarray], weights: Sequence[float]) -> Arrays | None:
         """The noised weighted sum of one flush, or None if the budget forbids releasing it."""
-        sigma = flush_noise_multiplier(self.options.user_dp_mode, self.options.user_dp_noise_multiplier,
-                                       weights, self.k_min)
+        sigma = flush_noise_multiplier(
+            self.options.user_dp_mode, self.options.user_dp_noise_multiplier, weights, self.k_min
+        )
         if not self._release(sigma):
             return None
         if self.options.user_dp_mode == "central":

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from strategies.base import Arrays, AsyncStrategy, ClientUpdate, Outcome, Receipt
+from strategies.base import Arrays, AsyncStrategy, ClientUpdate, Outcome, Receipt, StrategyState
 from strategies.weights import staleness_limit, staleness_weight
 
 if TYPE_CHECKING:
@@ -29,16 +28,16 @@ class FedAsync(AsyncStrategy):
     max_history = 32
 
     def __init__(self, initial: Arrays, options: StrategyOptions) -> None:
-        super().__init__(initial)
+        super().__init__(initial, options.max_step_norm)
         self.options = options
         self._staleness_weight = staleness_weight(options)
         limited = options.max_staleness and options.stale_policy == "drop"
         window = options.max_staleness + (0 if limited else self.max_history)
         self._history: deque[Arrays] = deque([self.model], maxlen=window + 1)
 
-    def restore(self, model: Arrays, version: int, optimizer_state: Mapping[str, object] | None = None) -> None:
+    def load_state_dict(self, state: StrategyState) -> None:
         """Continue from a checkpoint; the mixing history restarts at the restored model."""
-        super().restore(model, version, optimizer_state)
+        super().load_state_dict(state)
         self._history = deque([self.model], maxlen=self._history.maxlen)
 
     def receive(self, update: ClientUpdate) -> Receipt:
@@ -47,10 +46,13 @@ class FedAsync(AsyncStrategy):
             return Receipt(Outcome.STALE)
         beta = self.options.fedasync_alpha * self._staleness_weight(update.staleness) * factor
         dispatched = self._history[-1 - update.staleness]
-        self._commit([
-            (1.0 - beta) * np.asarray(w, dtype=np.float64)
-            + beta * (np.asarray(d, dtype=np.float64) - np.asarray(delta, dtype=np.float64))
-            for w, d, delta in zip(self.model, dispatched, update.delta, strict=True)
-        ])
-        self._history.append(self.model)
-        return Receipt(Outcome.ACCEPTED, weight=beta, stepped=True)
+        step = self._apply(
+            [
+                (1.0 - beta) * np.asarray(w, dtype=np.float64)
+                + beta * (np.asarray(d, dtype=np.float64) - np.asarray(delta, dtype=np.float64))
+                for w, d, delta in zip(self.model, dispatched, update.delta, strict=True)
+            ]
+        )
+        if step.stepped:
+            self._history.append(self.model)
+        return Receipt(Outcome.ACCEPTED, weight=beta, step=step)

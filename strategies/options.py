@@ -9,15 +9,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
+from strategies.errors import SettingsError
 from strategies.fedbuff import BUFFER_NORMALIZATIONS
-from strategies.registry import FLOWER_FEDAVG, STRATEGIES
+from strategies.registry import REGISTRY
 from strategies.server_opt import SERVER_OPTIMIZERS
 from strategies.weights import EXAMPLE_WEIGHTS, STALE_POLICIES, STALENESS_WEIGHTS
 
 
 @dataclass(frozen=True)
 class StrategyOptions:
-    """Knobs of the aggregation strategies, checked at construction (ValueError names the key)."""
+    """Knobs of the aggregation strategies, checked at construction (:class:`SettingsError`)."""
 
     # which strategy: fedbuff, fedasync, sync (FedBuff with K = concurrency), flower-fedavg
     strategy: str = "fedbuff"
@@ -29,9 +30,11 @@ class StrategyOptions:
     staleness_exponent: float = 0.5  # a of polynomial
     staleness_hinge_slope: float = 10.0  # a of hinge: 1/(a(τ-b)+1) past b
     staleness_cutoff: int = 4  # b of hinge; threshold weighs τ > cutoff 0
-    # example weight e(n): equal, linear, sqrt, log; each is 1 at n = example-reference
+    # example weight e(n): equal, linear, sqrt, log; each is 1 at n = example-reference.
+    # n is the client's claim: e(n) is cut to max-example-weight (ten typical clients)
     example_weight: str = "equal"
     example_reference: float = 100.0
+    max_example_weight: float = 10.0
     # τ > max-staleness (0: no limit) is dropped, or kept with weight × stale-factor
     max_staleness: int = 0
     stale_policy: str = "drop"
@@ -45,6 +48,10 @@ class StrategyOptions:
     server_tau: float = 1e-3  # adaptivity ε of adam, yogi, adagrad
     # FedAsync: w ← (1 − α·s(τ))·w + α·s(τ)·w_client
     fedasync_alpha: float = 0.6
+    # step guard: a server step moving the model farther than this (L2) is refused, its
+    # buffer dropped (0: off; a non-finite new model is always refused). Honest default
+    # digits runs step at most ~1.5, the most aggressive honest settings measured ~13.
+    max_step_norm: float = 100.0
 
     def __post_init__(self) -> None:
         for field in fields(self):  # subclasses (the run settings) are checked too
@@ -52,7 +59,7 @@ class StrategyOptions:
             widened = kind is float and isinstance(value, int)
             if isinstance(value, bool) != (kind is bool) or not (isinstance(value, kind) or widened):
                 self._fail(field.name, kind.__name__)
-        self._one_of("strategy", (*STRATEGIES, FLOWER_FEDAVG))
+        self._one_of("strategy", tuple(REGISTRY))
         self._at_least("buffer_size", 1)
         self._one_of("buffer_normalization", BUFFER_NORMALIZATIONS)
         self._one_of("staleness_weight", tuple(STALENESS_WEIGHTS))
@@ -61,6 +68,7 @@ class StrategyOptions:
         self._at_least("staleness_cutoff", 0)
         self._one_of("example_weight", tuple(EXAMPLE_WEIGHTS))
         self._at_least("example_reference", 0, strict=True)
+        self._at_least("max_example_weight", 0, strict=True)
         self._at_least("max_staleness", 0)
         self._one_of("stale_policy", STALE_POLICIES)
         self._within("stale_factor", "[0, 1]", 0 <= self.stale_factor <= 1)
@@ -71,10 +79,11 @@ class StrategyOptions:
         self._within("server_beta2", "[0, 1)", 0 <= self.server_beta2 < 1)
         self._at_least("server_tau", 0, strict=True)
         self._within("fedasync_alpha", "(0, 1]", 0 < self.fedasync_alpha <= 1)
+        self._at_least("max_step_norm", 0)
 
     def _fail(self, name: str, requirement: str) -> None:
         key = name.replace("_", "-")
-        raise ValueError(f"{key} must be {requirement}, got {getattr(self, name)!r}")
+        raise SettingsError(f"{key} must be {requirement}, got {getattr(self, name)!r}")
 
     def _one_of(self, name: str, choices: tuple[str, ...]) -> None:
         if getattr(self, name) not in choices:

@@ -1,4 +1,6 @@
-"""Fixed-point arithmetic in the ring Z_2^64: what a secure-aggregation buffer adds (DESIGN.md §5).
+"""Fixed-point arithmetic in the ring Z_2^64: what a secure-aggregation buffer adds.
+
+The encoding, the weights and overflow are described in docs/secure-aggregation.md, section 4.
 
 A client update (a list of float arrays) becomes one flat ``uint64`` vector: every coordinate
 is clipped to ``[-clip, clip]``, scaled by ``2^scale_bits``, rounded, and stored in two's
@@ -109,8 +111,7 @@ class RingCodec:
         excess = worst.bit_length() - (RING_BITS - 1)  # halvings needed to get below 2^63
         others = self.max_total_weight
         limit_bits = next(
-            (b for b in range(self.scale_bits, -1, -1)
-             if others * math.ceil(self.clip * (1 << b)) < SIGNED_LIMIT),
+            (b for b in range(self.scale_bits, -1, -1) if others * math.ceil(self.clip * (1 << b)) < SIGNED_LIMIT),
             None,
         )
         # largest clip (to 6 significant digits, rounded down) that fits
@@ -170,7 +171,7 @@ class RingCodec:
         out, start = [], 0
         for shape in shapes:
             size = _size(shape)
-            out.append(values[start:start + size].reshape(shape))
+            out.append(values[start : start + size].reshape(shape))
             start += size
         return out
 
@@ -220,7 +221,7 @@ def quantize_weight(weight: float, weight_scale: int, max_weight: int | None = N
         raise ValueError(f"weight {weight} must be finite and >= 0")
     if max_weight is None and weight > 1:
         raise ValueError(f"weight {weight} must be in [0, 1]")
-    quantized = int(round(weight * int(weight_scale)))
+    quantized = round(weight * int(weight_scale))
     if max_weight is not None and quantized > max_weight:
         raise ValueError(
             f"weight {weight} quantises to {quantized} > max_weight {max_weight}: "
@@ -286,7 +287,7 @@ def ring_digest(vector: np.ndarray) -> bytes:
     """SHA-256 of the vector's little-endian bytes: what a client signs and the service checks."""
     _check_ring(vector, "vector")
     data = np.ascontiguousarray(vector, dtype=WIRE_DTYPE)
-    return hashlib.sha256(memoryview(data).cast("B")).digest()
+    return hashlib.sha256(data.data.cast("B")).digest()
 
 
 def to_wire(vector: np.ndarray) -> bytes:
@@ -392,9 +393,18 @@ class MaskedBuffer:
         """The unmask request for this buffer, in the order they were added."""
         return list(self._contributions)
 
-    def add(self, client_id: int, masked: np.ndarray, *, weight: int, ephemeral_public: bytes,
-            signature: bytes, node_key_fingerprint: str, example_weight: int = 1,
-            masked_digest: bytes | None = None) -> Contribution:
+    def add(
+        self,
+        client_id: int,
+        masked: np.ndarray,
+        *,
+        weight: int,
+        ephemeral_public: bytes,
+        signature: bytes,
+        node_key_fingerprint: str,
+        example_weight: int = 1,
+        masked_digest: bytes | None = None,
+    ) -> Contribution:
         """Add ``weight·masked``.
 
         ``masked_digest`` is the SHA-256 of this very vector when the caller already computed
@@ -415,9 +425,7 @@ class MaskedBuffer:
         if not 0 <= weight <= self.codec.max_weight:
             raise ValueError(f"weight {weight} outside [0, max_weight={self.codec.max_weight}]")
         if isinstance(example_weight, bool) or not 0 <= int(example_weight) <= self.codec.max_example_weight:
-            raise ValueError(
-                f"example weight {example_weight} outside [0, {self.codec.max_example_weight}]"
-            )
+            raise ValueError(f"example weight {example_weight} outside [0, {self.codec.max_example_weight}]")
         masked = np.asarray(masked)
         _check_ring(masked, "masked vector")
         if masked.shape != (self.length,):

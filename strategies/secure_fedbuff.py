@@ -2,7 +2,7 @@
 
 Each buffer is a :class:`strategies.ring.MaskedBuffer`: the running sum of integer-weighted
 masked vectors in Z_2^64. At flush the mask service returns ``Σ q_i·m_i`` for exactly the
-buffer's contributions, the server subtracts it and decodes the weighted sum (DESIGN.md §5).
+buffer's contributions, the server subtracts it and decodes the weighted sum (docs/secure-aggregation.md).
 """
 
 from __future__ import annotations
@@ -33,8 +33,14 @@ class SecureFedBuff(FedBuff):
     whose decoded sum overflowed, is dropped whole: no partial information leaves it.
     """
 
-    def __init__(self, initial: Arrays, options: StrategyOptions, codec: RingCodec, unmask: Unmask,
-                 privacy: FlushPrivacy | None = None) -> None:
+    def __init__(
+        self,
+        initial: Arrays,
+        options: StrategyOptions,
+        codec: RingCodec,
+        unmask: Unmask,
+        privacy: FlushPrivacy | None = None,
+    ) -> None:
         self.codec = codec
         self._unmask = unmask
         self._shapes = [np.shape(a) for a in initial]
@@ -50,8 +56,11 @@ class SecureFedBuff(FedBuff):
         if quantized == 0:
             return False
         buffer.add(
-            update.client_id, update.delta[0], weight=quantized,
-            ephemeral_public=update.mask.ephemeral_public, signature=update.mask.signature,
+            update.client_id,
+            update.delta[0],
+            weight=quantized,
+            ephemeral_public=update.mask.ephemeral_public,
+            signature=update.mask.signature,
             node_key_fingerprint=update.mask.node_key_fingerprint,
             masked_digest=update.mask.masked_digest or None,
         )

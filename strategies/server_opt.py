@@ -5,6 +5,11 @@ so a descent step is ``w ← w − lr·g``. Reddi et al. (2021, "Adaptive Federa
 Optimization", Algorithm 2) write the update with ``Δ = −g`` and ``x ← x + η·m/(√v + τ)``;
 since ``m`` is linear in ``Δ`` and ``v`` only sees ``Δ²``, that is ``w ← w − η·m_g/(√v + τ)``
 with ``m_g`` the same average taken over ``g``.
+
+Our FedAdam / FedYogi / FedAdagrad are that Algorithm 2: no bias correction, ``v`` starting at
+``τ²``, τ added to ``√v``. They are not ``torch.optim.Adam``, which FLSim's FedBuff uses (bias-
+corrected moments, so larger first steps; ``eps`` added to the bias-corrected ``√v̂``; L2 weight
+decay 1e-5 by default there): the same lr and betas give different trajectories.
 """
 
 from __future__ import annotations
@@ -57,6 +62,11 @@ class ServerOptimizer(abc.ABC):
         return [descend(w, d, lr) for w, d in zip(model, direction, strict=True)]
 
     @abc.abstractmethod
+    def reach(self, gradient_norm: float) -> float:
+        """How far (L2) a pseudo-gradient component of norm ``gradient_norm`` can move the model,
+        counting the later steps it rides along in the moments (0: the rule is scale-invariant)."""
+
+    @abc.abstractmethod
     def _direction(self, grad: Arrays) -> tuple[Arrays, float]:
         """Update the moments in place; return ``(direction, lr)``: the model moves by ``−lr·direction``.
 
@@ -101,6 +111,10 @@ class ServerSGD(ServerOptimizer):
         self.momentum = momentum
         self.moments = ("velocity",) if momentum else ()
 
+    def reach(self, gradient_norm: float) -> float:
+        """``lr·‖g‖ / (1 − μ)``: the velocity carries ``g`` into every later step, shrinking by μ."""
+        return self.lr * gradient_norm / (1.0 - self.momentum)
+
     def _direction(self, grad: Arrays) -> tuple[Arrays, float]:
         if not self.momentum:
             return grad, self.lr
@@ -119,9 +133,7 @@ class AdaptiveServerOptimizer(ServerOptimizer):
 
     moments = ("m", "v")
 
-    def __init__(
-        self, lr: float = 0.1, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3
-    ) -> None:
+    def __init__(self, lr: float = 0.1, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3) -> None:
         super().__init__()
         self.lr = lr
         self.beta1 = beta1
@@ -130,6 +142,11 @@ class AdaptiveServerOptimizer(ServerOptimizer):
 
     def _initial_moment(self, name: str, grad: Arrays) -> Arrays:
         return [np.full_like(g, self.tau**2 if name == "v" else 0.0) for g in grad]
+
+    def reach(self, gradient_norm: float) -> float:
+        """0: ``m / √v`` is normalised per coordinate, so a larger pseudo-gradient (noise
+        included) does not make a longer step than ``max-step-norm`` already allows for."""
+        return 0.0
 
     @abc.abstractmethod
     def _second_moment(self, v: np.ndarray, grad_sq: np.ndarray) -> np.ndarray:
@@ -164,12 +181,14 @@ class ServerAdagrad(AdaptiveServerOptimizer):
         return v + grad_sq
 
 
-SERVER_OPTIMIZERS: Mapping[str, Callable[[StrategyOptions], ServerOptimizer]] = MappingProxyType({
-    "sgd": lambda o: ServerSGD(lr=o.server_lr, momentum=o.server_momentum),
-    "adam": lambda o: ServerAdam(o.server_lr, o.server_beta1, o.server_beta2, o.server_tau),
-    "yogi": lambda o: ServerYogi(o.server_lr, o.server_beta1, o.server_beta2, o.server_tau),
-    "adagrad": lambda o: ServerAdagrad(o.server_lr, o.server_beta1, o.server_beta2, o.server_tau),
-})
+SERVER_OPTIMIZERS: Mapping[str, Callable[[StrategyOptions], ServerOptimizer]] = MappingProxyType(
+    {
+        "sgd": lambda o: ServerSGD(lr=o.server_lr, momentum=o.server_momentum),
+        "adam": lambda o: ServerAdam(o.server_lr, o.server_beta1, o.server_beta2, o.server_tau),
+        "yogi": lambda o: ServerYogi(o.server_lr, o.server_beta1, o.server_beta2, o.server_tau),
+        "adagrad": lambda o: ServerAdagrad(o.server_lr, o.server_beta1, o.server_beta2, o.server_tau),
+    }
+)
 
 
 def server_optimizer(options: StrategyOptions) -> ServerOptimizer:

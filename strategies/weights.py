@@ -68,24 +68,26 @@ def log(num_examples: int, reference: float) -> float:
     return math.log1p(num_examples) / math.log1p(reference)
 
 
-STALENESS_WEIGHTS: Mapping[str, Callable[[StrategyOptions], StalenessWeight]] = MappingProxyType({
-    "constant": lambda options: constant,
-    "polynomial": lambda options: partial(polynomial, exponent=options.staleness_exponent),
-    "hinge": lambda options: partial(
-        hinge, slope=options.staleness_hinge_slope, cutoff=options.staleness_cutoff
-    ),
-    "threshold": lambda options: partial(threshold, cutoff=options.staleness_cutoff),
-})
+STALENESS_WEIGHTS: Mapping[str, Callable[[StrategyOptions], StalenessWeight]] = MappingProxyType(
+    {
+        "constant": lambda options: constant,
+        "polynomial": lambda options: partial(polynomial, exponent=options.staleness_exponent),
+        "hinge": lambda options: partial(hinge, slope=options.staleness_hinge_slope, cutoff=options.staleness_cutoff),
+        "threshold": lambda options: partial(threshold, cutoff=options.staleness_cutoff),
+    }
+)
 
 # FLSim divides each example weight by its value at a reference count (its
 # ``avg_num_examples``) so that a typical client keeps weight ≈ 1: with ÷K
 # normalisation the server step size then does not depend on the rule chosen.
-EXAMPLE_WEIGHTS: Mapping[str, Callable[[StrategyOptions], ExampleWeight]] = MappingProxyType({
-    "equal": lambda options: equal,
-    "linear": lambda options: partial(linear, reference=options.example_reference),
-    "sqrt": lambda options: partial(sqrt, reference=options.example_reference),
-    "log": lambda options: partial(log, reference=options.example_reference),
-})
+EXAMPLE_WEIGHTS: Mapping[str, Callable[[StrategyOptions], ExampleWeight]] = MappingProxyType(
+    {
+        "equal": lambda options: equal,
+        "linear": lambda options: partial(linear, reference=options.example_reference),
+        "sqrt": lambda options: partial(sqrt, reference=options.example_reference),
+        "log": lambda options: partial(log, reference=options.example_reference),
+    }
+)
 
 
 def staleness_weight(options: StrategyOptions) -> StalenessWeight:
@@ -96,6 +98,11 @@ def staleness_weight(options: StrategyOptions) -> StalenessWeight:
 def example_weight(options: StrategyOptions) -> ExampleWeight:
     """The example weight ``e(n)`` that ``options`` select."""
     return EXAMPLE_WEIGHTS[options.example_weight](options)
+
+
+def clip_weight(weight: float, maximum: float) -> tuple[float, bool]:
+    """``(min(weight, maximum), whether it was cut)``: an example weight no client can exceed."""
+    return (maximum, True) if weight > maximum else (weight, False)
 
 
 STALE_POLICIES = ("drop", "down-weight")

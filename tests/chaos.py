@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from fedbuff.launcher import RunningFederation
+from fedbuff_ops.launcher import RunningFederation
 from tests.conftest import flower_processes
 
 T = TypeVar("T")
@@ -42,6 +42,14 @@ def wait_for(condition: Callable[[], T], timeout: float, what: str, poll: float 
             return value
         time.sleep(poll)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, exited but not yet reaped, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def submit(running: RunningFederation, log: Path, run_config: str = "") -> subprocess.Popen[bytes]:
@@ -97,8 +105,11 @@ def scrape(port: int) -> dict[tuple[str, frozenset], float]:
             text = response.read().decode()
     except OSError:
         return {}
-    return {(sample.name, frozenset(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def sample(metrics: dict[tuple[str, frozenset], float], name: str, **labels: str) -> float | None:
@@ -107,8 +118,9 @@ def sample(metrics: dict[tuple[str, frozenset], float], name: str, **labels: str
 
 def pending(found: list[dict], node: int) -> bool:
     """Whether ``node`` has a task in flight: its last dispatch came after its last reply."""
-    last = [e["event"] for e in found if e.get("node") == node and e["event"] in ("dispatch", "update",
-                                                                                    "invalid", "error")]
+    last = [
+        e["event"] for e in found if e.get("node") == node and e["event"] in ("dispatch", "update", "invalid", "error")
+    ]
     return bool(last) and last[-1] == "dispatch"
 
 

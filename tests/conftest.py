@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -10,8 +13,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FLOWER_PROCESS_MARKERS = ("flower-superlink", "flower-supernode", "flower-superexec",
-                          "flwr-serverapp", "flwr-clientapp", "flwr-simulation", "mask_service")
+FLOWER_PROCESS_MARKERS = (
+    "flower-superlink",
+    "flower-supernode",
+    "flower-superexec",
+    "flwr-serverapp",
+    "flwr-clientapp",
+    "flwr-simulation",
+    "mask_service",
+    "client_app.trainer",
+)
 
 
 def flower_processes(marker: str) -> dict[int, str]:
@@ -37,6 +48,12 @@ def flower_processes(marker: str) -> dict[int, str]:
     return found
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """End-to-end tests first: they run for minutes, so started early they overlap each other
+    and the quick unit tests fill the workers' tails (make test's wall time, not its result)."""
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
+
+
 @pytest.fixture(autouse=True)
 def flwr_home(tmp_path, monkeypatch):
     """Flower keeps connections and caches under FLWR_HOME: never the user's ~/.flwr."""
@@ -47,9 +64,24 @@ def flwr_home(tmp_path, monkeypatch):
     return home
 
 
+@pytest.fixture(autouse=True)
+def trainer_dir(monkeypatch):
+    """Warm trainers' sockets in a private directory of this test's own (short: a Unix socket
+    path has ~100 bytes, which pytest's tmp_path can exceed)."""
+    directory = tempfile.mkdtemp(prefix="fbt-")
+    monkeypatch.setenv("FEDBUFF_TRAINER_DIR", directory)
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 @pytest.fixture
-def no_leftover_processes(monkeypatch):
-    """Fail the test if a Flower process it started is still alive 10 s after it ends."""
+def no_leftover_processes(request, monkeypatch):
+    """Fail the test if a Flower process it started is still alive 10 s after it ends.
+
+    A test that starts Flower processes must be marked ``e2e`` (``make test-fast`` skips them).
+    """
+    if request.node.get_closest_marker("e2e") is None:
+        pytest.fail(f"{request.node.nodeid} starts Flower processes: mark it (or its module) e2e")
     marker = f"FEDBUFF_TEST_RUN={uuid.uuid4().hex}"
     monkeypatch.setenv("FEDBUFF_TEST_RUN", marker.split("=", 1)[1])
     yield
@@ -57,10 +89,8 @@ def no_leftover_processes(monkeypatch):
     while (leftover := flower_processes(marker)) and time.monotonic() < deadline:
         time.sleep(0.5)
     for pid in leftover:  # do not poison later tests
-        try:
+        with contextlib.suppress(OSError):
             os.kill(pid, 9)
-        except OSError:
-            pass
     assert not leftover, f"processes left behind: {leftover}"
 
 

@@ -50,15 +50,18 @@ class FakeGrid:
         return replies
 
 
-def train_reply(msg: Message, delta_fn: Callable[[list[np.ndarray]], list[np.ndarray]],
-                tier: str = "high", num_examples: int = 10) -> Message:
+def train_reply(
+    msg: Message, delta_fn: Callable[[list[np.ndarray]], list[np.ndarray]], tier: str = "high", num_examples: int = 10
+) -> Message:
     """A ClientApp-shaped reply whose delta is ``delta_fn(dispatched_arrays)``."""
     dispatched = msg.content.array_records["arrays"].to_numpy_ndarrays()
-    content = RecordDict({
-        "arrays": ArrayRecord(delta_fn(dispatched)),
-        "metrics": MetricRecord({"num-examples": num_examples, "train-seconds": 0.01}),
-        "device": ConfigRecord({"device-tier": tier}),
-    })
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(delta_fn(dispatched)),
+            "metrics": MetricRecord({"num-examples": num_examples, "train-seconds": 0.01}),
+            "device": ConfigRecord({"device-tier": tier}),
+        }
+    )
     return Message(content, reply_to=msg)
 
 

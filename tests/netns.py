@@ -51,10 +51,10 @@ def _run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str
 class Host:
     """One namespace with one interface ``eth0`` cabled to the switch."""
 
-    name: str          # logical name, e.g. "superlink"
-    netns: str         # namespace name (unique per run)
-    address: str       # IPv4 address of eth0
-    switch_port: str   # the cable's end inside the switch namespace
+    name: str  # logical name, e.g. "superlink"
+    netns: str  # namespace name (unique per run)
+    address: str  # IPv4 address of eth0
+    switch_port: str  # the cable's end inside the switch namespace
 
     def exec_argv(self, argv: list[str]) -> list[str]:
         """``argv`` run inside this host's namespace (``ip netns exec`` execs it in place)."""
@@ -89,12 +89,23 @@ class Network:
     def add_host(self, name: str) -> Host:
         """A new namespace with ``eth0`` at the next address of the subnet."""
         index = len(self.hosts) + 1
-        host = Host(name=name, netns=f"{self.prefix}-{name}", address=f"{self.subnet}.{index}",
-                    switch_port=f"p{index}")
+        host = Host(name=name, netns=f"{self.prefix}-{name}", address=f"{self.subnet}.{index}", switch_port=f"p{index}")
         self._add_namespace(host.netns)
         # Both ends are created inside namespaces: nothing ever appears in the root namespace.
-        _ip("-n", self.switch, "link", "add", host.switch_port, "type", "veth",
-            "peer", "name", "eth0", "netns", host.netns)
+        _ip(
+            "-n",
+            self.switch,
+            "link",
+            "add",
+            host.switch_port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            host.netns,
+        )
         _ip("-n", self.switch, "link", "set", host.switch_port, "master", "br0")
         _ip("-n", self.switch, "link", "set", host.switch_port, "up")
         _ip("-n", host.netns, "addr", "add", f"{host.address}/24", "dev", "eth0")
@@ -102,13 +113,31 @@ class Network:
         self.hosts[name] = host
         return host
 
-    def limit_rate(self, name: str, rate: str = "512kbit", burst: str = "16kb",
-                   latency: str = "200ms") -> None:
+    def limit_rate(self, name: str, rate: str = "512kbit", burst: str = "16kb", latency: str = "200ms") -> None:
         """Token-bucket limit both directions of ``name``'s cable (``tc qdisc ... tbf``)."""
         host = self.hosts[name]
         for netns, dev in ((host.netns, "eth0"), (self.switch, host.switch_port)):
-            _run(["ip", "netns", "exec", netns, "tc", "qdisc", "add", "dev", dev, "root", "tbf",
-                  "rate", rate, "burst", burst, "latency", latency])
+            _run(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    netns,
+                    "tc",
+                    "qdisc",
+                    "add",
+                    "dev",
+                    dev,
+                    "root",
+                    "tbf",
+                    "rate",
+                    rate,
+                    "burst",
+                    burst,
+                    "latency",
+                    latency,
+                ]
+            )
 
     def qdisc(self, name: str) -> str:
         """``tc qdisc show`` of ``name``'s eth0 (to check shaping is in place)."""

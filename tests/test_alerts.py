@@ -30,7 +30,7 @@ def test_every_alert_has_a_firing_and_a_quiet_test():
         for case in test["alert_rule_test"]:
             cases.setdefault(case["alertname"], set()).add(bool(case.get("exp_alerts")))
     names = {rule["alert"] for rule in alert_rules()}
-    assert len(names) == 7
+    assert len(names) == 8
     for name in names:
         assert cases.get(name) == {True, False}, f"{name}: tests {cases.get(name)}"
     assert set(cases) <= names

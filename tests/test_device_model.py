@@ -13,11 +13,20 @@ RATIOS = {"high": 1.0, "mid": 3.3, "low": 9.2}
 N = 200_000  # samples per moment check
 
 
-@pytest.mark.parametrize("spec", [
-    "lognormal:normalize=0", "lognormal:mu=0.5,sigma=0.3,normalize=0", "lognormal",
-    "halfnormal:normalize=0", "halfnormal:min=0,sd=2,normalize=0", "halfnormal",
-    "exponential:normalize=0", "exponential:mean=3,normalize=0", "exponential",
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "lognormal:normalize=0",
+        "lognormal:mu=0.5,sigma=0.3,normalize=0",
+        "lognormal",
+        "halfnormal:normalize=0",
+        "halfnormal:min=0,sd=2,normalize=0",
+        "halfnormal",
+        "exponential:normalize=0",
+        "exponential:mean=3,normalize=0",
+        "exponential",
+    ],
+)
 def test_sampled_moments_match(spec):
     """Seeded sample of 200k; mean within 1% and variance within 5% of the closed form
     (the standard errors are ~0.2% and ~1-2% for these distributions)."""
@@ -35,8 +44,7 @@ def test_fedscale_lognormal_raw_mean():
 
 
 def test_bad_jitter_specs():
-    for spec in ("gamma", "lognormal:sigma=-1", "exponential:mean=0", "lognormal:mean=2",
-                 "halfnormal:sd=x"):
+    for spec in ("gamma", "lognormal:sigma=-1", "exponential:mean=0", "lognormal:mean=2", "halfnormal:sd=x"):
         with pytest.raises(DeviceModelError):
             Jitter.parse(spec)
 
@@ -59,8 +67,10 @@ def test_durations_are_deterministic_per_node_and_task():
 def test_tier_ratios_hold_in_the_mean(jitter):
     """Mean emulated seconds over 20k tasks per tier keep low : mid : high within 3%."""
     model = _model(task_jitter=jitter, seed=1)
-    means = {tier: np.mean([model.for_node(i % 50, tier).compute_seconds(i, 0.0, 10)
-                            for i in range(20_000)]) for tier in RATIOS}
+    means = {
+        tier: np.mean([model.for_node(i % 50, tier).compute_seconds(i, 0.0, 10) for i in range(20_000)])
+        for tier in RATIOS
+    }
     for tier, ratio in RATIOS.items():
         assert means[tier] / means["high"] == pytest.approx(ratio, rel=0.03)
     assert means["high"] == pytest.approx(10 * 0.05, rel=0.03)  # normalised: mean factor 1
@@ -108,12 +118,12 @@ def test_always_available():
 
 
 def test_a_clientapp_draws_each_task_from_the_device_model_across_processes():
-    """client_app.app.emulated_seconds: the task number lives in context.state, so the n-th
+    """client_app.task.emulated_seconds: the task number lives in context.state, so the n-th
     task of a node gets the n-th draw whatever process runs it; a real device is not slowed."""
     from flwr.app import Context, RecordDict
 
-    from client_app.app import emulated_seconds
     from client_app.node import NodeProfile
+    from client_app.task import emulated_seconds
     from fedbuff.settings import RunSettings
 
     settings = RunSettings(task_jitter="lognormal", link_mbps="high=50,mid=20,low=5")

@@ -50,14 +50,18 @@ def tool(name: str) -> str:
     return found
 
 
-def compose(*files: Path, args: tuple[str, ...] = ("config", "-q"), env: dict[str, str] | None = None,
-            ) -> subprocess.CompletedProcess[str]:
+def compose(
+    *files: Path,
+    args: tuple[str, ...] = ("config", "-q"),
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     argv = [tool("docker-compose")]
     for file in files:
         argv += ["-f", str(file)]
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("FEDBUFF_", "COMPOSE_"))}
-    return subprocess.run([*argv, *args], capture_output=True, text=True, timeout=60,
-                          env={**clean, **(env or {})}, cwd=DOCKER)
+    return subprocess.run(
+        [*argv, *args], capture_output=True, text=True, timeout=60, env={**clean, **(env or {})}, cwd=DOCKER
+    )
 
 
 def resolved(*files: Path, profiles: tuple[str, ...] = ()) -> dict:
@@ -75,9 +79,14 @@ def scale_override(tmp_path_factory) -> Path:
     for tool_name in ("openssl", "ssh-keygen"):
         if shutil.which(tool_name) is None:
             pytest.skip(f"'{tool_name}' not installed")
-    subprocess.run(["bash", str(SCALE), "5", "--write-only", "-o", str(override)], check=True,
-                   env={**os.environ, "FEDBUFF_CREDENTIALS": str(tmp / "credentials")},
-                   capture_output=True, text=True, timeout=120)
+    subprocess.run(
+        ["bash", str(SCALE), "5", "--write-only", "-o", str(override)],
+        check=True,
+        env={**os.environ, "FEDBUFF_CREDENTIALS": str(tmp / "credentials")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return override
 
 
@@ -90,6 +99,7 @@ COMPOSE_SETS = {
 
 
 # --- docker compose config ----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", list(COMPOSE_SETS))
 def test_compose_files_are_valid(name):
@@ -121,9 +131,14 @@ def test_the_scale_override_is_valid(scale_override):
 
 def test_scaling_down_switches_base_nodes_off(tmp_path):
     override = tmp_path / "compose.scale.yml"
-    subprocess.run(["bash", str(SCALE), "2", "--write-only", "-o", str(override)], check=True,
-                   env={**os.environ, "FEDBUFF_CREDENTIALS": str(tmp_path / "credentials")},
-                   capture_output=True, text=True, timeout=120)
+    subprocess.run(
+        ["bash", str(SCALE), "2", "--write-only", "-o", str(override)],
+        check=True,
+        env={**os.environ, "FEDBUFF_CREDENTIALS": str(tmp_path / "credentials")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     services = resolved(COMPOSE, override)["services"]
     assert "supernode-2" not in services and "superexec-clientapp-2" not in services
     assert "num-partitions=2" in services["supernode-1"]["command"][-1]
@@ -131,21 +146,22 @@ def test_scaling_down_switches_base_nodes_off(tmp_path):
 
 # --- hadolint ------------------------------------------------------------------------------------
 
+
 def test_there_is_a_dockerfile():
     assert DOCKERFILES, "no docker/Dockerfile*"
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_dockerfiles_pass_hadolint(dockerfile):
-    done = subprocess.run([tool("hadolint"), "--no-color", str(dockerfile)], capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run([tool("hadolint"), "--no-color", str(dockerfile)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_dockerfile_pins_match_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    pins = dict(re.match(r"([\w-]+)(?:\[[^]]*\])?==([\w.]+)$", d).groups()
-                for d in project["dependencies"] if "==" in d)
+    pins = dict(
+        re.match(r"([\w-]+)(?:\[[^]]*\])?==([\w.]+)$", d).groups() for d in project["dependencies"] if "==" in d
+    )
     text = (DOCKER / "Dockerfile").read_text()
     assert f"ARG FLWR_VERSION={pins['flwr']}" in text
     assert f"ARG TORCH_VERSION={pins['torch']}" in text
@@ -156,8 +172,11 @@ def test_dockerfile_pins_match_pyproject():
 
 
 def test_the_build_context_holds_only_what_the_images_copy():
-    lines = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-             if line.strip() and not line.startswith("#")]
+    lines = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert lines[0] == "*", "start from an empty context"
     included = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
     copies = re.findall(r"^COPY\s+(?:--\S+\s+)*(\S+)", (DOCKER / "Dockerfile").read_text(), re.M)
@@ -166,6 +185,7 @@ def test_the_build_context_holds_only_what_the_images_copy():
 
 
 # --- Flower flags --------------------------------------------------------------------------------
+
 
 @functools.cache
 def help_options(binary: str) -> dict[str, str]:
@@ -237,8 +257,10 @@ def test_the_binaries_parse_every_command(scale_override):
         # Commands differing only in free-form values (node config, addresses) parse alike.
         shape = (binary, *(a if a.startswith("--isolation") else a.split("=", 1)[0] for a in args))
         shapes.setdefault(shape, (label, [tool(binary), *args, "--help"]))
-    running = [(label, subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
-               for label, argv in shapes.values()]
+    running = [
+        (label, subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        for label, argv in shapes.values()
+    ]
     for label, proc in running:
         _, stderr = proc.communicate(timeout=120)
         assert proc.returncode == 0, f"{label}: {stderr[-2000:]}"
@@ -247,10 +269,15 @@ def test_the_binaries_parse_every_command(scale_override):
 def test_the_deployment_is_secured():
     services = resolved(COMPOSE)["services"]
     link = services["superlink"]["command"]
-    for flag in ("--enable-supernode-auth", "--isolation=process",
-                 "--disable-runtime-dependency-installation",
-                 "--host=0.0.0.0", "--ssl-ca-certfile=/run/secrets/ca_crt",
-                 "--ssl-certfile=/run/secrets/superlink_crt", "--ssl-keyfile=/run/secrets/superlink_key"):
+    for flag in (
+        "--enable-supernode-auth",
+        "--isolation=process",
+        "--disable-runtime-dependency-installation",
+        "--host=0.0.0.0",
+        "--ssl-ca-certfile=/run/secrets/ca_crt",
+        "--ssl-certfile=/run/secrets/superlink_crt",
+        "--ssl-keyfile=/run/secrets/superlink_key",
+    ):
         assert flag in link
     assert "--insecure" not in link
     for name, spec in services.items():
@@ -270,12 +297,17 @@ def test_the_deployment_is_secured():
 
 # --- hygiene -------------------------------------------------------------------------------------
 
+
 def all_services() -> dict[str, dict]:
     merged = {}
     for files, profiles in COMPOSE_SETS.values():
         if files[0] == COMPOSE:
-            merged.update({f"{'+'.join(f.name for f in files)}:{n}": s
-                           for n, s in resolved(*files, profiles=profiles)["services"].items()})
+            merged.update(
+                {
+                    f"{'+'.join(f.name for f in files)}:{n}": s
+                    for n, s in resolved(*files, profiles=profiles)["services"].items()
+                }
+            )
     return merged
 
 
@@ -343,14 +375,14 @@ def test_the_mask_service_slot_is_profile_gated_and_its_flags_parse():
     assert slot["build"]["target"] == "mask"
     argv = [*slot["entrypoint"], *slot["command"]]
     assert argv[:3] == ["python", "-m", "mask_service"]
-    done = subprocess.run([sys.executable, *argv[1:], "--help"], capture_output=True, text=True,
-                          timeout=60, cwd=ROOT)
+    done = subprocess.run([sys.executable, *argv[1:], "--help"], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     for arg in argv[3:]:
         assert arg.split("=", 1)[0] in done.stdout, f"python -m mask_service has no {arg}"
 
 
 # --- scripts -------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("script", sorted(DOCKER.rglob("*.sh")), ids=lambda p: str(p.relative_to(DOCKER)))
 def test_scripts_parse_and_are_executable(script):
@@ -363,24 +395,35 @@ def test_generate_makes_what_flower_expects(tmp_path):
         if shutil.which(name) is None:
             pytest.skip(f"'{name}' not installed")
     out = tmp_path / "out"
-    run = lambda *a: subprocess.run(["bash", str(GENERATE), "-o", str(out), *a], check=True,  # noqa: E731
-                                    capture_output=True, text=True, timeout=60)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", str(GENERATE), "-o", str(out), *args], check=True, capture_output=True, text=True, timeout=60
+        )
+
     run("-n", "2", "--san", "10.231.9.9", "--san", "edge.example")
     ca, node_key = (out / "ca.crt").read_bytes(), (out / "node-0").read_bytes()
 
-    san = subprocess.run(["openssl", "x509", "-in", str(out / "superlink.crt"), "-noout", "-ext",
-                          "subjectAltName"], check=True, capture_output=True, text=True).stdout
-    for name in ("DNS:localhost", "IP Address:127.0.0.1", "DNS:superlink", "IP Address:10.231.9.9",
-                 "DNS:edge.example"):
+    san = subprocess.run(
+        ["openssl", "x509", "-in", str(out / "superlink.crt"), "-noout", "-ext", "subjectAltName"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    for name in ("DNS:localhost", "IP Address:127.0.0.1", "DNS:superlink", "IP Address:10.231.9.9", "DNS:edge.example"):
         assert name in san
-    subprocess.run(["openssl", "verify", "-CAfile", str(out / "ca.crt"), str(out / "superlink.crt")],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["openssl", "verify", "-CAfile", str(out / "ca.crt"), str(out / "superlink.crt")],
+        check=True,
+        capture_output=True,
+    )
     assert stat.S_IMODE(out.stat().st_mode) == 0o700
     assert stat.S_IMODE((out / "ca.key").stat().st_mode) == 0o600
 
     # Node keys: EC P-384 in OpenSSH format, loadable the way Flower loads them.
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
+
     for i in range(2):
         private = load_ssh_private_key((out / f"node-{i}").read_bytes(), password=None)
         public = load_ssh_public_key((out / "public" / f"node-{i}.pub").read_bytes())
@@ -395,8 +438,12 @@ def test_generate_makes_what_flower_expects(tmp_path):
     run("-n", "3")
     assert (out / "ca.crt").read_bytes() == ca and (out / "node-0").read_bytes() == node_key
     assert (out / "node-2").exists() and (out / "public" / "node-2.pub").exists()
-    san = subprocess.run(["openssl", "x509", "-in", str(out / "superlink.crt"), "-noout", "-ext",
-                          "subjectAltName"], check=True, capture_output=True, text=True).stdout
+    san = subprocess.run(
+        ["openssl", "x509", "-in", str(out / "superlink.crt"), "-noout", "-ext", "subjectAltName"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert "IP Address:10.231.9.9" in san
 
 

@@ -16,26 +16,30 @@ from scipy import stats
 
 from strategies import WeightedSumBuffer
 from strategies.dp import (
-    DPConfigError,
-    UserDPOptions,
     add_central_noise,
     add_noise_share,
     averaged_noise_std,
     central_noise_std,
     check_user_dp,
+    check_user_dp_values,
     clip_by_l2,
     distributed_share_std,
     flush_noise_multiplier,
     l2_norm,
 )
+from strategies.errors import SettingsError
 from tests.conftest import ROOT
 
 # -- clipping ---------------------------------------------------------------------------------
 
 update = st.lists(
-    arrays(np.float32, array_shapes(min_dims=1, max_dims=2, max_side=6),
-           elements=st.floats(-1e4, 1e4, allow_nan=False, width=32)),
-    min_size=1, max_size=4,
+    arrays(
+        np.float32,
+        array_shapes(min_dims=1, max_dims=2, max_side=6),
+        elements=st.floats(-1e4, 1e4, allow_nan=False, width=32),
+    ),
+    min_size=1,
+    max_size=4,
 )
 bounds = st.floats(1e-2, 1e3, allow_nan=False)
 
@@ -160,8 +164,9 @@ def test_averaged_noise_std_closed_forms():
     assert averaged_noise_std("distributed", 2.0, 1.0, w, buffer_size=5, k_min=5) == pytest.approx(2.0 / 5)
     # K_min < K: more noise than central, σC/√(K·K_min)
     assert averaged_noise_std("distributed", 2.0, 1.0, w, buffer_size=5, k_min=2) == pytest.approx(2.0 / math.sqrt(10))
-    assert averaged_noise_std("central", 2.0, 1.0, [0.5, 0.5], buffer_size=2,
-                              normalization="weight") == pytest.approx(2.0)
+    assert averaged_noise_std("central", 2.0, 1.0, [0.5, 0.5], buffer_size=2, normalization="weight") == pytest.approx(
+        2.0
+    )
 
 
 def test_noise_needs_a_generator_and_a_valid_std():
@@ -189,7 +194,8 @@ def test_flush_noise_multiplier():
     assert flush_noise_multiplier("distributed", sigma, [1.0] * 2, k_min=3) == pytest.approx(sigma * math.sqrt(2 / 3))
     w = [1.0, 0.5, 0.25]
     assert flush_noise_multiplier("distributed", sigma, w, k_min=3) == pytest.approx(
-        sigma * math.sqrt(sum(x * x for x in w) / 3))
+        sigma * math.sqrt(sum(x * x for x in w) / 3)
+    )
     assert flush_noise_multiplier("distributed", sigma, [0.0, 0.0], k_min=2) == math.inf
     with pytest.raises(ValueError, match="user-dp-mode"):
         flush_noise_multiplier("local", sigma, [1.0])
@@ -201,10 +207,22 @@ def test_flush_noise_multiplier():
 
 
 def settings_like(**overrides):
-    base = dict(user_dp=True, user_dp_clip=1.0, user_dp_noise_multiplier=1.0, user_dp_mode="central",
-                user_dp_k_min=0, user_dp_delta=1e-5, user_dp_epsilon_budget=0.0, strategy="fedbuff",
-                buffer_size=3, example_weight="equal", secagg=False, secagg_clip=8.0)
+    base = dict(
+        user_dp=True,
+        user_dp_clip=1.0,
+        user_dp_noise_multiplier=1.0,
+        user_dp_mode="central",
+        user_dp_k_min=0,
+        user_dp_delta=1e-5,
+        user_dp_epsilon_budget=0.0,
+        strategy="fedbuff",
+        flush_size=3,
+        example_weight="equal",
+        secagg=False,
+        secagg_clip=8.0,
+    )
     base.update(overrides)
+    base.setdefault("dp_k_min", base["user_dp_k_min"] or base["flush_size"])  # as RunSettings resolves it
     return SimpleNamespace(**base)
 
 
@@ -226,18 +244,22 @@ def settings_like(**overrides):
     ],
 )
 def test_config_errors_name_the_run_config_key(overrides, key):
-    with pytest.raises(DPConfigError, match=f"^{key} must be"):
-        check_user_dp(settings_like(**overrides))
+    with pytest.raises(SettingsError, match=f"^{key} must be"):
+        check_all(settings_like(**overrides))
+
+
+def check_all(settings) -> None:
+    """What the run settings run: the values (UserDPOptions), then the combination."""
+    check_user_dp_values(settings)
+    check_user_dp(settings)
 
 
 def test_valid_configs_pass_and_off_means_unchecked_compatibility():
-    check_user_dp(settings_like())
-    check_user_dp(settings_like(user_dp_mode="distributed", user_dp_k_min=3, secagg=True, secagg_clip=8.0))
-    check_user_dp(settings_like(user_dp=False, strategy="fedasync", example_weight="linear",
-                                user_dp_noise_multiplier=0.0))
+    check_all(settings_like())
+    check_all(settings_like(user_dp_mode="distributed", user_dp_k_min=3, secagg=True, secagg_clip=8.0))
+    check_all(settings_like(user_dp=False, strategy="fedasync", example_weight="linear", user_dp_noise_multiplier=0.0))
 
 
 def test_strategies_dp_stays_pure_numpy():
-    code = ("import sys, strategies.dp; bad = {'torch', 'flwr', 'opacus'} & set(sys.modules); "
-            "assert not bad, bad")
+    code = "import sys, strategies.dp; bad = {'torch', 'flwr', 'opacus'} & set(sys.modules); assert not bad, bad"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

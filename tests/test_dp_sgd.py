@@ -11,8 +11,6 @@ import torch
 from torch import nn
 
 from client_app.dp_sgd import (
-    DPConfigError,
-    DPSGDOptions,
     IncompatibleModelError,
     epsilon_of,
     history_from_record,
@@ -22,6 +20,7 @@ from client_app.dp_sgd import (
 from fedbuff import partitioners
 from fedbuff.data import load_digits_split
 from fedbuff.model import build_model, evaluate, get_weights, set_weights
+from fedbuff.settings import DPSGDOptions, SettingsError
 from tests.conftest import ROOT
 
 
@@ -34,8 +33,19 @@ def partition():
 
 
 def run(model, features, labels, options, *, history=None, seed=0, epochs=1, steps=0):
-    return train_dp_sgd(model, features, labels, options=options, epochs=epochs, steps=steps, batch_size=32,
-                        lr=0.5, history=history, sampling_seed=seed, noise_seed=seed + 1000)
+    return train_dp_sgd(
+        model,
+        features,
+        labels,
+        options=options,
+        epochs=epochs,
+        steps=steps,
+        batch_size=32,
+        lr=0.5,
+        history=history,
+        sampling_seed=seed,
+        noise_seed=seed + 1000,
+    )
 
 
 def test_dp_sgd_learns_and_epsilon_grows_across_messages(partition):
@@ -75,8 +85,7 @@ def test_steps_cap_and_target_epsilon(partition):
     assert result.steps == 7
     assert 1.9 <= result.epsilon <= 2.0  # Opacus calibrates σ to the steps this message takes
     assert result.noise_multiplier > 0
-    again = run(build_model(hidden_units=16, seed=0), features, labels, options, steps=7,
-                history=result.history)
+    again = run(build_model(hidden_units=16, seed=0), features, labels, options, steps=7, history=result.history)
     assert again.epsilon > result.epsilon  # the target is per message; the total keeps growing
 
 
@@ -126,13 +135,12 @@ def test_history_record_round_trip_fits_a_flower_config_record():
     ],
 )
 def test_options_errors_name_the_key(values, key):
-    with pytest.raises(DPConfigError, match=f"^{key} must be"):
+    with pytest.raises(SettingsError, match=f"^{key} must be"):
         DPSGDOptions(**{k.replace("-", "_"): v for k, v in values.items()})
 
 
 def test_importing_the_module_does_not_import_opacus_or_torch():
-    code = ("import sys, client_app.dp_sgd; bad = {'opacus', 'torch'} & set(sys.modules); "
-            "assert not bad, bad")
+    code = "import sys, client_app.dp_sgd; bad = {'opacus', 'torch'} & set(sys.modules); assert not bad, bad"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from fedbuff.launcher import LocalFederation, planned_tiers, run_local
+from fedbuff_ops.launcher import LocalFederation, planned_tiers, run_local
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -17,14 +17,17 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 def test_a_tier_correlated_run_reports_per_tier_accuracy_and_participation(tmp_path, no_leftover_processes):
     run_dir = tmp_path / "run"
     # Mild speed ratios so that every tier answers within the few steps a test can afford.
-    config = ('partitioner="tier-correlated" dirichlet-alpha=0.5 tier-strength=100 warmup-steps=20 '
-              'task-jitter="lognormal" tier-speed-ratios="high=1.0,mid=1.5,low=2.0" '
-              "emulated-step-seconds=0.01 max-server-steps=4 buffer-size=2 concurrency=3 eval-every=2 "
-              "metrics-port=0")
+    config = (
+        'partitioner="tier-correlated" dirichlet-alpha=0.5 tier-strength=100 warmup-steps=20 '
+        'task-jitter="lognormal" tier-speed-ratios="high=1.0,mid=1.5,low=2.0" '
+        "emulated-step-seconds=0.01 max-server-steps=4 buffer-size=2 concurrency=3 eval-every=2 "
+        "metrics-port=0"
+    )
     tiers = planned_tiers(3, config)
     assert sorted(tiers) == ["high", "low", "mid"]
-    summary = run_local(LocalFederation(app_dir=ROOT, run_dir=run_dir, num_nodes=3, tiers=tiers,
-                                        run_config=config), out=sys.stdout)
+    summary = run_local(
+        LocalFederation(app_dir=ROOT, run_dir=run_dir, num_nodes=3, tiers=tiers, run_config=config), out=sys.stdout
+    )
 
     assert summary["server_steps"] == 4
     assert summary["initial_model"].startswith("warm-up (20 steps")

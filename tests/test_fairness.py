@@ -12,9 +12,9 @@ import pytest
 from fedbuff import partitioners as P
 from fedbuff import run_data
 from fedbuff.datasets import DatasetUnavailable
-from fedbuff.fairness import FairnessComparison, report
-from fedbuff.launcher import planned_tiers
 from fedbuff.settings import RunSettings, SettingsError
+from fedbuff_ops.fairness import FairnessComparison, report
+from fedbuff_ops.launcher import planned_tiers
 from server_app.evaluation import CentralEvaluator, TierHoldout
 from server_app.metrics import MetricsExporter
 from server_app.stats import RunStats, largest_gap
@@ -42,8 +42,9 @@ def test_every_client_gets_its_partition_and_the_launcher_its_tier(digits):
     rows = run_data.all_client_rows(settings, digits, 6)
     assert all(np.array_equal(r, run_data.client_rows(settings, digits, p, 6)) for p, r in enumerate(rows))
     tiers = planned_tiers(6, 'partitioner="tier-correlated" dirichlet-alpha=0.3 tier-strength=100')
-    assert tiers == P.assign_tiers([digits.train.labels[r] for r in rows], settings.seed, strength=100.0,
-                                   num_classes=10)
+    assert tiers == P.assign_tiers(
+        [digits.train.labels[r] for r in rows], settings.seed, strength=100.0, num_classes=10
+    )
     assert {t: tiers.count(t) for t in P.TIERS} == P.tier_quotas(6)
     # strength 0 (and every other partitioner) is the independent baseline: the same quotas,
     # tiers drawn without looking at the data
@@ -56,7 +57,7 @@ def test_a_clientapp_caches_its_partition_whole_or_as_rows(monkeypatch, digits, 
     Flower's state push) as row indices, the data reloaded from its file."""
     from flwr.app import Context, RecordDict
 
-    from client_app import app as client
+    from client_app import task as client
     from client_app.node import NodeProfile
 
     monkeypatch.setattr(client, "STATE_CACHE_BYTES", cache_bytes)
@@ -92,8 +93,12 @@ def test_tier_holdout_weights_follow_each_tiers_labels(digits):
         weighted = np.bincount(digits.test.labels, weights=w, minlength=10) / w.sum()
         assert weighted == pytest.approx(P.label_histogram(digits.train.labels[pooled], 10))
     # a model right on exactly the classes of one tier scores best on that tier
-    low_classes = np.flatnonzero(np.bincount(digits.train.labels[np.concatenate(
-        [rows[p] for p, t in enumerate(tiers) if t == "low"])], minlength=10) > 0)
+    low_classes = np.flatnonzero(
+        np.bincount(
+            digits.train.labels[np.concatenate([rows[p] for p, t in enumerate(tiers) if t == "low"])], minlength=10
+        )
+        > 0
+    )
     correct = np.isin(digits.test.labels, low_classes)
     by_tier = holdout.accuracy_by_tier(correct)
     assert by_tier["low"] == pytest.approx(1.0)
@@ -142,9 +147,15 @@ def test_participation_share_and_per_tier_metrics():
     assert sample("fl_tier_participation_ratio", {"device_tier": "mid"}) == 0.75
     assert sample("fl_tier_participation_ratio", {"device_tier": "high"}) == 0.0
     assert sample("fl_eval_tier_accuracy_ratio", {"device_tier": "low"}) is None  # none before an eval
-    exporter.event("eval", time=2.0, version=3, loss=0.5, accuracy=0.8,
-                   accuracy_by_tier={"low": 0.6, "mid": 0.9, "node-42": 1.0, "high": float("nan")},
-                   accuracy_gap=0.3)
+    exporter.event(
+        "eval",
+        time=2.0,
+        version=3,
+        loss=0.5,
+        accuracy=0.8,
+        accuracy_by_tier={"low": 0.6, "mid": 0.9, "node-42": 1.0, "high": float("nan")},
+        accuracy_gap=0.3,
+    )
     assert sample("fl_eval_tier_accuracy_ratio", {"device_tier": "low"}) == 0.6
     assert sample("fl_eval_tier_accuracy_ratio", {"device_tier": "high"}) is None  # NaN never observed
     assert sample("fl_eval_tier_accuracy_ratio", {"device_tier": "node-42"}) is None  # bounded labels
@@ -179,7 +190,7 @@ def test_warm_up_and_initial_weights_start_from_a_trained_model(digits, tmp_path
     assert how == "random (seed 42)"
     settings = RunSettings(hidden_units=16, warmup_steps=60, warmup_fraction=0.2)
     warm, how = initial_weights(settings, fresh(), digits)
-    assert "warm-up (60 steps on 288 proxy rows)" == how
+    assert how == "warm-up (60 steps on 288 proxy rows)"
     assert np.array_equal(proxy_rows(settings, 1438), proxy_rows(settings, 1438))
     model = fresh()
     accuracy = {}
@@ -191,25 +202,28 @@ def test_warm_up_and_initial_weights_start_from_a_trained_model(digits, tmp_path
     CheckpointWriter(tmp_path).write(ServerState(warm, 7, "fedbuff"))
     loaded, how = initial_weights(RunSettings(hidden_units=16, initial_weights=str(tmp_path)), fresh(), digits)
     assert all(np.array_equal(a, b) for a, b in zip(loaded, warm)) and "version 7" in how
-    with pytest.raises(SettingsError, match="initial-weights: .* hidden-units"):
+    with pytest.raises(SettingsError, match=r"initial-weights: .* hidden-units"):
         initial_weights(RunSettings(hidden_units=8, initial_weights=str(tmp_path)), fresh(8), digits)
     with pytest.raises(SettingsError, match="initial-weights"):
         initial_weights(RunSettings(initial_weights=str(tmp_path / "nope")), fresh(64), digits)
 
 
-@pytest.mark.parametrize(("config", "message"), [
-    ({"dataset": "cifar"}, "dataset must be one of"),
-    ({"partitioner": "random"}, "partitioner must be one of"),
-    ({"partitioner": "natural"}, "partitioner must be not 'natural' with dataset 'digits'"),
-    ({"tier-strength": -1.0}, "tier-strength must be >= 0"),
-    ({"tier-mix": "low=1,mid=1"}, "tier-mix"),
-    ({"task-jitter": "gamma"}, "task-jitter"),
-    ({"availability": "onoff:online=10"}, "availability"),
-    ({"link-mbps": "high=1"}, "link-mbps"),
-    ({"warmup-fraction": 1.0}, r"warmup-fraction must be in \(0, 1\)"),
-    ({"warmup-steps": 5, "initial-weights": "runs/x"}, "warmup-steps must be 0 when initial-weights"),
-    ({"dataset": "shakespeare", "dp-sgd": True}, "dataset must be an image dataset with dp-sgd"),
-])
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"dataset": "cifar"}, "dataset must be one of"),
+        ({"partitioner": "random"}, "partitioner must be one of"),
+        ({"partitioner": "natural"}, "partitioner must be not 'natural' with dataset 'digits'"),
+        ({"tier-strength": -1.0}, "tier-strength must be >= 0"),
+        ({"tier-mix": "low=1,mid=1"}, "tier-mix"),
+        ({"task-jitter": "gamma"}, "task-jitter"),
+        ({"availability": "onoff:online=10"}, "availability"),
+        ({"link-mbps": "high=1"}, "link-mbps"),
+        ({"warmup-fraction": 1.0}, r"warmup-fraction must be in \(0, 1\)"),
+        ({"warmup-steps": 5, "initial-weights": "runs/x"}, "warmup-steps must be 0 when initial-weights"),
+        ({"dataset": "shakespeare", "dp-sgd": True}, "dataset must be an image dataset with dp-sgd"),
+    ],
+)
 def test_heterogeneity_knobs_fail_at_start_up_naming_the_key(config, message):
     with pytest.raises(SettingsError, match=message):
         RunSettings.from_run_config(config)
@@ -221,10 +235,18 @@ def test_fairness_report_reads_both_runs(tmp_path):
     assert comparison.config("tier-correlated").endswith("tier-strength=50")
     summary = dict(final_accuracy=0.8, node_tiers=["low", "mid", "high", "low"])
     results = {
-        "independent": {**summary, "participation_by_tier": {"low": 0.3, "mid": 0.4, "high": 0.3},
-                        "accuracy_by_tier": {"low": 0.8, "mid": 0.82, "high": 0.79}, "accuracy_gap": 0.03},
-        "tier-correlated": {**summary, "participation_by_tier": {"low": 0.2, "mid": 0.5, "high": 0.3},
-                            "accuracy_by_tier": {"low": 0.5, "mid": 0.9}, "accuracy_gap": 0.4},
+        "independent": {
+            **summary,
+            "participation_by_tier": {"low": 0.3, "mid": 0.4, "high": 0.3},
+            "accuracy_by_tier": {"low": 0.8, "mid": 0.82, "high": 0.79},
+            "accuracy_gap": 0.03,
+        },
+        "tier-correlated": {
+            **summary,
+            "participation_by_tier": {"low": 0.2, "mid": 0.5, "high": 0.3},
+            "accuracy_by_tier": {"low": 0.5, "mid": 0.9},
+            "accuracy_gap": 0.4,
+        },
     }
     text = report(results, 50)
     assert "tier-strength 50" in text

@@ -1,4 +1,4 @@
-"""FedBuff mechanics against hand-computed values (DESIGN.md §4)."""
+"""FedBuff mechanics against hand-computed values (docs/architecture.md, "Reference semantics")."""
 
 import numpy as np
 import pytest
@@ -34,8 +34,9 @@ def test_buffer_is_a_weighted_sum_and_refuses_a_second_update_from_one_client():
 @pytest.mark.parametrize("size", [1, CHUNK + 1, 2 * CHUNK + 13])
 def test_buffer_sum_is_the_float64_weighted_sum_exactly_and_leaves_deltas_alone(size):
     rng = np.random.default_rng(size)
-    deltas = [[rng.normal(0, 1e-3, (size,)).astype(np.float32), rng.normal(0, 1, (2, 3)).astype(np.float32)]
-              for _ in range(3)]
+    deltas = [
+        [rng.normal(0, 1e-3, (size,)).astype(np.float32), rng.normal(0, 1, (2, 3)).astype(np.float32)] for _ in range(3)
+    ]
     saved = [[d.copy() for d in delta] for delta in deltas]
     weights = [1.0, 0.7071067811865476, 0.3]
     buffer = WeightedSumBuffer()
@@ -89,8 +90,9 @@ def test_weight_normalization_cancels_staleness_when_a_whole_buffer_is_equally_s
 
 
 def test_a_buffer_with_zero_total_weight_applies_a_zero_pseudo_gradient():
-    strategy = fedbuff([1.0], buffer_size=2, buffer_normalization="weight",
-                       staleness_weight="threshold", staleness_cutoff=1)
+    strategy = fedbuff(
+        [1.0], buffer_size=2, buffer_normalization="weight", staleness_weight="threshold", staleness_cutoff=1
+    )
     assert strategy.receive(update(1, [5.0], staleness=2)).weight == 0.0
     assert strategy.receive(update(2, [7.0], staleness=3)).stepped
     np.testing.assert_array_equal(strategy.model[0], [1.0])
@@ -98,8 +100,7 @@ def test_a_buffer_with_zero_total_weight_applies_a_zero_pseudo_gradient():
 
 
 def test_example_weights_multiply_staleness_weights():
-    strategy = fedbuff([0.0], buffer_size=1, example_weight="linear", example_reference=50.0,
-                       server_lr=0.5)
+    strategy = fedbuff([0.0], buffer_size=1, example_weight="linear", example_reference=50.0, server_lr=0.5)
     receipt = strategy.receive(update(1, [2.0], staleness=3, n=200))
     assert receipt.weight == pytest.approx(4.0 * 0.5)  # e(200) = 200/50, s(3) = 1/2
     np.testing.assert_allclose(strategy.model[0], [-0.5 * 2.0 * 2.0])
@@ -113,8 +114,14 @@ def test_fedbuff_drops_updates_staler_than_max_staleness():
 
 
 def test_down_weight_policy_keeps_stale_updates_times_stale_factor():
-    strategy = fedbuff([0.0], buffer_size=1, max_staleness=2, stale_policy="down-weight",
-                       stale_factor=0.25, staleness_weight="constant")
+    strategy = fedbuff(
+        [0.0],
+        buffer_size=1,
+        max_staleness=2,
+        stale_policy="down-weight",
+        stale_factor=0.25,
+        staleness_weight="constant",
+    )
     within = strategy.receive(update(1, [4.0], staleness=2))
     beyond = strategy.receive(update(2, [4.0], staleness=3))
     assert (within.outcome, beyond.outcome) == (Outcome.ACCEPTED, Outcome.ACCEPTED)
@@ -136,8 +143,7 @@ def test_a_second_update_from_one_client_waits_for_the_next_buffer():
 
 def test_a_client_flooding_one_buffer_is_refused_past_the_pending_limit():
     strategy = fedbuff([0.0], buffer_size=2)
-    outcomes = [strategy.receive(update(7, [1.0])).outcome
-                for _ in range(FedBuff.max_pending_buffers + 1)]
+    outcomes = [strategy.receive(update(7, [1.0])).outcome for _ in range(FedBuff.max_pending_buffers + 1)]
     assert outcomes[-1] is Outcome.DUPLICATE
     assert outcomes[:-1] == [Outcome.ACCEPTED] * FedBuff.max_pending_buffers
     assert strategy.version == 0

@@ -1,5 +1,6 @@
 """The asynchronous loop's decisions: staleness, validation, error codes, stop reasons."""
 
+import json
 from collections import Counter
 
 import numpy as np
@@ -7,11 +8,12 @@ import pytest
 from flwr.common.constant import ErrorCode
 
 from fedbuff.settings import RunSettings
+from server_app.events import shape_errors
 from server_app.loop import AsyncLoop
 from server_app.nodes import NodePool
 from server_app.records import RunRecorder
 from strategies import build_strategy
-from tests.fakes import FakeGrid, distance_accuracy, half_step, one_node_errs, train_reply
+from tests.fakes import FakeGrid, distance_accuracy, error_reply, half_step, one_node_errs, train_reply
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -19,8 +21,7 @@ INITIAL = [np.zeros(4, np.float32)]
 
 
 def make_loop(tmp_path, grid, **overrides):
-    settings = RunSettings(**{"concurrency": 3, "buffer_size": 2, "max_server_steps": 5,
-                              "eval_every": 1, **overrides})
+    settings = RunSettings(**{"concurrency": 3, "buffer_size": 2, "max_server_steps": 5, "eval_every": 1, **overrides})
     strategy = build_strategy(settings, INITIAL, settings.concurrency)
     recorder = RunRecorder(tmp_path)
     return AsyncLoop(grid, strategy, settings, distance_accuracy, events=recorder)
@@ -36,6 +37,28 @@ def test_runs_to_max_server_steps_and_computes_staleness_on_the_server(tmp_path)
     # three tasks go out at version 0 but K = 2: the third one arrives one version late
     assert loop.stats.staleness_max() >= 1
     assert loop.stats.accepted == 10
+
+
+def test_every_dispatched_task_ends_answered_or_counted_in_flight_at_the_stop(tmp_path):
+    def respond(msg):
+        if msg.metadata.dst_node_id == 4:
+            return train_reply(msg, lambda arrays: [a[:-1] for a in arrays])
+        if msg.metadata.dst_node_id == 9:
+            return error_reply(msg, ErrorCode.CLIENT_APP_CRASHED)
+        return train_reply(msg, half_step)
+
+    loop = make_loop(tmp_path, FakeGrid([1, 2, 3, 4, 9], respond), concurrency=5)
+    loop.run()
+    loop.events.close()
+    events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    kinds = Counter(e["event"] for e in events)
+    (stop,) = [e for e in events if e["event"] == "stop"]
+    assert stop["reason"].startswith("max-server-steps") and stop["in_flight"] == len(loop.tasks) > 0
+    assert kinds["invalid"] and kinds["error"]
+    assert kinds["dispatch"] == kinds["update"] + kinds["invalid"] + kinds["error"] + stop["in_flight"]
+    # and every event has its kind's shape (server_app/events.py)
+    problems = [p for e in events for p in shape_errors(e["event"], {k: v for k, v in e.items() if k != "event"})]
+    assert not problems, problems
 
 
 def test_malformed_updates_are_counted_and_never_touch_the_model(tmp_path):
@@ -120,8 +143,7 @@ def test_sync_barrier_waits_for_the_whole_round_and_steps_on_survivors(tmp_path)
 
 def test_a_node_that_keeps_failing_is_backed_off_exponentially(tmp_path):
     grid = FakeGrid([1, 2, 9], one_node_errs(9, ErrorCode.CLIENT_APP_RAISED_EXCEPTION))
-    loop = make_loop(tmp_path, grid, max_server_steps=40, error_backoff_seconds=0.2,
-                     error_backoff_max_seconds=60.0)
+    loop = make_loop(tmp_path, grid, max_server_steps=40, error_backoff_seconds=0.2, error_backoff_max_seconds=60.0)
     loop.run()
     sent_to_flooder = Counter(m.metadata.dst_node_id for m in grid.pushed)[9]
     # without a back-off node 9 would get a task at every dispatch; 0.2, 0.4, 0.8 s ... leaves few
@@ -141,8 +163,7 @@ def test_a_backed_off_node_contributes_again_once_it_sends_good_updates(tmp_path
         return train_reply(msg, half_step, tier="low" if node == 9 else "high")
 
     grid = FakeGrid([1, 2, 9], respond)
-    loop = make_loop(tmp_path, grid, max_server_steps=100_000, max_wall_seconds=1.0,
-                     error_backoff_seconds=0.05)
+    loop = make_loop(tmp_path, grid, max_server_steps=100_000, max_wall_seconds=1.0, error_backoff_seconds=0.05)
     loop.run()
     assert loop.stats.rejected["non-finite"] == 2
     assert loop.stats.accepted_by_tier["low"] >= 1
@@ -178,3 +199,12 @@ def test_a_replayed_reply_is_refused_and_counted_once(tmp_path):
     loop.run()
     assert loop.stats.rejected["unknown-task"] >= 1
     assert loop.stats.accepted == 10  # the replay never entered a buffer
+
+
+def test_an_event_off_its_shape_is_named():
+    assert shape_errors("stop", {"time": 1.0, "reason": "x", "in_flight": 0}) == []
+    assert shape_errors("stop", {"time": 1.0, "reason": "x"}) == ["stop: missing in_flight"]
+    assert shape_errors(
+        "dispatch", {"time": 0.0, "node": 1, "tier": "high", "version": 0, "bytes": 8, "in_flight": 1, "colour": "red"}
+    ) == ["dispatch: unexpected colour"]
+    assert shape_errors("rumour", {}) == ["unknown event kind 'rumour'"]

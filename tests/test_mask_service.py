@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-from client_app.masking import mask_update, pinned_service_key, secagg_context, service_mask, sign_contribution
-from mask_service import MaskServiceClient, MaskServiceError
+from mask_service.client import MaskServiceClient
+from mask_service.masking import mask_update, pinned_service_key, secagg_context, service_mask, sign_contribution
 from mask_service.service import (
     KEY_FILE,
     USED_DB,
@@ -20,7 +20,7 @@ from mask_service.service import (
     StateError,
     build_server,
 )
-from mask_service.wire import UNMASK_METHOD, encode_frame
+from mask_service.wire import UNMASK_METHOD, MaskServiceError, encode_frame
 from strategies.ring import Contribution, MaskedBuffer, RingCodec, ring_sub, weighted_add, zeros
 from tests.test_secagg_support import contribution_of, make_node, random_update, register
 
@@ -44,8 +44,13 @@ class Federation:
         self.rng = np.random.default_rng(3)
 
     def start(self) -> MaskService:
-        return MaskService(self.tmp_path / "state", self.registry, k_min=self.k_min, max_weight=CODEC.max_weight,
-                           max_length=self.max_length)
+        return MaskService(
+            self.tmp_path / "state",
+            self.registry,
+            k_min=self.k_min,
+            max_weight=CODEC.max_weight,
+            max_length=self.max_length,
+        )
 
     def restart(self) -> None:
         self.service.close()
@@ -85,8 +90,14 @@ def test_unmask_returns_the_weighted_mask_sum_and_the_buffer_decodes(federation)
     buffer = MaskedBuffer(CODEC, SHAPES)
     expected = [np.zeros(s) for s in SHAPES]
     for client, ((delta, update), q) in enumerate(zip(updates, weights)):
-        buffer.add(client, update.masked, weight=q, ephemeral_public=update.ephemeral_public,
-                   signature=update.signature, node_key_fingerprint=update.node_key_fingerprint)
+        buffer.add(
+            client,
+            update.masked,
+            weight=q,
+            ephemeral_public=update.ephemeral_public,
+            signature=update.signature,
+            node_key_fingerprint=update.node_key_fingerprint,
+        )
         for e, d in zip(expected, delta):
             e += q / CODEC.weight_scale * d
     mask_sum = federation.service.unmask(CONTEXT, LENGTH, buffer.contributions)
@@ -122,8 +133,20 @@ def test_a_used_mask_is_refused_even_after_a_restart(federation):
     with refused("mask-reused"):
         federation.service.unmask(CONTEXT, LENGTH, [first[0], *fresh])
     with refused("mask-reused"):  # even with other weights, which would isolate a mask by difference
-        federation.service.unmask(CONTEXT, LENGTH, [Contribution(*[getattr(c, f) for f in (
-            "ephemeral_public", "signature", "masked_digest", "node_key_fingerprint")], 2048) for c in first])
+        federation.service.unmask(
+            CONTEXT,
+            LENGTH,
+            [
+                Contribution(
+                    *[
+                        getattr(c, f)
+                        for f in ("ephemeral_public", "signature", "masked_digest", "node_key_fingerprint")
+                    ],
+                    2048,
+                )
+                for c in first
+            ],
+        )
     fingerprint = federation.service.fingerprint
     federation.restart()
     assert federation.service.fingerprint == fingerprint  # same key after a restart
@@ -135,22 +158,28 @@ def test_a_used_mask_is_refused_even_after_a_restart(federation):
 
 def test_bad_signatures_are_refused(federation):
     good = federation.contributions(federation.nodes[:3])
-    tampered_digest = Contribution(good[0].ephemeral_public, good[0].signature, bytes(32),
-                                   good[0].node_key_fingerprint, 1024)
+    tampered_digest = Contribution(
+        good[0].ephemeral_public, good[0].signature, bytes(32), good[0].node_key_fingerprint, 1024
+    )
     with refused("bad-signature"):
         federation.service.unmask(CONTEXT, LENGTH, [tampered_digest, *good[1:]])
     # node 3 claims node 0's contribution: its key did not sign it
-    claimed = Contribution(good[0].ephemeral_public, good[0].signature, good[0].masked_digest,
-                           federation.nodes[3].fingerprint, 1024)
+    claimed = Contribution(
+        good[0].ephemeral_public, good[0].signature, good[0].masked_digest, federation.nodes[3].fingerprint, 1024
+    )
     with refused("bad-signature"):
         federation.service.unmask(CONTEXT, LENGTH, [claimed, *good[1:]])
     with refused("bad-signature"):  # signed for another context (another run)
         federation.service.unmask(secagg_context(43, LENGTH), LENGTH, good)
     # a server-made contribution, signed by a registered key over a different ephemeral key
     node = federation.nodes[0]
-    forged = Contribution(bytes(32), sign_contribution(node.key, good[0].ephemeral_public, CONTEXT,
-                                                       good[0].masked_digest),
-                          good[0].masked_digest, node.fingerprint, 1024)
+    forged = Contribution(
+        bytes(32),
+        sign_contribution(node.key, good[0].ephemeral_public, CONTEXT, good[0].masked_digest),
+        good[0].masked_digest,
+        node.fingerprint,
+        1024,
+    )
     with refused("bad-signature"):
         federation.service.unmask(CONTEXT, LENGTH, [forged, *good[1:]])
     federation.service.unmask(CONTEXT, LENGTH, good)  # nothing was burnt by the refusals
@@ -162,8 +191,9 @@ def test_unregistered_node_key_is_refused(federation, tmp_path):
     with refused("unknown-node"):
         federation.service.unmask(CONTEXT, LENGTH, contributions)
     with refused("malformed"):
-        bad = Contribution(contributions[0].ephemeral_public, contributions[0].signature,
-                           contributions[0].masked_digest, "not-hex", 1)
+        bad = Contribution(
+            contributions[0].ephemeral_public, contributions[0].signature, contributions[0].masked_digest, "not-hex", 1
+        )
         federation.service.unmask(CONTEXT, LENGTH, [bad, *contributions[1:]])
 
 
@@ -236,10 +266,13 @@ def test_grpc_shell_in_process(federation):
             contributions = federation.contributions(federation.nodes[:3])
             expected = zeros(LENGTH)
             for c in contributions:
-                weighted_add(expected, service_mask(federation.service._key, c.ephemeral_public, CONTEXT, LENGTH),
-                             c.weight)
-            as_tuples = [(c.ephemeral_public, c.signature, c.masked_digest, c.node_key_fingerprint, c.weight)
-                         for c in contributions]
+                weighted_add(
+                    expected, service_mask(federation.service._key, c.ephemeral_public, CONTEXT, LENGTH), c.weight
+                )
+            as_tuples = [
+                (c.ephemeral_public, c.signature, c.masked_digest, c.node_key_fingerprint, c.weight)
+                for c in contributions
+            ]
             assert np.array_equal(client.unmask(CONTEXT, as_tuples, LENGTH), expected)
             cases = {
                 "mask-reused": (contributions, grpc.StatusCode.ALREADY_EXISTS),
@@ -250,9 +283,21 @@ def test_grpc_shell_in_process(federation):
                     client.unmask(CONTEXT, items, LENGTH)
                 assert err.value.reason == reason and err.value.code == code
             # a negative weight never reaches the service logic
-            negative = encode_frame({"context": "", "length": 4, "contributions": [
-                {"ephemeral_public": "A" * 43 + "=", "signature": "AA==", "masked_digest": "00" * 32,
-                 "node_key_fingerprint": "ab" * 32, "weight": -1}]})
+            negative = encode_frame(
+                {
+                    "context": "",
+                    "length": 4,
+                    "contributions": [
+                        {
+                            "ephemeral_public": "A" * 43 + "=",
+                            "signature": "AA==",
+                            "masked_digest": "00" * 32,
+                            "node_key_fingerprint": "ab" * 32,
+                            "weight": -1,
+                        }
+                    ],
+                }
+            )
             raw = client._channel.unary_unary(UNMASK_METHOD)
             with pytest.raises(grpc.RpcError) as err:
                 raw(negative, timeout=10)

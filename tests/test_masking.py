@@ -1,4 +1,4 @@
-"""Client-side masking (client_app/masking.py): mask derivation, signatures, pinned service key."""
+"""Client-side masking (mask_service/masking.py): mask derivation, signatures, pinned service key."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from client_app.masking import (
+from mask_service.masking import (
     NODE_SERVICE_FINGERPRINT,
     NODE_SIGNING_KEY,
     NodeSecAggConfig,
@@ -146,10 +146,11 @@ def test_keys_made_by_ssh_keygen_load_and_fingerprint_like_ssh_keygen(tmp_path):
     key = load_signing_key(node.private_path)
     public = load_node_public_key(node.public_path.read_text())
     assert node_key_fingerprint(key) == node_key_fingerprint(public)
-    shown = subprocess.run(["ssh-keygen", "-l", "-E", "sha256", "-f", str(node.public_path)],
-                           check=True, capture_output=True, text=True).stdout.split()[1]
+    shown = subprocess.run(
+        ["ssh-keygen", "-l", "-E", "sha256", "-f", str(node.public_path)], check=True, capture_output=True, text=True
+    ).stdout.split()[1]
     assert shown.startswith("SHA256:")
-    digest = base64.b64decode(shown[len("SHA256:"):] + "=" * (-len(shown) % 4))
+    digest = base64.b64decode(shown[len("SHA256:") :] + "=" * (-len(shown) % 4))
     assert digest.hex() == node_key_fingerprint(public)
 
 
@@ -169,18 +170,19 @@ def test_only_p384_node_keys_are_accepted(tmp_path):
 def test_normalize_fingerprint():
     pin = "ab" * 32
     assert normalize_fingerprint(f" SHA256:{pin.upper()} ") == pin
-    assert normalize_fingerprint(":".join(pin[i:i + 2] for i in range(0, 64, 2))) == pin
+    assert normalize_fingerprint(":".join(pin[i : i + 2] for i in range(0, 64, 2))) == pin
     with pytest.raises(ValueError):
         normalize_fingerprint("ab" * 31)
 
 
 def test_rooms_masking_and_ring_import_no_torch_flower_or_grpc():
-    """DESIGN.md §2: ring.py is pure numpy; the client masking adds only cryptography."""
+    """ring.py is pure numpy; the client masking adds only cryptography (docs/architecture.md,
+    "Import rules")."""
     code = (
         "import sys; import strategies.ring;"
         "bad = [m for m in ('cryptography', 'flwr', 'torch', 'grpc') if m in sys.modules];"
         "assert not bad, bad;"
-        "import client_app.masking;"
+        "import mask_service.masking;"
         "bad = [m for m in ('flwr', 'torch', 'grpc') if m in sys.modules];"
         "assert not bad, bad"
     )

@@ -45,8 +45,9 @@ def test_exporter_matches_the_loop_books(tmp_path):
     for tier in ("high", "mid", "low"):
         assert value("fl_updates_total", outcome="accepted", device_tier=tier) == stats.accepted_by_tier[tier]
     assert value("fl_invalid_updates_total", reason="non-finite") == stats.rejected["non-finite"] > 0
-    assert sum(value("fl_stragglers_total", reason="ttl", device_tier=t) for t in TIERS) \
-        == stats.errors["ttl-expired"] > 0
+    assert (
+        sum(value("fl_stragglers_total", reason="ttl", device_tier=t) for t in TIERS) == stats.errors["ttl-expired"] > 0
+    )
     replies = sum(value("fl_updates_total", outcome=o, device_tier=t) for o in OUTCOMES for t in TIERS)
     assert replies == stats.accepted + stats.refused + sum(stats.errors.values())
     assert value("fl_round_trip_seconds_count", device_tier="high") > 0

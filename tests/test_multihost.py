@@ -21,6 +21,7 @@ the shaped node still contributes; an unregistered key and a plaintext client ar
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -34,8 +35,9 @@ from pathlib import Path
 
 import pytest
 
-from fedbuff.launcher import ProcessGroup, find_binary
+from fedbuff_ops.launcher import ProcessGroup, find_binary
 from tests import netns
+from tests.chaos import wait_for
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(720)]
@@ -44,8 +46,8 @@ COMPOSE_FILE = ROOT / "docker" / "compose.yml"
 GENERATE = ROOT / "docker" / "certs" / "generate.sh"
 REGISTER = ROOT / "docker" / "certs" / "register.sh"
 NODES = ("supernode-0", "supernode-1", "supernode-2")
-KILLED = "supernode-1"       # tier mid
-SHAPED = "supernode-2"       # tier low
+KILLED = "supernode-1"  # tier mid
+SHAPED = "supernode-2"  # tier low
 SHAPED_RATE = "512kbit"
 SUPERLINK_PORT = 8000
 # A SIGKILLed node is reported NODE_UNAVAILABLE ~40-62 s later (heartbeat every ~20 s, offline
@@ -55,8 +57,10 @@ SUPERLINK_PORT = 8000
 # x 0.02 s) on top of a round trip of >= ~4.7 s (SuperNode poll 3 s, SuperExec poll 1 s, process
 # start): 11 steps take >= ~80 s (measured here: ~10 s a step).
 MAX_SERVER_STEPS = 11
-RUN_CONFIG = (f"max-server-steps={MAX_SERVER_STEPS} buffer-size=2 concurrency=3 eval-every=5 "
-              "emulated-step-seconds=0.02 task-ttl-seconds=120 max-wall-seconds=480")
+RUN_CONFIG = (
+    f"max-server-steps={MAX_SERVER_STEPS} buffer-size=2 concurrency=3 eval-every=5 "
+    "emulated-step-seconds=0.02 task-ttl-seconds=120 max-wall-seconds=480"
+)
 # Flower's exit code for "could not connect / activate"; it is logged ("Exit Code: 305") while
 # the process itself exits with status 1.
 REFUSED_EXIT_CODE = 305
@@ -78,6 +82,7 @@ def _requirements_or_skip() -> None:
 
 # --- compose → local command lines --------------------------------------------------------------
 
+
 def _compose_binary() -> str | None:
     beside = Path(sys.executable).with_name("docker-compose")
     return str(beside) if beside.exists() else shutil.which("docker-compose")
@@ -88,8 +93,14 @@ def compose_config(credentials: Path) -> dict:
     binary = _compose_binary()
     assert binary is not None
     env = {**os.environ, "FEDBUFF_CREDENTIALS": str(credentials)}
-    done = subprocess.run([binary, "-f", str(COMPOSE_FILE), "config", "--format", "json"],
-                          env=env, capture_output=True, text=True, check=True, timeout=60)
+    done = subprocess.run(
+        [binary, "-f", str(COMPOSE_FILE), "config", "--format", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     return json.loads(done.stdout)
 
 
@@ -152,6 +163,7 @@ class Localizer:
 
 # --- the deployment ------------------------------------------------------------------------------
 
+
 class Deployment:
     """Namespaces, credentials and processes of one test; :meth:`close` removes all of them."""
 
@@ -178,21 +190,35 @@ class Deployment:
         home = self.tmp / "homes" / name
         home.mkdir(parents=True, exist_ok=True)
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-        return {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
-                "PYTHONUNBUFFERED": "1", "PATH": path, **(extra or {})}
+        return {
+            **os.environ,
+            "FLWR_HOME": str(home),
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "PYTHONUNBUFFERED": "1",
+            "PATH": path,
+            **(extra or {}),
+        }
 
-    def start(self, name: str, host: str, argv: list[str],
-              extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, host: str, argv: list[str], extra_env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         full = self.net.hosts[host].exec_argv(argv)
         proc = self.group.start(name, full, self.env(name, extra_env), self.logs / f"{name}.log")
         self.procs[name] = proc
         return proc
 
-    def run(self, host: str, argv: list[str], extra_env: dict[str, str] | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, host: str, argv: list[str], extra_env: dict[str, str] | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         """A short command on ``host`` as the operator ("admin", whose FLWR_HOME holds the connection)."""
-        return subprocess.run(self.net.hosts[host].exec_argv(argv), env=self.env("admin", extra_env),
-                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            self.net.hosts[host].exec_argv(argv),
+            env=self.env("admin", extra_env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
 
     def log(self, name: str) -> str:
         path = self.logs / f"{name}.log"
@@ -201,10 +227,8 @@ class Deployment:
     def kill(self, *names: str) -> None:
         """SIGKILL whole process groups: a machine losing power."""
         for name in names:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.procs[name].pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     def close(self) -> None:
         try:
@@ -227,17 +251,8 @@ def deployment(no_leftover_processes, tmp_path):
         print(f"\n[multihost] logs in {dep.logs}")
 
 
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 # --- the test ------------------------------------------------------------------------------------
+
 
 def test_compose_topology_across_network_namespaces(deployment: Deployment, tmp_path: Path):
     dep = deployment
@@ -246,13 +261,23 @@ def test_compose_topology_across_network_namespaces(deployment: Deployment, tmp_
     superlink_ip = dep.net.hosts["superlink"].address
 
     # Credentials exactly as an operator makes them, plus the SuperLink's namespace address as SAN.
-    subprocess.run(["bash", str(GENERATE), "-o", str(dep.credentials), "-n", str(len(NODES)),
-                    "--san", superlink_ip], check=True, capture_output=True, text=True, timeout=60)
+    subprocess.run(
+        ["bash", str(GENERATE), "-o", str(dep.credentials), "-n", str(len(NODES)), "--san", superlink_ip],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     rogue_key = tmp_path / "rogue-node"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-f", str(rogue_key)],
-                   check=True, timeout=30)
-    san = subprocess.run(["openssl", "x509", "-in", str(dep.credentials / "superlink.crt"), "-noout",
-                          "-ext", "subjectAltName"], check=True, capture_output=True, text=True).stdout
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-f", str(rogue_key)], check=True, timeout=30
+    )
+    san = subprocess.run(
+        ["openssl", "x509", "-in", str(dep.credentials / "superlink.crt"), "-noout", "-ext", "subjectAltName"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     for name in ("DNS:localhost", "IP Address:127.0.0.1", "DNS:superlink", f"IP Address:{superlink_ip}"):
         assert name in san, san
 
@@ -274,7 +299,8 @@ def test_compose_topology_across_network_namespaces(deployment: Deployment, tmp_
         def healthy() -> bool:
             assert dep.procs[service].poll() is None, dep.log(service)
             return dep.run(host, argv_, timeout=10).returncode == 0
-        wait_until(healthy, 60, f"the health check of {service}")
+
+        wait_for(healthy, 60, f"the health check of {service}")
 
     # SuperLink first; everything else waits for it to be healthy.
     dep.start("superlink", "superlink", loc.argv("superlink"))
@@ -290,13 +316,19 @@ def test_compose_topology_across_network_namespaces(deployment: Deployment, tmp_
     (admin_home / "config.toml").write_text(
         '[superlink]\ndefault = "multihost"\n\n'
         f'[superlink.multihost]\naddress = "{dep.superlink_address()}"\n'
-        f'root-certificates = "{dep.credentials / "ca.crt"}"\n', encoding="utf-8")
+        f'root-certificates = "{dep.credentials / "ca.crt"}"\n',
+        encoding="utf-8",
+    )
     register_env = loc.environment("register-supernodes")
-    passes = {"compose job": (loc.argv("register-supernodes"), register_env, "registered node-"),
-              "compose job again": (loc.argv("register-supernodes"), register_env,
-                                    "already registered: node-"),
-              "register.sh": (["bash", str(REGISTER), "multihost", str(dep.credentials / "public")],
-                              {"FLWR": find_binary("flwr")}, "already registered: node-")}
+    passes = {
+        "compose job": (loc.argv("register-supernodes"), register_env, "registered node-"),
+        "compose job again": (loc.argv("register-supernodes"), register_env, "already registered: node-"),
+        "register.sh": (
+            ["bash", str(REGISTER), "multihost", str(dep.credentials / "public")],
+            {"FLWR": find_binary("flwr")},
+            "already registered: node-",
+        ),
+    }
     for label, (argv_, env_, expected) in passes.items():
         done = dep.run("superlink", argv_, env_, timeout=120)
         assert done.returncode == 0, f"{label}: {done.stdout}{done.stderr}"
@@ -312,22 +344,47 @@ def test_compose_topology_across_network_namespaces(deployment: Deployment, tmp_
 
     # Refused: a key nobody registered (Flower exits 305) and a client without TLS.
     supernode = find_binary("flower-supernode")
-    dep.start("rogue-unregistered", "outsider", [
-        supernode, f"--superlink={dep.superlink_address()}",
-        f"--root-certificates={dep.credentials / 'ca.crt'}", f"--auth-supernode-private-key={rogue_key}",
-        "--host=127.0.0.1", "--port=9094", '--node-config=partition-id=0 num-partitions=3 device-tier="high"',
-    ])
-    dep.start("rogue-plaintext", "outsider", [
-        supernode, "--insecure", f"--superlink={dep.superlink_address()}", "--max-retries=2",
-        "--max-wait-time=20", "--host=127.0.0.1", "--port=9095",
-        '--node-config=partition-id=1 num-partitions=3 device-tier="high"',
-    ])
+    dep.start(
+        "rogue-unregistered",
+        "outsider",
+        [
+            supernode,
+            f"--superlink={dep.superlink_address()}",
+            f"--root-certificates={dep.credentials / 'ca.crt'}",
+            f"--auth-supernode-private-key={rogue_key}",
+            "--host=127.0.0.1",
+            "--port=9094",
+            '--node-config=partition-id=0 num-partitions=3 device-tier="high"',
+        ],
+    )
+    dep.start(
+        "rogue-plaintext",
+        "outsider",
+        [
+            supernode,
+            "--insecure",
+            f"--superlink={dep.superlink_address()}",
+            "--max-retries=2",
+            "--max-wait-time=20",
+            "--host=127.0.0.1",
+            "--port=9095",
+            '--node-config=partition-id=1 num-partitions=3 device-tier="high"',
+        ],
+    )
 
     # Submit the run from the SuperLink's machine, like `flwr run . <connection>`.
     run_dir = tmp_path / "run"
-    argv = dep.net.hosts["superlink"].exec_argv([
-        find_binary("flwr"), "run", str(ROOT), "multihost", "--stream",
-        "--run-config", f'run-dir="{run_dir}" {RUN_CONFIG}'])
+    argv = dep.net.hosts["superlink"].exec_argv(
+        [
+            find_binary("flwr"),
+            "run",
+            str(ROOT),
+            "multihost",
+            "--stream",
+            "--run-config",
+            f'run-dir="{run_dir}" {RUN_CONFIG}',
+        ]
+    )
     lines: list[str] = []
     killed_at: list[float] = []
     restarted_at: list[float] = []
@@ -347,12 +404,22 @@ def test_compose_topology_across_network_namespaces(deployment: Deployment, tmp_
                 if "retired (unavailable)" in line and killed_at and not restarted_at:
                     # The machine comes back with the same key: same node id, admitted again.
                     dep.start(f"{KILLED}-restarted", KILLED, loc.argv(KILLED))
-                    dep.start(f"superexec-clientapp-{KILLED[-1]}-restarted", KILLED,
-                              loc.argv(f"superexec-clientapp-{KILLED[-1]}"))
+                    dep.start(
+                        f"superexec-clientapp-{KILLED[-1]}-restarted",
+                        KILLED,
+                        loc.argv(f"superexec-clientapp-{KILLED[-1]}"),
+                    )
                     restarted_at.append(time.monotonic())
 
-    run = subprocess.Popen(argv, env=dep.env("admin"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+    run = subprocess.Popen(
+        argv,
+        env=dep.env("admin"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
     timings["run submitted"] = time.monotonic() - t0
     reader = threading.Thread(target=pump, args=(run,), daemon=True)
     reader.start()
@@ -378,18 +445,18 @@ def test_compose_topology_across_network_namespaces(deployment: Deployment, tmp_
     assert summary["stop_reason"].startswith("max-server-steps"), summary
     assert summary["errors_by_reason"].get("node-unavailable", 0) >= 1, (summary, output[-3000:])
     killed_id = int(re.search(r"SuperNode ID: (\d+)", dep.log(KILLED)).group(1))
-    assert any(e["event"] == "error" and e.get("node") == killed_id and e.get("reason") == "node-unavailable"
-               for e in events), f"no node-unavailable error for the killed node {killed_id}"
+    assert any(
+        e["event"] == "error" and e.get("node") == killed_id and e.get("reason") == "node-unavailable" for e in events
+    ), f"no node-unavailable error for the killed node {killed_id}"
     node_events = [e["state"] for e in events if e["event"] == "node" and e["node"] == killed_id]
     # "left" (gone from the SuperLink's online list) may come before "retired" (its task failed).
     assert node_events[0] == "admitted" and "retired" in node_events, f"the killed node {killed_id}: {node_events}"
     assert restarted_at, "the retirement never showed in the run's output"
-    wait_until(lambda: "SuperNode ID:" in dep.log(f"{KILLED}-restarted"), 30, "the restarted node")
+    wait_for(lambda: "SuperNode ID:" in dep.log(f"{KILLED}-restarted"), 30, "the restarted node")
     restarted_id = int(re.search(r"SuperNode ID: (\d+)", dep.log(f"{KILLED}-restarted")).group(1))
     assert restarted_id == killed_id, "with SuperNode authentication the node id is stable per key"
     killed_ip = re.escape(dep.net.hosts[KILLED].address)
-    activations = re.findall(rf'{killed_ip}:\d+ - "POST /v1/fleet/activate-node HTTP/1.1" 200',
-                             dep.log("superlink"))
+    activations = re.findall(rf'{killed_ip}:\d+ - "POST /v1/fleet/activate-node HTTP/1.1" 200', dep.log("superlink"))
     assert len(activations) == 2, "the restarted node was not let in again"
     # The loop re-admits a retired node 30 s after retiring it, often after this short run ended.
     print(f"[multihost] killed node {killed_id}: {node_events}")
@@ -400,14 +467,15 @@ def test_compose_topology_across_network_namespaces(deployment: Deployment, tmp_
     # the plaintext client never got an answer. Flower exits 305 in both cases.
     outsider = dep.net.hosts["outsider"].address
     unregistered = dep.procs["rogue-unregistered"]
-    wait_until(lambda: unregistered.poll() is not None, 60, "the unregistered SuperNode to exit")
+    wait_for(lambda: unregistered.poll() is not None, 60, "the unregistered SuperNode to exit")
     assert unregistered.returncode == 1, dep.log("rogue-unregistered")
     assert f"Exit Code: {REFUSED_EXIT_CODE}" in dep.log("rogue-unregistered")
     assert "Failed to activate SuperNode" in dep.log("rogue-unregistered")
-    assert re.search(rf'{re.escape(outsider)}:\d+ - "POST /v1/fleet/activate-node HTTP/1.1" 412',
-                     dep.log("superlink")), "the SuperLink did not refuse the unregistered key"
+    assert re.search(
+        rf'{re.escape(outsider)}:\d+ - "POST /v1/fleet/activate-node HTTP/1.1" 412', dep.log("superlink")
+    ), "the SuperLink did not refuse the unregistered key"
     plaintext = dep.procs["rogue-plaintext"]
-    wait_until(lambda: plaintext.poll() is not None, 60, "the plaintext SuperNode to give up")
+    wait_for(lambda: plaintext.poll() is not None, 60, "the plaintext SuperNode to give up")
     assert plaintext.returncode == 1, dep.log("rogue-plaintext")
     assert f"Exit Code: {REFUSED_EXIT_CODE}" in dep.log("rogue-plaintext")
     assert "Server disconnected without sending a response" in dep.log("rogue-plaintext")

@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from fedbuff.launcher import LocalFederation, free_port, run_local
+from fedbuff_ops.launcher import LocalFederation, free_port, run_local
 from tests.conftest import ROOT
 from tests.test_prometheus import Prometheus, concrete, dashboard_queries, require_binary
 
@@ -47,15 +47,18 @@ def test_a_live_run_feeds_every_dashboard_panel_and_writes_plots(tmp_path, no_le
     prometheus = Prometheus(tmp_path, f"127.0.0.1:{metrics_port}")
     runner = threading.Thread(target=run, daemon=True)
     runner.start()
+
     def scraped():
         assert "error" not in outcome, outcome["error"]
         return prometheus.query('up{job="fedbuff-serverapp"} == 1')["data"]["result"]
 
     try:
         prometheus.wait_for("the ServerApp to be scraped", scraped, timeout=180)
-        prometheus.wait_for("a few server steps", lambda: any(
-            float(r["value"][1]) >= 3 for r in prometheus.query("fl_model_version")["data"]["result"]),
-            timeout=180)
+        prometheus.wait_for(
+            "a few server steps",
+            lambda: any(float(r["value"][1]) >= 3 for r in prometheus.query("fl_model_version")["data"]["result"]),
+            timeout=180,
+        )
 
         problems = []
         for title, expr in dashboard_queries():
@@ -67,8 +70,9 @@ def test_a_live_run_feeds_every_dashboard_panel_and_writes_plots(tmp_path, no_le
         assert not problems, "\n".join(problems)
 
         scrape = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read()
-        checked = subprocess.run([require_binary("promtool"), "check", "metrics"], input=scrape,
-                                 capture_output=True, timeout=60)
+        checked = subprocess.run(
+            [require_binary("promtool"), "check", "metrics"], input=scrape, capture_output=True, timeout=60
+        )
         assert checked.returncode == 0, checked.stdout + checked.stderr
     finally:
         runner.join(timeout=400)

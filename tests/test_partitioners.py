@@ -54,8 +54,7 @@ def test_natural_partitions_hold_whole_ids():
         for role in set(ids[rows]):
             assert owners.setdefault(role, p) == p  # a role never spans partitions
     assert sum(len(r) for r in parts) == 500
-    assert all(np.array_equal(a, b) for a, b in
-               zip(parts, P.all_partitions("natural", y, 6, seed=4, natural_ids=ids)))
+    assert all(np.array_equal(a, b) for a, b in zip(parts, P.all_partitions("natural", y, 6, seed=4, natural_ids=ids)))
     with pytest.raises(P.PartitionError, match="natural ids"):
         P.partition("natural", y, 6, 0, seed=4)
     with pytest.raises(P.PartitionError, match="cannot fill"):
@@ -98,8 +97,9 @@ def test_assign_tiers_is_deterministic_and_respects_quotas(labels):
         tiers = P.assign_tiers(client_labels, 9, strength=strength)
         assert tiers == P.assign_tiers(client_labels, 9, strength=strength)
         assert {t: tiers.count(t) for t in P.TIERS} == P.tier_quotas(20)
-    assert P.partition_tiers("tier-correlated", labels, 20, 9, strength=100.0, alpha=0.3) == \
-        P.assign_tiers(client_labels, 9, strength=100.0, num_classes=10)
+    assert P.partition_tiers("tier-correlated", labels, 20, 9, strength=100.0, alpha=0.3) == P.assign_tiers(
+        client_labels, 9, strength=100.0, num_classes=10
+    )
 
 
 def test_independent_baseline_ignores_the_data(labels):
@@ -122,8 +122,7 @@ def _mean_divergence(labels, strength: float, seeds=range(6)) -> float:
         client_labels = [labels[p] for p in parts]
         tiers = P.assign_tiers(client_labels, seed, strength=strength)
         keep = [i for i, t in enumerate(tiers) if t != "high"]
-        values.append(P.tier_label_divergence([client_labels[i] for i in keep],
-                                              [tiers[i] for i in keep], 10))
+        values.append(P.tier_label_divergence([client_labels[i] for i in keep], [tiers[i] for i in keep], 10))
     return float(np.mean(values))
 
 

@@ -21,7 +21,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -29,12 +29,20 @@ import pytest
 from server_app.metrics import MetricsConfig, MetricsExporter
 from tests.test_metrics import synthetic_events
 
+pytestmark = pytest.mark.e2e  # promtool and a real Prometheus process
+
 ROOT = Path(__file__).resolve().parents[1]
 PROMETHEUS_DIR = ROOT / "docker" / "prometheus"
 DASHBOARD = ROOT / "docker" / "grafana" / "dashboards" / "fedbuff.json"
 # Grafana's template variables, made concrete for a Prometheus that scrapes every second.
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "5s", "$__range": "1m",
-                     "${__rate_interval}": "1m", "${__interval}": "5s", "${__range}": "1m"}
+GRAFANA_VARIABLES = {
+    "$__rate_interval": "1m",
+    "$__interval": "5s",
+    "$__range": "1m",
+    "${__rate_interval}": "1m",
+    "${__interval}": "5s",
+    "${__range}": "1m",
+}
 
 
 def require_binary(name: str) -> str:
@@ -49,8 +57,9 @@ def require_binary(name: str) -> str:
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([require_binary("promtool"), *args], cwd=PROMETHEUS_DIR, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [require_binary("promtool"), *args], cwd=PROMETHEUS_DIR, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_require_binary_skips_locally_and_fails_in_ci(monkeypatch):
@@ -65,6 +74,7 @@ def test_require_binary_skips_locally_and_fails_in_ci(monkeypatch):
 
 # -- promtool ---------------------------------------------------------------------------------
 
+
 @pytest.mark.timeout(60)
 def test_promtool_checks_the_prometheus_config():
     result = promtool("check", "config", "prometheus.yml")
@@ -75,7 +85,7 @@ def test_promtool_checks_the_prometheus_config():
 def test_promtool_checks_the_alert_rules():
     result = promtool("check", "rules", "alerts.yml")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 7 rules found" in result.stdout
+    assert "SUCCESS: 8 rules found" in result.stdout
 
 
 @pytest.mark.timeout(60)
@@ -86,6 +96,7 @@ def test_promtool_alert_unit_tests_pass():
 
 
 # -- a real Prometheus ------------------------------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -100,19 +111,27 @@ class Prometheus:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         config = workdir / "prometheus.yml"
-        config.write_text(json.dumps({  # JSON is YAML
-            "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(PROMETHEUS_DIR / "alerts.yml")],
-            "scrape_configs": [{"job_name": "fedbuff-serverapp",
-                                "static_configs": [{"targets": [target]}]}],
-        }))
+        config.write_text(
+            json.dumps(
+                {  # JSON is YAML
+                    "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+                    "rule_files": [str(PROMETHEUS_DIR / "alerts.yml")],
+                    "scrape_configs": [{"job_name": "fedbuff-serverapp", "static_configs": [{"targets": [target]}]}],
+                }
+            )
+        )
         self.log_path = workdir / "prometheus.log"
-        self._log = open(self.log_path, "w")
+        self._log = open(self.log_path, "w")  # noqa: SIM115 (Prometheus writes it until stop() closes it)
         self.process = subprocess.Popen(
-            [require_binary("prometheus"), f"--config.file={config}",
-             f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
-             "--log.level=warn"],
-            stdout=self._log, stderr=subprocess.STDOUT,
+            [
+                require_binary("prometheus"),
+                f"--config.file={config}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--log.level=warn",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
 
     def get(self, path: str, **params: str) -> dict:
@@ -204,14 +223,16 @@ def prometheus(tmp_path, live_exporter):
 
 def dashboard_queries() -> list[tuple[str, str]]:
     """(panel title, PromQL) for every target of every panel, rows included."""
+
     def walk(panels):
         for panel in panels:
             yield panel
             yield from walk(panel.get("panels", []))
 
     dashboard = json.loads(DASHBOARD.read_text())
-    return [(panel["title"], target["expr"]) for panel in walk(dashboard["panels"])
-            for target in panel.get("targets", [])]
+    return [
+        (panel["title"], target["expr"]) for panel in walk(dashboard["panels"]) for target in panel.get("targets", [])
+    ]
 
 
 def concrete(expr: str) -> str:
@@ -227,12 +248,17 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus(prometheus, l
     way Grafana would use it: each panel query (template variables made concrete) is sent to
     a real Prometheus scraping a live exporter and must be valid and return finite data.
     """
-    prometheus.wait_for("the target to be scraped", lambda: prometheus.query(
-        'up{job="fedbuff-serverapp"} == 1')["data"]["result"])
+    prometheus.wait_for(
+        "the target to be scraped", lambda: prometheus.query('up{job="fedbuff-serverapp"} == 1')["data"]["result"]
+    )
     # rate() needs two samples in its window and the feeder keeps counters moving: wait for three
-    prometheus.wait_for("three scrapes", lambda: any(
-        float(r["value"][1]) >= 3 for r in prometheus.query(
-            "count_over_time(fl_server_steps_total[1m])")["data"]["result"]))
+    prometheus.wait_for(
+        "three scrapes",
+        lambda: any(
+            float(r["value"][1]) >= 3
+            for r in prometheus.query("count_over_time(fl_server_steps_total[1m])")["data"]["result"]
+        ),
+    )
 
     queries = dashboard_queries()
     assert len(queries) >= 20
@@ -251,27 +277,31 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus(prometheus, l
 def epoch(rfc3339: str) -> float:
     """Seconds since the epoch of an API timestamp such as 2026-01-02T03:04:05.123456789Z."""
     stamp, _, fraction = rfc3339.rstrip("Z").partition(".")
-    seconds = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
+    seconds = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp()
     return seconds + float(f"0.{fraction or 0}")
 
 
 @pytest.mark.timeout(150)
 def test_alert_rules_evaluate_cleanly_on_live_data(prometheus, live_exporter):
-    first = prometheus.wait_for("the first sample", lambda: prometheus.query(
-        "fl_model_version")["data"]["result"])
+    first = prometheus.wait_for("the first sample", lambda: prometheus.query("fl_model_version")["data"]["result"])
     data_since = float(first[0]["value"][0])
 
     def rules_after_data():
-        rules = [rule for group in prometheus.get("/api/v1/rules")["data"]["groups"]
-                 for rule in group["rules"]]
+        rules = [rule for group in prometheus.get("/api/v1/rules")["data"]["groups"] for rule in group["rules"]]
         done = rules and all(epoch(r["lastEvaluation"]) > data_since for r in rules)
         return rules if done else None
 
     rules = prometheus.wait_for("a rule evaluation on scraped data", rules_after_data)
     assert {r["name"] for r in rules} == {
-        "FedbuffServerDown", "FedbuffModelVersionStalled", "FedbuffBufferStuck",
-        "FedbuffInvalidUpdateRatioHigh", "FedbuffStalenessHigh", "FedbuffDropoutRatioHigh",
-        "FedbuffTierParticipationCollapsed"}
+        "FedbuffServerDown",
+        "FedbuffModelVersionStalled",
+        "FedbuffBufferStuck",
+        "FedbuffInvalidUpdateRatioHigh",
+        "FedbuffStalenessHigh",
+        "FedbuffDropoutRatioHigh",
+        "FedbuffTierParticipationCollapsed",
+        "FedbuffServerStepRefused",
+    }
     for rule in rules:
         assert rule["health"] == "ok", (rule["name"], rule.get("lastError"))
     # a healthy, busy run: nothing may be firing

@@ -54,15 +54,14 @@ def test_encode_decode_round_trip_within_half_a_step(codec, shapes, seed):
     vector = codec.encode(arrays)
     assert vector.dtype == np.uint64 and vector.size == sum(a.size for a in arrays)
     decoded = codec.decode(vector, [a.shape for a in arrays])
-    step = 2.0 ** -codec.scale_bits
+    step = 2.0**-codec.scale_bits
     for original, back in zip(arrays, decoded, strict=True):
         assert back.shape == original.shape
         assert np.all(np.abs(back - original.astype(np.float64)) <= step / 2 + 1e-12)
 
 
 @PROPERTY
-@given(values=hnp.arrays(np.float32, st.integers(1, 40),
-                         elements=st.floats(-1e6, 1e6, allow_nan=False, width=32)))
+@given(values=hnp.arrays(np.float32, st.integers(1, 40), elements=st.floats(-1e6, 1e6, allow_nan=False, width=32)))
 def test_values_beyond_clip_are_clipped_and_negatives_are_twos_complement(values):
     codec = RingCodec(scale_bits=16, clip=2.0)
     vector = codec.encode([values])
@@ -192,18 +191,37 @@ def test_headroom_exceeded_past_max_summands_is_refused_by_the_buffer_and_the_ch
     codec = RingCodec(scale_bits=8, clip=1.0, max_weight=2, max_summands=2)
     buffer = MaskedBuffer(codec, [(2,)])
     for client in range(2):
-        buffer.add(client, codec.encode([np.ones(2)]), weight=2, ephemeral_public=bytes([client]) * 32,
-                   signature=b"s", node_key_fingerprint="f")
+        buffer.add(
+            client,
+            codec.encode([np.ones(2)]),
+            weight=2,
+            ephemeral_public=bytes([client]) * 32,
+            signature=b"s",
+            node_key_fingerprint="f",
+        )
     with pytest.raises(RingOverflowError, match="max_summands"):
-        buffer.add(9, codec.encode([np.ones(2)]), weight=1, ephemeral_public=b"\x09" * 32,
-                   signature=b"s", node_key_fingerprint="f")
+        buffer.add(
+            9,
+            codec.encode([np.ones(2)]),
+            weight=1,
+            ephemeral_public=b"\x09" * 32,
+            signature=b"s",
+            node_key_fingerprint="f",
+        )
     with pytest.raises(RingOverflowError, match="2\\^63"):
         codec.overflow_count(zeros(2), 2**62)
 
 
 def test_invalid_codecs_are_refused():
-    for kwargs in ({"scale_bits": -1}, {"scale_bits": 63}, {"clip": 0.0}, {"clip": float("nan")},
-                   {"max_weight": 0}, {"max_summands": 0}, {"weight_scale": 0}):
+    for kwargs in (
+        {"scale_bits": -1},
+        {"scale_bits": 63},
+        {"clip": 0.0},
+        {"clip": float("nan")},
+        {"max_weight": 0},
+        {"max_summands": 0},
+        {"weight_scale": 0},
+    ):
         with pytest.raises(ValueError):
             RingCodec(**kwargs)
     with pytest.raises(TypeError):
@@ -288,8 +306,9 @@ def test_masked_buffer_matches_plain_weighted_sum():
         mask = random_masks(rng, 1, 10)[0]
         masked = codec.encode(update)
         weighted_add(masked, mask, 1)
-        contribution = buffer.add(client, masked, weight=q, ephemeral_public=bytes([client]) * 32,
-                                  signature=b"sig", node_key_fingerprint="ab")
+        contribution = buffer.add(
+            client, masked, weight=q, ephemeral_public=bytes([client]) * 32, signature=b"sig", node_key_fingerprint="ab"
+        )
         assert contribution.masked_digest == ring_digest(masked) and contribution.weight == q
         masks.append((mask, q))
         floats.append(weight)

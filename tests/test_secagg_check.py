@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from client_app.masking import secagg_context, service_mask, sign_contribution
-from mask_service import MaskServiceClient, MaskServiceError
+from mask_service.client import MaskServiceClient
+from mask_service.masking import secagg_context, service_mask, sign_contribution
 from mask_service.service import build_server
-from mask_service.wire import CHECK_METHOD, encode_frame
+from mask_service.wire import CHECK_METHOD, MaskServiceError, encode_frame
 from server_app.metrics import INVALID_REASONS
 from server_app.secagg import masked_validator
 from server_app.validation import REJECTION_REASONS, Rejection
@@ -60,8 +60,9 @@ def test_check_accepts_a_good_contribution_and_burns_nothing(federation):
     for c in good:
         service.check(CONTEXT, c, LENGTH)
         service.check(CONTEXT, c)  # length is optional
-        service.check(CONTEXT, Contribution(c.ephemeral_public, c.signature, c.masked_digest,
-                                            c.node_key_fingerprint.upper(), 0))
+        service.check(
+            CONTEXT, Contribution(c.ephemeral_public, c.signature, c.masked_digest, c.node_key_fingerprint.upper(), 0)
+        )
     assert service.used_count == 0
     assert service.unmask(CONTEXT, LENGTH, good).shape == (LENGTH,)  # nothing was burnt by the checks
     assert service.used_count == 3
@@ -76,8 +77,11 @@ def test_check_refuses_what_unmask_would_refuse_with_the_same_reasons(federation
     with refused("bad-signature"):  # the vector was changed after signing
         service.check(CONTEXT, with_digest(a, bytes(32)), LENGTH)
     with refused("bad-signature"):  # another registered node claims it
-        service.check(CONTEXT, Contribution(a.ephemeral_public, a.signature, a.masked_digest,
-                                            federation.nodes[3].fingerprint, 1), LENGTH)
+        service.check(
+            CONTEXT,
+            Contribution(a.ephemeral_public, a.signature, a.masked_digest, federation.nodes[3].fingerprint, 1),
+            LENGTH,
+        )
     with refused("bad-signature"):  # signed for another run
         service.check(secagg_context(43, LENGTH), a, LENGTH)
     outsider = make_node(tmp_path / "outsiders", "outsider")
@@ -85,8 +89,13 @@ def test_check_refuses_what_unmask_would_refuse_with_the_same_reasons(federation
     with refused("unknown-node"):
         service.check(CONTEXT, stranger, LENGTH)
     with refused("weight-out-of-range"):
-        service.check(CONTEXT, Contribution(a.ephemeral_public, a.signature, a.masked_digest,
-                                            a.node_key_fingerprint, CODEC.max_weight + 1), LENGTH)
+        service.check(
+            CONTEXT,
+            Contribution(
+                a.ephemeral_public, a.signature, a.masked_digest, a.node_key_fingerprint, CODEC.max_weight + 1
+            ),
+            LENGTH,
+        )
     with refused("too-long"):
         service.check(CONTEXT, a, federation.max_length + 1)
     with refused("malformed"):
@@ -97,8 +106,13 @@ def test_check_refuses_what_unmask_would_refuse_with_the_same_reasons(federation
         service.check(CONTEXT, Contribution(a.ephemeral_public, a.signature, a.masked_digest, "not-hex", 1))
     # a registered node signs a low-order ephemeral key: valid signature, unusable key
     node = federation.nodes[0]
-    low_order = Contribution(bytes(32), sign_contribution(node.key, bytes(32), CONTEXT, a.masked_digest),
-                             a.masked_digest, node.fingerprint, 1)
+    low_order = Contribution(
+        bytes(32),
+        sign_contribution(node.key, bytes(32), CONTEXT, a.masked_digest),
+        a.masked_digest,
+        node.fingerprint,
+        1,
+    )
     with refused("malformed"):
         service.check(CONTEXT, low_order, LENGTH)
     service.unmask(CONTEXT, LENGTH, [a, b])  # none of the refused checks burnt a mask
@@ -110,15 +124,19 @@ def test_check_over_grpc(federation, served):
     good = federation.contributions(federation.nodes[:2])
     for c in good:
         assert served.check(CONTEXT, c, LENGTH) is None
-    as_tuple = tuple(getattr(good[0], f) for f in (
-        "ephemeral_public", "signature", "masked_digest", "node_key_fingerprint", "weight"))
+    as_tuple = tuple(
+        getattr(good[0], f)
+        for f in ("ephemeral_public", "signature", "masked_digest", "node_key_fingerprint", "weight")
+    )
     served.check(CONTEXT, as_tuple)
     assert federation.service.used_count == 0
     np.testing.assert_array_equal(served.unmask(CONTEXT, good, LENGTH), served_sum(federation, good))
     cases = {
         "mask-reused": (good[0], grpc.StatusCode.ALREADY_EXISTS),
-        "bad-signature": (with_digest(federation.contributions(federation.nodes[:1])[0], bytes(32)),
-                          grpc.StatusCode.UNAUTHENTICATED),
+        "bad-signature": (
+            with_digest(federation.contributions(federation.nodes[:1])[0], bytes(32)),
+            grpc.StatusCode.UNAUTHENTICATED,
+        ),
     }
     for reason, (item, code) in cases.items():
         with pytest.raises(MaskServiceError) as err:
@@ -145,16 +163,20 @@ def served_sum(federation, contributions):
 
 
 def reply(update, num_examples: int = 10) -> RecordDict:
-    """A ClientApp-shaped secure-aggregation reply (client_app/app.py)."""
-    return RecordDict({
-        "arrays": ArrayRecord([update.masked]),
-        "metrics": MetricRecord({"num-examples": num_examples}),
-        "secagg": ConfigRecord({
-            "ephemeral-public": update.ephemeral_public,
-            "signature": update.signature,
-            "node-key-fingerprint": update.node_key_fingerprint,
-        }),
-    })
+    """A ClientApp-shaped secure-aggregation reply (client_app/task.py)."""
+    return RecordDict(
+        {
+            "arrays": ArrayRecord([update.masked]),
+            "metrics": MetricRecord({"num-examples": num_examples}),
+            "secagg": ConfigRecord(
+                {
+                    "ephemeral-public": update.ephemeral_public,
+                    "signature": update.signature,
+                    "node-key-fingerprint": update.node_key_fingerprint,
+                }
+            ),
+        }
+    )
 
 
 def test_new_reasons_are_bounded_and_exported():
@@ -162,8 +184,9 @@ def test_new_reasons_are_bounded_and_exported():
         assert reason in REJECTION_REASONS and reason in INVALID_REASONS
 
 
-def test_refused_contributions_are_rejected_on_arrival_and_the_buffer_still_flushes(federation, served, tmp_path,
-                                                                                   caplog):
+def test_refused_contributions_are_rejected_on_arrival_and_the_buffer_still_flushes(
+    federation, served, tmp_path, caplog
+):
     validate = masked_validator(served, CONTEXT, LENGTH, timeout=10)
     options = StrategyOptions(buffer_size=3)
     secure = SecureFedBuff(initial(), options, CODEC, unmask_with(federation))
@@ -182,7 +205,7 @@ def test_refused_contributions_are_rejected_on_arrival_and_the_buffer_still_flus
 
     (d0, u0), (d1, u1), (d2, u2), (_, old) = federation.updates(federation.nodes)
     # an update unmasked in an earlier buffer (the service burnt its mask), then replayed
-    (_, partner), = federation.updates(federation.nodes[1:2])
+    ((_, partner),) = federation.updates(federation.nodes[1:2])
     federation.service.unmask(CONTEXT, LENGTH, [contribution_of(old, 1), contribution_of(partner, 1)])
     # a vector changed after the client signed it (a forged or corrupted contribution)
     tampered = reply(u1)
@@ -191,11 +214,12 @@ def test_refused_contributions_are_rejected_on_arrival_and_the_buffer_still_flus
     tampered["arrays"] = ArrayRecord([forged_vector])
     # an unregistered node
     outsider = make_node(tmp_path / "outsiders", "outsider")
-    (_, stranger), = federation.updates([outsider])
+    ((_, stranger),) = federation.updates([outsider])
     # a registered node's key, signing for a different digest than the vector sent
     forged = reply(u2)
-    forged["secagg"]["signature"] = sign_contribution(federation.nodes[2].key, u2.ephemeral_public, CONTEXT,
-                                                      ring_digest(forged_vector))
+    forged["secagg"]["signature"] = sign_contribution(
+        federation.nodes[2].key, u2.ephemeral_public, CONTEXT, ring_digest(forged_vector)
+    )
 
     caplog.set_level("WARNING", logger="server_app.secagg")
     arrive(0, reply(u0), d0)
@@ -215,7 +239,7 @@ def test_refused_contributions_are_rejected_on_arrival_and_the_buffer_still_flus
 
 def test_a_malformed_reply_is_rejected_before_the_service_is_asked(federation, served):
     validate = masked_validator(served, CONTEXT, LENGTH)
-    (_, update), = federation.updates(federation.nodes[:1])
+    ((_, update),) = federation.updates(federation.nodes[:1])
     content = reply(update)
     del content["secagg"]
     assert validate(content).reason == "mask-envelope"
@@ -229,7 +253,7 @@ def test_an_unreachable_service_rejects_the_update_and_never_raises(federation):
     server.stop(0).wait()
     try:
         validate = masked_validator(client, CONTEXT, LENGTH, timeout=2)
-        (_, update), = federation.updates(federation.nodes[:1])
+        ((_, update),) = federation.updates(federation.nodes[:1])
         checked = validate(reply(update))
         assert isinstance(checked, Rejection) and checked.reason == "mask-service-unavailable"
         client.close()  # even a closed channel is a rejection, not an exception

@@ -1,6 +1,6 @@
 """Secure aggregation end to end with the mask service as a real process on a loopback port.
 
-Real clients mask (client_app.masking), a server-side masked buffer adds weighted masked
+Real clients mask (mask_service.masking), a server-side masked buffer adds weighted masked
 vectors (strategies.ring), and the service (``python -m mask_service``) answers the mask
 sum through its gRPC stub; nothing here ever adds a plaintext update on the server side.
 """
@@ -19,7 +19,8 @@ import grpc
 import numpy as np
 import pytest
 
-from client_app.masking import (
+from mask_service.client import MaskServiceClient
+from mask_service.masking import (
     NODE_SERVICE_FINGERPRINT,
     NODE_SIGNING_KEY,
     NodeSecAggConfig,
@@ -27,11 +28,11 @@ from client_app.masking import (
     mask_update,
     secagg_context,
 )
-from mask_service import MaskServiceClient, MaskServiceError
+from mask_service.wire import MaskServiceError
 from strategies.ring import Contribution, MaskedBuffer, RingCodec
 from tests.test_secagg_support import ROOT, contribution_of, make_node, random_update, register
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 SHAPES = [(8, 6), (6,), (3, 2)]
 LENGTH = sum(int(np.prod(s)) for s in SHAPES)
@@ -59,10 +60,25 @@ class ServiceProcess:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            self.command("--registered-keys", str(self.registry), "--host", "127.0.0.1", "--port", "0",
-                         "--k-min", str(self.k_min), "--max-weight", str(CODEC.max_weight),
-                         "--max-length", "100000"),
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=self._log, text=True,
+            self.command(
+                "--registered-keys",
+                str(self.registry),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--k-min",
+                str(self.k_min),
+                "--max-weight",
+                str(CODEC.max_weight),
+                "--max-length",
+                "100000",
+            ),
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
         )
         lines: queue.Queue[str | None] = queue.Queue()
 
@@ -111,12 +127,22 @@ class Deployment:
             register(self.registry, node)
         self.service = ServiceProcess(tmp_path / "mask-state", self.registry, tmp_path / "mask-service.log")
         # provisioning: the operator reads the fingerprint once and pins it in every node config
-        printed = subprocess.run(self.service.command("--print-fingerprint"), cwd=ROOT, check=True,
-                                 capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        printed = subprocess.run(
+            self.service.command("--print-fingerprint"),
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
         self.pinned = dict(line.split("=", 1) for line in printed.stdout.split())["fingerprint"]
         self.node_configs = [
-            {"partition-id": i, "num-partitions": nodes, NODE_SIGNING_KEY: str(node.private_path),
-             NODE_SERVICE_FINGERPRINT: self.pinned}
+            {
+                "partition-id": i,
+                "num-partitions": nodes,
+                NODE_SIGNING_KEY: str(node.private_path),
+                NODE_SERVICE_FINGERPRINT: self.pinned,
+            }
             for i, node in enumerate(self.nodes)
         ]
         self.service.start()
@@ -171,8 +197,14 @@ def test_async_buffers_unmask_to_the_weighted_sum_of_deltas(deployment):
             continue  # dropped: the server never sees it, the service is never asked
         weight = staleness_weight(tau)
         q = CODEC.quantize_weight(weight)
-        buffer.add(node, update.masked, weight=q, ephemeral_public=update.ephemeral_public,
-                   signature=update.signature, node_key_fingerprint=update.node_key_fingerprint)
+        buffer.add(
+            node,
+            update.masked,
+            weight=q,
+            ephemeral_public=update.ephemeral_public,
+            signature=update.signature,
+            node_key_fingerprint=update.node_key_fingerprint,
+        )
         float_weights.append(weight)
         for r, d in zip(reference, delta):
             r += weight * d.astype(np.float64)
@@ -200,8 +232,10 @@ def test_refusals_over_the_wire(deployment, tmp_path):
     context = secagg_context(run_id=6, length=LENGTH)
 
     def contributions(nodes, weight=65536):
-        return [contribution_of(deployment.client_step(i, random_update(rng, SHAPES), relayed, context), weight)
-                for i in nodes]
+        return [
+            contribution_of(deployment.client_step(i, random_update(rng, SHAPES), relayed, context), weight)
+            for i in nodes
+        ]
 
     def refusal(items, reason, code):
         with pytest.raises(MaskServiceError) as err:
@@ -211,16 +245,22 @@ def test_refusals_over_the_wire(deployment, tmp_path):
 
     refusal(contributions([0, 1]), "too-few", grpc.StatusCode.FAILED_PRECONDITION)
     good = contributions([0, 1, 2])
-    bad = Contribution(good[0].ephemeral_public, good[0].signature[:-2] + b"\0\0", good[0].masked_digest,
-                       good[0].node_key_fingerprint, 65536)
+    bad = Contribution(
+        good[0].ephemeral_public,
+        good[0].signature[:-2] + b"\0\0",
+        good[0].masked_digest,
+        good[0].node_key_fingerprint,
+        65536,
+    )
     refusal([bad, *good[1:]], "bad-signature", grpc.StatusCode.UNAUTHENTICATED)
     outsider = make_node(tmp_path / "outsiders", "outsider")
     service_key = NodeSecAggConfig.from_node_config(deployment.node_configs[0]).service_key(relayed)
-    foreign = contribution_of(mask_update(random_update(rng, SHAPES), CODEC, service_key, outsider.key, context),
-                              65536)
+    foreign = contribution_of(mask_update(random_update(rng, SHAPES), CODEC, service_key, outsider.key, context), 65536)
     refusal([foreign, *good[1:]], "unknown-node", grpc.StatusCode.PERMISSION_DENIED)
-    heavy = Contribution(*[getattr(good[0], f) for f in ("ephemeral_public", "signature", "masked_digest",
-                                                         "node_key_fingerprint")], CODEC.max_weight + 1)
+    heavy = Contribution(
+        *[getattr(good[0], f) for f in ("ephemeral_public", "signature", "masked_digest", "node_key_fingerprint")],
+        CODEC.max_weight + 1,
+    )
     refusal([heavy, *good[1:]], "weight-out-of-range", grpc.StatusCode.OUT_OF_RANGE)
     refusal([*good, good[1]], "duplicate-mask", grpc.StatusCode.INVALID_ARGUMENT)
     # none of the refusals burnt a mask
@@ -232,8 +272,9 @@ def test_a_used_mask_stays_used_across_a_service_restart(deployment):
     rng = np.random.default_rng(3)
     context = secagg_context(run_id=7, length=LENGTH)
     relayed = deployment.client.public_key()
-    used = [contribution_of(deployment.client_step(i, random_update(rng, SHAPES), relayed, context), 1000)
-            for i in range(3)]
+    used = [
+        contribution_of(deployment.client_step(i, random_update(rng, SHAPES), relayed, context), 1000) for i in range(3)
+    ]
     deployment.client.unmask(context, used, LENGTH)
     assert deployment.restart_service() == 0  # SIGTERM: a clean exit
     assert deployment.service.fingerprint == deployment.pinned  # same key, nodes need not re-pin
@@ -242,8 +283,10 @@ def test_a_used_mask_stays_used_across_a_service_restart(deployment):
     assert err.value.reason == "mask-reused"
     # new contributions still work after the restart
     relayed = deployment.client.public_key()
-    fresh = [contribution_of(deployment.client_step(i, random_update(rng, SHAPES), relayed, context), 1000)
-             for i in range(3, 6)]
+    fresh = [
+        contribution_of(deployment.client_step(i, random_update(rng, SHAPES), relayed, context), 1000)
+        for i in range(3, 6)
+    ]
     assert deployment.client.unmask(context, fresh, LENGTH).shape == (LENGTH,)
 
 
@@ -255,8 +298,9 @@ def test_client_refuses_a_service_key_the_server_swapped(deployment, tmp_path):
             swapped = other.public_key()
         assert impostor.fingerprint != deployment.pinned
         with pytest.raises(ServiceKeyMismatch, match="does not match"):
-            deployment.client_step(0, random_update(np.random.default_rng(0), SHAPES), swapped,
-                                   secagg_context(run_id=8, length=LENGTH))
+            deployment.client_step(
+                0, random_update(np.random.default_rng(0), SHAPES), swapped, secagg_context(run_id=8, length=LENGTH)
+            )
     finally:
         assert impostor.stop() == 0
 
@@ -266,6 +310,10 @@ def test_bad_state_exits_with_a_message(tmp_path):
     registry = tmp_path / "missing-registry"
     result = subprocess.run(
         [sys.executable, "-m", "mask_service", "--state-dir", str(state), "--registered-keys", str(registry)],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2 and "does not exist" in result.stderr

@@ -12,7 +12,7 @@ import numpy as np
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from client_app.masking import MaskedUpdate, mask_update, node_key_fingerprint
+from mask_service.masking import MaskedUpdate, mask_update, node_key_fingerprint
 from strategies.ring import Contribution, RingCodec, ring_digest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,11 +39,12 @@ def make_node(directory: Path, name: str, curve: ec.EllipticCurve | None = None)
     directory.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(curve or ec.SECP384R1())
     private_path, public_path = directory / name, directory / f"{name}.pub"
-    private_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                               serialization.NoEncryption()))
+    private_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+    )
     os.chmod(private_path, 0o600)
-    public_path.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                                          serialization.PublicFormat.OpenSSH) + b" " + name.encode() + b"\n")
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    public_path.write_bytes(public + b" " + name.encode() + b"\n")
     return Node(key, private_path, public_path)
 
 
@@ -54,8 +55,11 @@ def ssh_keygen_node(directory: Path, name: str) -> Node | None:
         return None
     directory.mkdir(parents=True, exist_ok=True)
     private_path = directory / name
-    subprocess.run([binary, "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-C", name, "-f", str(private_path)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [binary, "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-C", name, "-f", str(private_path)],
+        check=True,
+        capture_output=True,
+    )
     key = serialization.load_ssh_private_key(private_path.read_bytes(), password=None)
     return Node(key, private_path, directory / f"{name}.pub")
 
@@ -72,8 +76,9 @@ def random_update(rng: np.random.Generator, shapes, scale: float = 0.5) -> list[
 
 def contribution_of(update: MaskedUpdate, weight: int) -> Contribution:
     """The server's view of one masked update: digest computed from the received vector."""
-    return Contribution(update.ephemeral_public, update.signature, ring_digest(update.masked),
-                        update.node_key_fingerprint, weight)
+    return Contribution(
+        update.ephemeral_public, update.signature, ring_digest(update.masked), update.node_key_fingerprint, weight
+    )
 
 
 def masked_by(node: Node, delta, codec: RingCodec, service_public_key, context: bytes) -> MaskedUpdate:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mask_service import MaskServiceError
+from mask_service.wire import MaskServiceError
 from strategies import ClientUpdate, FedBuff, Outcome, StrategyOptions
 from strategies.base import FlushError, MaskEnvelope
 from strategies.secure_fedbuff import SecureFedBuff
@@ -21,12 +21,18 @@ def unmask_with(federation):
             return federation.service.unmask(CONTEXT, length, contributions)
         except MaskServiceError as err:
             raise FlushError("unmask-refused", str(err)) from err
+
     return unmask
 
 
 def masked(update, client, staleness):
-    return ClientUpdate(client, [update.masked], 10, staleness, MaskEnvelope(
-        update.ephemeral_public, update.signature, update.node_key_fingerprint))
+    return ClientUpdate(
+        client,
+        [update.masked],
+        10,
+        staleness,
+        MaskEnvelope(update.ephemeral_public, update.signature, update.node_key_fingerprint),
+    )
 
 
 @pytest.fixture
@@ -43,7 +49,7 @@ def initial():
 def test_masked_fedbuff_matches_plaintext_fedbuff_within_quantisation(federation):
     plain = FedBuff(initial(), OPTIONS)
     secure = SecureFedBuff(initial(), OPTIONS, CODEC, unmask_with(federation))
-    for round_ in range(2):
+    for _round in range(2):
         for client, ((delta, update), tau) in enumerate(zip(federation.updates(federation.nodes[:3]), (0, 1, 3))):
             plain.receive(ClientUpdate(client, delta, 10, tau))
             receipt = secure.receive(masked(update, client, tau))
@@ -59,7 +65,7 @@ def test_a_buffer_the_service_refuses_is_dropped_and_the_model_does_not_move(fed
     (_, first), (_, second) = federation.updates(federation.nodes[:2])
     secure.receive(masked(first, 0, 0))
     # someone replays the first mask to the service behind the server's back: it is burnt
-    (_, other), = federation.updates(federation.nodes[3:4])
+    ((_, other),) = federation.updates(federation.nodes[3:4])
     federation.service.unmask(CONTEXT, first.masked.size, [contribution_of(first, 1), contribution_of(other, 1)])
     receipt = secure.receive(masked(second, 1, 0))
     assert receipt.flush_error == "unmask-refused" and not receipt.stepped
@@ -69,7 +75,7 @@ def test_a_buffer_the_service_refuses_is_dropped_and_the_model_does_not_move(fed
 
 def test_a_replayed_mask_in_one_buffer_is_refused_before_it_is_added(federation):
     secure = SecureFedBuff(initial(), StrategyOptions(buffer_size=3), CODEC, unmask_with(federation))
-    (_, update), = federation.updates(federation.nodes[:1])
+    ((_, update),) = federation.updates(federation.nodes[:1])
     secure.receive(masked(update, 0, 0))
     with pytest.raises(ValueError, match="already in the buffer"):
         secure.receive(masked(update, 1, 0))
@@ -83,21 +89,34 @@ def test_the_secure_buffer_only_accepts_masked_ring_vectors(federation):
     from server_app.validation import Rejection, validate_masked_reply
     from strategies.ring import MaskedBuffer
 
-    (delta, update), = federation.updates(federation.nodes[:1])
+    ((delta, update),) = federation.updates(federation.nodes[:1])
     buffer = MaskedBuffer(CODEC, SHAPES)
     flat = np.concatenate([d.ravel() for d in delta])
     with pytest.raises(TypeError, match="uint64"):
-        buffer.add(0, flat, weight=1, ephemeral_public=update.ephemeral_public, signature=update.signature,
-                   node_key_fingerprint=update.node_key_fingerprint)
+        buffer.add(
+            0,
+            flat,
+            weight=1,
+            ephemeral_public=update.ephemeral_public,
+            signature=update.signature,
+            node_key_fingerprint=update.node_key_fingerprint,
+        )
     secure = SecureFedBuff(initial(), OPTIONS, CODEC, unmask_with(federation))
     with pytest.raises(ValueError, match="masked vector"):
         secure.receive(ClientUpdate(0, delta, 10, 0))  # no envelope: a plaintext update
-    reply = RecordDict({
-        "arrays": ArrayRecord([flat]),
-        "metrics": MetricRecord({"num-examples": 10}),
-        "secagg": ConfigRecord({"ephemeral-public": update.ephemeral_public, "signature": update.signature,
-                                "node-key-fingerprint": update.node_key_fingerprint}),
-    })
+    reply = RecordDict(
+        {
+            "arrays": ArrayRecord([flat]),
+            "metrics": MetricRecord({"num-examples": 10}),
+            "secagg": ConfigRecord(
+                {
+                    "ephemeral-public": update.ephemeral_public,
+                    "signature": update.signature,
+                    "node-key-fingerprint": update.node_key_fingerprint,
+                }
+            ),
+        }
+    )
     checked = validate_masked_reply(reply, flat.size)
     assert isinstance(checked, Rejection) and checked.reason == "dtype"
     assert secure.buffer_fill == 0 and len(buffer) == 0

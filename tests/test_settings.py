@@ -41,8 +41,10 @@ def test_overrides_are_typed_and_ints_widen_to_floats():
         ({"max-wall-seconds": float("nan")}, "max-wall-seconds must be > 0"),
         ({"max-update-bytes": -1}, "max-update-bytes must be >= 0"),
         ({"error-backoff-seconds": -1.0}, "error-backoff-seconds must be >= 0"),
-        ({"error-backoff-seconds": 10.0, "error-backoff-max-seconds": 5.0},
-         "error-backoff-max-seconds must be >= error-backoff-seconds"),
+        (
+            {"error-backoff-seconds": 10.0, "error-backoff-max-seconds": 5.0},
+            "error-backoff-max-seconds must be >= error-backoff-seconds",
+        ),
     ],
 )
 def test_bad_values_fail_at_start_up_naming_the_key(config, message):

@@ -1,4 +1,5 @@
-"""Reference equivalences of DESIGN.md §4, checked against independent numpy references.
+"""Reference equivalences (docs/architecture.md, "Reference semantics"), checked against
+independent numpy references and Flower's own FedAvg.
 
 The global model is stored as float32 and every server step is computed in float64, so
 "equal" here means equal up to float32 rounding of each stored model: rtol = 1e-6 and
@@ -67,9 +68,14 @@ def reddi_fedadam(x, client_models, m, v, eta, beta1, beta2, tau):
 
 def test_fedbuff_with_fedadam_from_one_model_is_the_synchronous_fedadam_step():
     hyper = {"eta": 0.05, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3}
-    options = StrategyOptions(buffer_size=3, server_optimizer="adam", server_lr=hyper["eta"],
-                              server_beta1=hyper["beta1"], server_beta2=hyper["beta2"],
-                              server_tau=hyper["tau"])
+    options = StrategyOptions(
+        buffer_size=3,
+        server_optimizer="adam",
+        server_lr=hyper["eta"],
+        server_beta1=hyper["beta1"],
+        server_beta2=hyper["beta2"],
+        server_tau=hyper["tau"],
+    )
     x = f32(rng.normal(size=6))
     strategy = FedBuff([x], options)
     m, v = np.zeros(6), np.full(6, hyper["tau"] ** 2)
@@ -80,8 +86,9 @@ def test_fedbuff_with_fedadam_from_one_model_is_the_synchronous_fedadam_step():
         np.testing.assert_allclose(strategy.model[0], x, **TOL)
 
 
-# DESIGN.md §4 says "with Adam on the server, FedBuff(K) matches sync only with local
-# lr ÷ K". What holds exactly, tested below with one local SGD step on quadratic clients
+# "With Adam on the server, FedBuff(K) matches sync only with local lr ÷ K" is a common
+# reading of the equivalences (docs/architecture.md, "Reference semantics"); it is not what
+# holds. What holds exactly, tested below with one local SGD step on quadratic clients
 # f_i(w) = ½‖w − c_i‖², so that Δ_i = lr_local·(w − c_i) is linear in the local lr:
 #  1. FedBuff(K = cohort) from one model ≡ the sync step, for any server optimizer, with no
 #     lr change (the test above for Adam; the sync row below for SGD).
@@ -137,3 +144,52 @@ def test_an_adam_step_is_invariant_to_the_pseudo_gradient_scale_up_to_tau():
     full = ServerAdam(lr=0.1, tau=1e-9).step([f32(np.zeros(3))], g)
     scaled = ServerAdam(lr=0.1, tau=1e-9).step([f32(np.zeros(3))], [g[0] / K])
     np.testing.assert_allclose(scaled[0], full[0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_flsims_weighted_sum_is_ours_with_server_lr_times_sqrt2_k(momentum):
+    """FLSim's FedBuff (7311f2d) steps torch SGD on the weighted SUM of s(τ)/s(1)·Δ (no ÷K,
+    staleness weights normalised at τ = 1): with the polynomial a = 0.5 that is our ÷K buffer
+    times √2·K, absorbed exactly by our server-lr, with and without momentum."""
+    k, flsim_lr = 3, 0.05
+    options = StrategyOptions(buffer_size=k, server_lr=flsim_lr * np.sqrt(2) * k, server_momentum=momentum)
+    ours = FedBuff([f32(np.ones(4))], options)
+    w, velocity = np.ones(4), np.zeros(4)
+    for step in range(3):
+        deltas, staleness = f32(rng.normal(size=(k, 4))), [0, 1, 3]
+        for i, (delta, tau) in enumerate(zip(deltas, staleness, strict=True)):
+            ours.receive(ClientUpdate(10 * step + i, [delta], 100, tau))
+        total = sum((1 + tau) ** -0.5 / 2**-0.5 * d.astype(np.float64) for d, tau in zip(deltas, staleness))
+        velocity = momentum * velocity + total  # torch.optim.SGD: buf ← μ·buf + g; w ← w − lr·buf
+        w = w - flsim_lr * velocity
+        np.testing.assert_allclose(ours.model[0], w, **TOL)
+
+
+@pytest.mark.parametrize(("example_weight", "normalization"), [("equal", "count"), ("linear", "weight")])
+def test_k_equal_to_the_cohort_is_flowers_own_fedavg_aggregate_train(task_identity, example_weight, normalization):
+    """Flower 1.41's FedAvg.aggregate_train on the trained models (weighted by num-examples;
+    all 1 for equal weights) is our one FedBuff step from the same model, to float32 rounding."""
+    from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+    from flwr.serverapp.strategy import FedAvg
+
+    initial = [f32(rng.normal(size=(20, 10))), f32(rng.normal(size=10))]
+    n = [10, 250, 40, 700]
+    trained = [[f32(a + rng.normal(scale=0.1, size=a.shape)) for a in initial] for _ in n]
+    weighted = example_weight == "linear"
+    replies = [
+        Message(
+            RecordDict({"arrays": ArrayRecord(t), "metrics": MetricRecord({"num-examples": k if weighted else 1})}),
+            dst_node_id=1,
+            message_type="train",
+        )
+        for t, k in zip(trained, n)
+    ]
+    flower = FedAvg().aggregate_train(1, replies)[0].to_numpy_ndarrays()
+    ours = FedBuff(
+        initial, StrategyOptions(buffer_size=len(n), example_weight=example_weight, buffer_normalization=normalization)
+    )
+    for i, (t, k) in enumerate(zip(trained, n)):
+        ours.receive(ClientUpdate(i, [a - b for a, b in zip(initial, t)], k, 0))
+    assert ours.version == 1
+    for a, b in zip(ours.model, flower):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)

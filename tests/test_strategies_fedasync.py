@@ -63,8 +63,14 @@ def test_without_a_limit_the_history_is_bounded_and_older_updates_are_stale():
 
 
 def test_down_weighted_updates_mix_with_alpha_times_stale_factor():
-    strategy = fedasync([1.0], fedasync_alpha=0.5, staleness_weight="constant", max_staleness=1,
-                        stale_policy="down-weight", stale_factor=0.2)
+    strategy = fedasync(
+        [1.0],
+        fedasync_alpha=0.5,
+        staleness_weight="constant",
+        max_staleness=1,
+        stale_policy="down-weight",
+        stale_factor=0.2,
+    )
     strategy.receive(update(1, [0.0]))
     strategy.receive(update(2, [0.0]))
     receipt = strategy.receive(update(3, [1.0], staleness=2))  # β = 0.5 * 0.2

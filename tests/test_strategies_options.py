@@ -30,8 +30,7 @@ def test_defaults_are_valid_and_every_field_is_a_simple_typed_knob():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"strategy": "x"},
-         r"strategy must be one of \('fedbuff', 'fedasync', 'sync', 'flower-fedavg'\), got 'x'"),
+        ({"strategy": "x"}, r"strategy must be one of \('fedbuff', 'fedasync', 'sync', 'flower-fedavg'\), got 'x'"),
         ({"buffer_size": 0}, "buffer-size must be >= 1, got 0"),
         ({"buffer_size": "3"}, "buffer-size must be int, got '3'"),
         ({"buffer_normalization": "mean"}, "buffer-normalization must be one of"),
@@ -63,31 +62,51 @@ def test_bad_values_fail_naming_the_run_config_key(kwargs, message):
 
 @given(st.integers(max_value=0))
 def test_any_buffer_size_below_one_is_refused(k):
-    with pytest.raises(ValueError, match="^buffer-size must be >= 1"):
+    with pytest.raises(ValueError, match=r"^buffer-size must be >= 1"):
         StrategyOptions(buffer_size=k)
 
 
 @given(st.floats(max_value=0.0) | st.just(float("nan")))
 def test_any_non_positive_server_lr_is_refused(lr):
-    with pytest.raises(ValueError, match="^server-lr must be > 0"):
+    with pytest.raises(ValueError, match=r"^server-lr must be > 0"):
         StrategyOptions(server_lr=lr)
 
 
 @given(st.floats(max_value=0.0, exclude_max=True))
 def test_any_negative_exponent_is_refused(a):
-    with pytest.raises(ValueError, match="^staleness-exponent must be >= 0"):
+    with pytest.raises(ValueError, match=r"^staleness-exponent must be >= 0"):
         StrategyOptions(staleness_exponent=a)
 
 
 @given(
-    st.sampled_from(["strategy", "staleness_weight", "example_weight", "server_optimizer",
-                     "stale_policy", "buffer_normalization"]),
+    st.sampled_from(
+        ["strategy", "staleness_weight", "example_weight", "server_optimizer", "stale_policy", "buffer_normalization"]
+    ),
     st.text(max_size=12),
 )
 def test_any_unknown_name_is_refused(field, name):
-    valid = {"fedbuff", "fedasync", "sync", "flower-fedavg", "constant", "polynomial", "hinge",
-             "threshold", "equal", "linear", "sqrt", "log", "sgd", "adam", "yogi", "adagrad",
-             "drop", "down-weight", "count", "weight"}
+    valid = {
+        "fedbuff",
+        "fedasync",
+        "sync",
+        "flower-fedavg",
+        "constant",
+        "polynomial",
+        "hinge",
+        "threshold",
+        "equal",
+        "linear",
+        "sqrt",
+        "log",
+        "sgd",
+        "adam",
+        "yogi",
+        "adagrad",
+        "drop",
+        "down-weight",
+        "count",
+        "weight",
+    }
     if name in valid:
         return
     with pytest.raises(ValueError, match=f"^{field.replace('_', '-')} must be one of"):
@@ -137,3 +156,18 @@ def test_flower_fedavg_is_a_valid_option_but_not_an_async_strategy():
     options = StrategyOptions(strategy="flower-fedavg")
     with pytest.raises(ValueError, match="driven by Flower's own FedAvg"):
         build_strategy(options, INITIAL, 2)
+
+
+def test_the_registry_says_what_each_strategy_can_do():
+    """The loop, the settings and the DP checks read these, never a strategy's name."""
+    from strategies.registry import REGISTRY, build_secure_strategy, flush_size, spec_of, with_capability
+
+    assert with_capability("barrier") == ("sync",)
+    assert with_capability("user_dp") == ("fedbuff", "sync")
+    assert with_capability("build_secure") == ("fedbuff",)
+    assert [name for name, spec in REGISTRY.items() if spec.run_by_flower] == ["flower-fedavg"]
+    assert [flush_size(name, 3, 6) for name in REGISTRY] == [3, 1, 6, 6]
+    with pytest.raises(ValueError, match="unknown strategy 'fedbuf'"):
+        spec_of("fedbuf")
+    with pytest.raises(ValueError, match=r"'fedasync' has no secure-aggregation variant \(those that do: \('fedbuff',"):
+        build_secure_strategy(StrategyOptions(strategy="fedasync"), INITIAL, None, None)  # type: ignore[arg-type]

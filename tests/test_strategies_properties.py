@@ -28,11 +28,14 @@ def run(options, updates, initial=None):
     optimizer=st.sampled_from(["sgd", "adam"]),
     example=st.sampled_from(["equal", "linear", "sqrt", "log"]),
 )
-def test_one_buffer_step_does_not_depend_on_arrival_order(
-    updates, order, normalization, optimizer, example
-):
-    options = StrategyOptions(buffer_size=len(updates), buffer_normalization=normalization,
-                              server_optimizer=optimizer, server_lr=0.1, example_weight=example)
+def test_one_buffer_step_does_not_depend_on_arrival_order(updates, order, normalization, optimizer, example):
+    options = StrategyOptions(
+        buffer_size=len(updates),
+        buffer_normalization=normalization,
+        server_optimizer=optimizer,
+        server_lr=0.1,
+        example_weight=example,
+    )
     tagged = list(enumerate(updates))
     shuffled = tagged[:]
     order.shuffle(shuffled)
@@ -60,14 +63,20 @@ def test_the_weighted_sum_is_linear_in_the_deltas(pairs, a, b):
 
 
 @settings(max_examples=60, deadline=None)
-@given(updates=st.lists(client, min_size=1, max_size=5), a=st.floats(-3, 3), b=st.floats(-3, 3),
-       normalization=st.sampled_from(["count", "weight"]))
+@given(
+    updates=st.lists(client, min_size=1, max_size=5),
+    a=st.floats(-3, 3),
+    b=st.floats(-3, 3),
+    normalization=st.sampled_from(["count", "weight"]),
+)
 def test_a_fedbuff_step_with_server_sgd_is_linear_in_the_deltas(updates, a, b, normalization):
     options = StrategyOptions(buffer_size=len(updates), buffer_normalization=normalization)
 
     def step(scale_x, scale_y):  # model after one step from 0 is −g: compare −g's
-        combined = [(i, (np.float32(scale_x) * d + np.float32(scale_y) * d[::-1], tau, n))
-                    for i, (d, tau, n) in enumerate(updates)]
+        combined = [
+            (i, (np.float32(scale_x) * d + np.float32(scale_y) * d[::-1], tau, n))
+            for i, (d, tau, n) in enumerate(updates)
+        ]
         return run(options, combined).model[0].astype(np.float64)
 
     np.testing.assert_allclose(step(a, b), a * step(1, 0) + b * step(0, 1), rtol=1e-5, atol=1e-4)

@@ -65,8 +65,7 @@ def test_fedadagrad_matches_reddi_algorithm_2():
     first = [-0.5 / (math.sqrt(2) + 1), -1 / (math.sqrt(5) + 1)]
     np.testing.assert_allclose(x1, first, rtol=1e-6)
     # g2 = [1, -2]: Δ2 = [-1, 2]; v2 = [3, 9]; m2 = 0.5*m1 + 0.5*Δ2 = [-0.75, 0.5]
-    np.testing.assert_allclose(x2, [first[0] - 0.75 / (math.sqrt(3) + 1), first[1] + 0.5 / 4],
-                               rtol=1e-6)
+    np.testing.assert_allclose(x2, [first[0] - 0.75 / (math.sqrt(3) + 1), first[1] + 0.5 / 4], rtol=1e-6)
 
 
 @pytest.mark.parametrize("kind", [ServerSGD, ServerAdam, ServerYogi, ServerAdagrad])
@@ -78,8 +77,13 @@ def test_every_optimizer_moves_the_model_the_way_the_clients_moved_it(kind):
 
 @pytest.mark.parametrize(
     "make",
-    [lambda: ServerSGD(lr=0.5, momentum=0.9), lambda: ServerSGD(lr=0.5),
-     lambda: ServerAdam(lr=0.1), lambda: ServerYogi(lr=0.1), lambda: ServerAdagrad(lr=0.1)],
+    [
+        lambda: ServerSGD(lr=0.5, momentum=0.9),
+        lambda: ServerSGD(lr=0.5),
+        lambda: ServerAdam(lr=0.1),
+        lambda: ServerYogi(lr=0.1),
+        lambda: ServerAdagrad(lr=0.1),
+    ],
 )
 def test_state_dict_round_trips_and_resumes_identically(make):
     model = [np.array([1.0, -2.0], np.float32), np.array([[0.5]], np.float32)]
@@ -105,7 +109,7 @@ def test_state_dict_round_trips_and_resumes_identically(make):
 def test_load_state_dict_refuses_a_state_of_another_kind():
     adam = ServerAdam()
     adam.step(vec(0.0), vec(1.0))
-    with pytest.raises(ValueError, match="unexpected optimizer state key 'm.0'"):
+    with pytest.raises(ValueError, match=r"unexpected optimizer state key 'm\.0'"):
         ServerSGD(momentum=0.9).load_state_dict(adam.state_dict())
     with pytest.raises(ValueError, match="no 'steps'"):
         ServerAdam().load_state_dict({})
@@ -113,8 +117,15 @@ def test_load_state_dict_refuses_a_state_of_another_kind():
         ServerAdam().load_state_dict({"steps": 1, "m.0": np.zeros(1)})
 
 
-@pytest.mark.parametrize("make", [lambda: ServerSGD(lr=0.5), lambda: ServerSGD(lr=0.5, momentum=0.9),
-                                  lambda: ServerAdam(**HYPER), lambda: ServerYogi(**HYPER)])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ServerSGD(lr=0.5),
+        lambda: ServerSGD(lr=0.5, momentum=0.9),
+        lambda: ServerAdam(**HYPER),
+        lambda: ServerYogi(**HYPER),
+    ],
+)
 def test_a_step_leaves_the_callers_model_and_pseudo_gradient_alone(make):
     model, gradient = [np.array([1.0, 2.0], np.float32)], [np.array([0.25, -4.0], np.float64)]
     optimizer = make()
@@ -129,4 +140,3 @@ def test_plain_sgd_is_the_float64_step_rounded_once_to_float32():
     model, gradient = rng.normal(0, 1, 1001).astype(np.float32), rng.normal(0, 1e-3, 1001)
     (stepped,) = ServerSGD(lr=0.3).step([model], [gradient])
     np.testing.assert_array_equal(stepped, (model.astype(np.float64) - 0.3 * gradient).astype(np.float32))
-

@@ -26,8 +26,7 @@ def e(n, **options):
 
 @pytest.mark.parametrize(
     ("tau", "exponent", "expected"),
-    [(0, 0.5, 1.0), (1, 0.5, 1 / math.sqrt(2)), (3, 0.5, 0.5), (8, 0.5, 1 / 3), (4, 1.0, 0.2),
-     (9, 0.0, 1.0)],
+    [(0, 0.5, 1.0), (1, 0.5, 1 / math.sqrt(2)), (3, 0.5, 0.5), (8, 0.5, 1 / 3), (4, 1.0, 0.2), (9, 0.0, 1.0)],
 )
 def test_polynomial_is_one_over_one_plus_tau_to_the_a(tau, exponent, expected):
     weight = s(tau, staleness_weight="polynomial", staleness_exponent=exponent)
@@ -36,8 +35,14 @@ def test_polynomial_is_one_over_one_plus_tau_to_the_a(tau, exponent, expected):
 
 @pytest.mark.parametrize(
     ("tau", "slope", "cutoff", "expected"),
-    [(0, 10.0, 4, 1.0), (4, 10.0, 4, 1.0), (5, 10.0, 4, 1 / 11), (6, 10.0, 4, 1 / 21),
-     (6, 0.5, 2, 1 / 3), (100, 0.0, 2, 1.0)],
+    [
+        (0, 10.0, 4, 1.0),
+        (4, 10.0, 4, 1.0),
+        (5, 10.0, 4, 1 / 11),
+        (6, 10.0, 4, 1 / 21),
+        (6, 0.5, 2, 1 / 3),
+        (100, 0.0, 2, 1.0),
+    ],
 )
 def test_hinge_is_one_up_to_b_then_one_over_a_times_excess_plus_one(tau, slope, cutoff, expected):
     weight = s(tau, staleness_weight="hinge", staleness_hinge_slope=slope, staleness_cutoff=cutoff)
@@ -55,10 +60,16 @@ def test_constant_staleness_weight_ignores_staleness():
 
 @pytest.mark.parametrize(
     ("rule", "n", "reference", "expected"),
-    [("equal", 1, 100.0, 1.0), ("equal", 10**6, 100.0, 1.0),
-     ("linear", 50, 100.0, 0.5), ("linear", 300, 100.0, 3.0),
-     ("sqrt", 400, 100.0, 2.0), ("sqrt", 25, 100.0, 0.5),
-     ("log", 9, 99.0, 0.5), ("log", 999, 99.0, 1.5)],  # log10(1+n)/log10(1+ref)
+    [
+        ("equal", 1, 100.0, 1.0),
+        ("equal", 10**6, 100.0, 1.0),
+        ("linear", 50, 100.0, 0.5),
+        ("linear", 300, 100.0, 3.0),
+        ("sqrt", 400, 100.0, 2.0),
+        ("sqrt", 25, 100.0, 0.5),
+        ("log", 9, 99.0, 0.5),
+        ("log", 999, 99.0, 1.5),
+    ],  # log10(1+n)/log10(1+ref)
 )
 def test_example_weights_are_one_at_the_reference_count(rule, n, reference, expected):
     assert e(n, example_weight=rule, example_reference=reference) == pytest.approx(expected)
@@ -92,8 +103,9 @@ finite_non_negative = st.floats(min_value=0.0, max_value=1e6, allow_nan=False)
     cutoff=st.integers(min_value=0, max_value=10**6),
 )
 def test_staleness_weights_are_finite_and_in_zero_one(name, tau, exponent, slope, cutoff):
-    options = StrategyOptions(staleness_weight=name, staleness_exponent=exponent,
-                              staleness_hinge_slope=slope, staleness_cutoff=cutoff)
+    options = StrategyOptions(
+        staleness_weight=name, staleness_exponent=exponent, staleness_hinge_slope=slope, staleness_cutoff=cutoff
+    )
     weight = staleness_weight(options)(tau)
     assert math.isfinite(weight) and 0.0 <= weight <= 1.0
 

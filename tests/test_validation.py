@@ -1,11 +1,13 @@
 """Reply validation: each malformed reply is refused with its reason."""
 
+import math
+
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
 
 from client_app.faults import CYCLE, InjectedFault, inject
-from server_app.validation import Rejection, ValidUpdate, update_byte_limit, validate_reply
+from server_app.validation import Rejection, ValidUpdate, num_examples_limit, update_byte_limit, validate_reply
 
 TEMPLATE = [np.zeros((3, 2), np.float32), np.zeros(2, np.float32)]
 
@@ -73,14 +75,20 @@ def test_the_automatic_byte_limit_fits_a_masked_vector_and_little_more():
 
 @pytest.mark.parametrize(
     ("fault", "reason"),
-    [("nan", "non-finite"), ("inf", "non-finite"), ("shape", "shape"), ("dtype", "dtype"),
-     ("extra-array", "array-count"), ("huge-norm", "norm"), ("oversize", "oversize")],
+    [
+        ("nan", "non-finite"),
+        ("inf", "non-finite"),
+        ("shape", "shape"),
+        ("dtype", "dtype"),
+        ("extra-array", "array-count"),
+        ("huge-norm", "norm"),
+        ("oversize", "oversize"),
+    ],
 )
 def test_every_test_fault_of_the_client_is_refused_for_its_reason(fault, reason):
     context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
     broken = inject(fault, good(), context)
-    checked = validate_reply(reply(broken), TEMPLATE, max_update_norm=10.0,
-                             max_bytes=update_byte_limit(0, TEMPLATE))
+    checked = validate_reply(reply(broken), TEMPLATE, max_update_norm=10.0, max_bytes=update_byte_limit(0, TEMPLATE))
     assert isinstance(checked, Rejection) and checked.reason == reason
 
 
@@ -122,9 +130,95 @@ def test_a_valid_update_reads_the_arrays_it_was_sent_without_copying_them():
         assert got.dtype == want.dtype and not got.flags.writeable  # a view of the reply's bytes
 
 
-def test_arrays_whose_bytes_do_not_hold_their_header_shape_are_refused():
+@pytest.mark.parametrize(("cut", "extra"), [(4, b""), (0, b"\0" * 4), (0, b"x"), (0, b"hidden payload")])
+def test_arrays_whose_bytes_are_not_exactly_their_header_shape_are_refused(cut, extra):
     content = reply(good())
     array = content["arrays"]["0"]
-    array.data = array.data[:-4]  # one float32 short of the shape its .npy header promises
+    # one float32 short of the shape its .npy header promises, or bytes after its data
+    array.data = array.data[: len(array.data) - cut] + extra
     checked = validate_reply(content, TEMPLATE, max_update_norm=10.0)
-    assert isinstance(checked, Rejection) and checked.reason == "dtype"
+    assert isinstance(checked, Rejection) and checked.reason == "encoding"
+    assert ("after" if extra else "missing") in checked.detail
+
+
+def test_an_array_of_another_serialisation_is_refused_as_encoding():
+    content = reply(good())
+    content["arrays"]["1"].stype = "torch.Tensor"
+    checked = validate_reply(content, TEMPLATE, max_update_norm=10.0)
+    assert isinstance(checked, Rejection) and checked.reason == "encoding"
+
+
+# -- what a reply reports besides its update ------------------------------------------------
+
+
+@pytest.mark.parametrize("count", [10**15, 2**62, 1001])
+def test_num_examples_above_the_bound_is_refused(count):
+    checked = validate_reply(reply(good(), metrics={"num-examples": count}), TEMPLATE, 10.0, max_num_examples=1000)
+    assert isinstance(checked, Rejection) and checked.reason == "num-examples" and "1000" in checked.detail
+    assert isinstance(
+        validate_reply(reply(good(), metrics={"num-examples": 1000}), TEMPLATE, 10.0, max_num_examples=1000),
+        ValidUpdate,
+    )
+
+
+def test_the_num_examples_bound_is_the_training_split_when_the_server_holds_it():
+    assert num_examples_limit(100_000, train_rows=1437) == 1437
+    assert num_examples_limit(500, train_rows=1437) == 500
+    assert num_examples_limit(100_000) == 100_000
+
+
+@pytest.mark.parametrize(
+    ("metrics", "dropped"),
+    [
+        ({"train-seconds": float("nan")}, ("train-seconds",)),
+        ({"train-loss": float("inf")}, ("train-loss",)),
+        ({"train-loss": -1.0}, ("train-loss",)),
+        ({"dp-epsilon": float("nan")}, ("dp-epsilon",)),
+        ({"dp-epsilon": -3.0}, ("dp-epsilon",)),
+        ({"task-seconds": [1.0, 2.0]}, ("task-seconds",)),
+        ({"made-up": 1.0}, ("other",)),
+    ],
+)
+def test_an_invalid_optional_metric_is_dropped_and_named_and_the_update_kept(metrics, dropped):
+    checked = validate_reply(
+        reply(good(), metrics={"num-examples": 10, "train-seconds": 0.5, **metrics}), TEMPLATE, 10.0
+    )
+    assert isinstance(checked, ValidUpdate)
+    assert checked.dropped == dropped
+    assert set(checked.metrics) == {"train-seconds"} - set(dropped)
+    assert all(math.isfinite(v) and v >= 0 for v in checked.metrics.values())
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        MetricRecord({"device-tier": 1.0}),  # the right name, the wrong record type
+        ArrayRecord([np.zeros(2)]),
+        ConfigRecord({"device-tier": b"high"}),
+        ConfigRecord({"device-kind": "x" * 1000}),
+        ConfigRecord({"partition-id": 3, "num-partitions": 3}),
+        ConfigRecord({"partition-id": "0", "num-partitions": 3}),
+        ConfigRecord({"partition-id": 0}),
+    ],
+)
+def test_a_device_record_of_the_wrong_type_or_values_is_dropped_and_counted(device):
+    content = reply(good(), device=False)
+    content["device"] = device
+    checked = validate_reply(content, TEMPLATE, 10.0)
+    assert isinstance(checked, ValidUpdate) and checked.dropped == ("device",)
+    assert "partition-id" not in checked.device
+    assert all(isinstance(v, str) and len(v) <= 64 for v in checked.device.values())
+
+
+def test_an_honest_device_record_is_kept_whole():
+    content = reply(good(), device=False)
+    content["device"] = ConfigRecord(
+        {"device-tier": "low", "device-kind": "cpu", "partition-id": 2, "num-partitions": 3}
+    )
+    checked = validate_reply(content, TEMPLATE, 10.0)
+    assert checked.dropped == () and checked.device == {
+        "device-tier": "low",
+        "device-kind": "cpu",
+        "partition-id": 2,
+        "num-partitions": 3,
+    }

@@ -1,4 +1,7 @@
-"""Client side of asynchronous secure aggregation: one-time masks and signatures (DESIGN.md §5).
+"""Client side of asynchronous secure aggregation: one-time masks and signatures.
+
+The protocol message by message is in docs/secure-aggregation.md; where it hooks into a run,
+docs/architecture.md, "Secure aggregation".
 
 A client masks its encoded update with a mask only the mask service can recompute:
 
@@ -37,6 +40,7 @@ import numpy as np
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -94,7 +98,7 @@ def normalize_fingerprint(value: str) -> str:
     """Accept ``sha256:<hex>``, upper case, or colon-separated hex; return bare lowercase hex."""
     text = str(value).strip().lower()
     if text.startswith("sha256:"):
-        text = text[len("sha256:"):]
+        text = text[len("sha256:") :]
     text = text.replace(":", "")
     if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
         raise ValueError(f"{value!r} is not a SHA-256 hex fingerprint (64 hex digits)")
@@ -130,6 +134,7 @@ def node_key_fingerprint(key: ec.EllipticCurvePublicKey | ec.EllipticCurvePrivat
 def load_signing_key(path: str | os.PathLike[str], password: bytes | None = None) -> ec.EllipticCurvePrivateKey:
     """The node's EC P-384 private key (OpenSSH format as ``ssh-keygen`` writes it, or PEM)."""
     data = Path(path).expanduser().read_bytes()
+    key: PrivateKeyTypes
     try:
         if b"OPENSSH PRIVATE KEY" in data:
             key = serialization.load_ssh_private_key(data, password=password)
@@ -137,7 +142,9 @@ def load_signing_key(path: str | os.PathLike[str], password: bytes | None = None
             key = serialization.load_pem_private_key(data, password=password)
     except (ValueError, TypeError) as err:
         raise ValueError(f"cannot load the node signing key {path}: {err}") from err
-    _check_node_key(key, str(path))
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise _not_a_node_key(key, str(path))
+    _check_node_curve(key, str(path))
     return key
 
 
@@ -148,13 +155,18 @@ def load_node_public_key(line: str | bytes) -> ec.EllipticCurvePublicKey:
         key = serialization.load_ssh_public_key(data.strip())
     except (ValueError, TypeError, IndexError, binascii.Error) as err:
         raise ValueError(f"not an OpenSSH public key: {data[:40]!r}...: {err}") from err
-    _check_node_key(key, data[:40].decode(errors="replace"))
+    where = data[:40].decode(errors="replace")
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise _not_a_node_key(key, where)
+    _check_node_curve(key, where)
     return key
 
 
-def _check_node_key(key: object, where: str) -> None:
-    if not isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)):
-        raise ValueError(f"{where}: node keys are ECDSA P-384 (ssh-keygen -t ecdsa -b 384), got {type(key).__name__}")
+def _not_a_node_key(key: object, where: str) -> ValueError:
+    return ValueError(f"{where}: node keys are ECDSA P-384 (ssh-keygen -t ecdsa -b 384), got {type(key).__name__}")
+
+
+def _check_node_curve(key: ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey, where: str) -> None:
     if not isinstance(key.curve, NODE_CURVE):
         raise ValueError(f"{where}: node keys use curve secp384r1 (ssh-keygen -t ecdsa -b 384), got {key.curve.name}")
 
@@ -220,8 +232,9 @@ def expand_mask(seed: bytes, length: int) -> np.ndarray:
     return np.frombuffer(stream, dtype=WIRE_DTYPE).astype(RING_DTYPE)
 
 
-def client_mask(service_public_key: X25519PublicKey, context: bytes, length: int,
-                ephemeral: X25519PrivateKey | None = None) -> tuple[np.ndarray, bytes]:
+def client_mask(
+    service_public_key: X25519PublicKey, context: bytes, length: int, ephemeral: X25519PrivateKey | None = None
+) -> tuple[np.ndarray, bytes]:
     """A fresh mask and the raw ephemeral public key it was derived with."""
     ephemeral = ephemeral or X25519PrivateKey.generate()
     ephemeral_public = ephemeral.public_key().public_bytes_raw()
@@ -229,8 +242,9 @@ def client_mask(service_public_key: X25519PublicKey, context: bytes, length: int
     return expand_mask(seed, length), ephemeral_public
 
 
-def service_mask(service_private_key: X25519PrivateKey, ephemeral_public: bytes, context: bytes,
-                 length: int) -> np.ndarray:
+def service_mask(
+    service_private_key: X25519PrivateKey, ephemeral_public: bytes, context: bytes, length: int
+) -> np.ndarray:
     """The mask a client derived, recomputed by the service from its static private key."""
     peer = X25519PublicKey.from_public_bytes(bytes(ephemeral_public))
     seed = derive_seed(service_private_key.exchange(peer), ephemeral_public, context)
@@ -247,19 +261,25 @@ def signed_message(ephemeral_public: bytes, context: bytes, masked_digest: bytes
     return bytes(ephemeral_public) + bytes(context) + bytes(masked_digest)
 
 
-def sign_contribution(signing_key: ec.EllipticCurvePrivateKey, ephemeral_public: bytes, context: bytes,
-                      masked_digest: bytes) -> bytes:
+def sign_contribution(
+    signing_key: ec.EllipticCurvePrivateKey, ephemeral_public: bytes, context: bytes, masked_digest: bytes
+) -> bytes:
     """DER ECDSA signature (SHA-384) over :func:`signed_message`."""
-    return signing_key.sign(signed_message(ephemeral_public, context, masked_digest),
-                            ec.ECDSA(SIGNATURE_HASH()))
+    return signing_key.sign(signed_message(ephemeral_public, context, masked_digest), ec.ECDSA(SIGNATURE_HASH()))
 
 
-def verify_contribution(public_key: ec.EllipticCurvePublicKey, signature: bytes, ephemeral_public: bytes,
-                        context: bytes, masked_digest: bytes) -> bool:
+def verify_contribution(
+    public_key: ec.EllipticCurvePublicKey,
+    signature: bytes,
+    ephemeral_public: bytes,
+    context: bytes,
+    masked_digest: bytes,
+) -> bool:
     """Whether ``signature`` is the node's over ``eph_pub || context || digest``."""
     try:
-        public_key.verify(bytes(signature), signed_message(ephemeral_public, context, masked_digest),
-                          ec.ECDSA(SIGNATURE_HASH()))
+        public_key.verify(
+            bytes(signature), signed_message(ephemeral_public, context, masked_digest), ec.ECDSA(SIGNATURE_HASH())
+        )
     except (InvalidSignature, ValueError):
         return False
     return True
@@ -278,9 +298,14 @@ def secagg_context(run_id: int, length: int, label: str = "") -> bytes:
     return f"{PROTOCOL.decode()}|run={int(run_id)}|n={int(length)}{suffix}".encode()
 
 
-def mask_update(delta_arrays: Iterable[np.ndarray], codec: RingCodec, service_public_key: X25519PublicKey,
-                signing_key: ec.EllipticCurvePrivateKey, context: bytes,
-                example_weight_int: int = 1) -> MaskedUpdate:
+def mask_update(
+    delta_arrays: Iterable[np.ndarray],
+    codec: RingCodec,
+    service_public_key: X25519PublicKey,
+    signing_key: ec.EllipticCurvePrivateKey,
+    context: bytes,
+    example_weight_int: int = 1,
+) -> MaskedUpdate:
     """Encode, scale by the integer example weight, mask and sign one update.
 
     ``example_weight_int`` is applied before masking (``masked = e·x + m``), so the service
