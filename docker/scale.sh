@@ -8,9 +8,12 @@
 #   1. makes sure node keys 0..N-1 exist (docker/certs/generate.sh -n N; existing keys are kept),
 #   2. writes docker/compose.scale.yml: nodes 3..N-1 (tiers cycle high, mid, low), and
 #      num-partitions=N for every node (nodes >= N are switched off with the profile "scaled-out"),
-#   3. runs docker compose -f compose.yml [-f compose.gpu.yml] -f compose.scale.yml up -d, which
-#      re-runs register-supernodes (new keys are registered, known ones skipped) and starts the nodes.
+#   3. runs docker compose -f compose.yml [-f compose.gpu.yml] -f compose.scale.yml up -d for the
+#      nodes, which re-runs register-supernodes (new keys are registered, known ones skipped) and
+#      starts them; the other services are left as they run.
 # --write-only stops after step 2. Later `docker compose` commands need the same -f files.
+# COMPOSE names the compose command (default "docker compose"; e.g. COMPOSE="podman compose" or
+# COMPOSE=docker-compose).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -23,7 +26,7 @@ while [ $# -gt 0 ]; do
         --gpu) gpu=1; shift ;;
         --write-only) write_only=1; shift ;;
         -o|--override) override="$2"; shift 2 ;;
-        -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) nodes="$1"; shift ;;
     esac
 done
@@ -88,7 +91,7 @@ $(supernode_command "$i")
       - superexec_supernode_secret
       - {source: node_${i}_key, target: node_key}
     healthcheck:
-      test: ["CMD", "python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:9094/health', timeout=3)"]
+      test: ["CMD-SHELL", "python -c \\"import urllib.request as u; u.urlopen('http://127.0.0.1:9094/health', timeout=3)\\""]
       interval: 10s
       timeout: 5s
       retries: 3
@@ -152,11 +155,18 @@ EOF
 echo "wrote $override ($nodes SuperNodes)"
 
 [ "$write_only" = 0 ] || exit 0
+read -r -a compose <<<"${COMPOSE:-docker compose}"
 files=(-f "$here/compose.yml")
 [ "$gpu" = 0 ] || files+=(-f "$here/compose.gpu.yml")
 files+=(-f "$override")
-docker compose "${files[@]}" up -d --remove-orphans
+# Only the nodes (and what they depend on: the SuperLink, the key registration, which runs again
+# and registers the new keys): monitoring and the ServerApp's SuperExec are left as they run.
+services=(register-supernodes)
+for ((i = 0; i < nodes; i++)); do
+    services+=("supernode-$i" "superexec-clientapp-$i")
+done
+"${compose[@]}" "${files[@]}" up -d --remove-orphans "${services[@]}"
 # Nodes switched off by the "scaled-out" profile are not touched by `up`: stop and remove them.
 for ((i = nodes; i < BASE_NODES; i++)); do
-    docker compose "${files[@]}" rm --stop --force "supernode-$i" "superexec-clientapp-$i"
+    "${compose[@]}" "${files[@]}" rm --stop --force "supernode-$i" "superexec-clientapp-$i"
 done

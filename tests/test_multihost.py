@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -291,10 +292,12 @@ def test_compose_topology_across_network_namespaces(deployment: Deployment, tmp_
 
     def wait_healthy(service: str, host: str) -> None:
         """compose's own healthcheck command (what depends_on: service_healthy waits for)."""
-        test = config["services"][service]["healthcheck"]["test"]
-        assert test[0] == "CMD", test
-        argv_ = [loc.rewrite(a, loc.paths(service)) for a in test[1:]]
-        argv_[0] = sys.executable if argv_[0] == "python" else argv_[0]
+        kind, script = config["services"][service]["healthcheck"]["test"]
+        assert kind == "CMD-SHELL", kind  # podman 4.3 splits a CMD healthcheck's arguments on spaces
+        script = loc.rewrite(script, loc.paths(service))
+        if script.startswith("python "):
+            script = shlex.quote(sys.executable) + script.removeprefix("python")
+        argv_ = ["sh", "-c", script]
 
         def healthy() -> bool:
             assert dep.procs[service].poll() is None, dep.log(service)
