@@ -15,7 +15,7 @@ PYTEST_WORKERS ?= 2
 # ip and tc (iproute2, for the multi-host test) live in sbin, which a minimal PATH may lack.
 export PATH := $(abspath $(BIN)):$(PATH):/usr/sbin:/sbin
 
-.PHONY: run test test-fast lint bench install clean
+.PHONY: run test test-fast compose-test lint bench install clean
 
 install: $(STAMP)
 
@@ -48,7 +48,13 @@ lint: $(STAMP)
 # The edit loop: unit and property tests only, nothing that starts Flower, the mask service
 # or Prometheus (the tests marked e2e).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist worksteal -m "not e2e" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist worksteal -m "not e2e and not compose" $(PYTEST_ARGS)
+
+# docker/compose.yml for real (tests/test_compose.py): builds the images from a local base,
+# brings the stack up under podman, submits runs over TLS. Root, podman, runc and mmdebstrap;
+# .ci/run calls it after `make test`. One process: the tests share one running stack.
+compose-test: $(STAMP)
+	$(BIN)/python -m pytest -m compose $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(ARGS)
