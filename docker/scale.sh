@@ -40,8 +40,10 @@ credentials="${FEDBUFF_CREDENTIALS:-./certs/out}"
 case "$credentials" in /*) ;; *) credentials="$here/$credentials" ;; esac
 "$here/certs/generate.sh" -o "$credentials" -n "$nodes" >/dev/null
 
-node_config() {  # index -> the --node-config value
-    printf 'partition-id=%d num-partitions=%d device-tier="%s"' "$1" "$nodes" "${tiers[$(($1 % 3))]}"
+node_config() {  # index -> the --node-config value (as in compose.yml, secure-aggregation keys included)
+    printf 'partition-id=%d num-partitions=%d device-tier="%s" secagg-signing-key="/run/secrets/node_key" ' \
+        "$1" "$nodes" "${tiers[$(($1 % 3))]}"
+    printf 'secagg-service-fingerprint="${FEDBUFF_MASK_FINGERPRINT:-}"'
 }
 
 # The flags every SuperNode runs with (as in compose.yml), as the YAML of a service's command.
@@ -139,7 +141,9 @@ EOF
       - --runtime-api-address=supernode-$i:9094
       - --insecure
       - --superexec-auth-secret-file=/run/secrets/superexec_supernode_secret
-    secrets: [superexec_supernode_secret]
+    secrets:
+      - superexec_supernode_secret
+      - {source: node_${i}_key, target: node_key}
     depends_on:
       supernode-$i:
         condition: service_healthy
