@@ -169,7 +169,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
     wheels = pip_find_links()
     if wheels is not None:
         build += ["--wheels", str(wheels)]
-    output = timed(timings, "images", [*build, "flower", "app", "prometheus"], env, timeout=2400)
+    output = timed(timings, "images", [*build, "flower", "app", "mask", "prometheus"], env, timeout=2400)
     for line in output.splitlines():
         if line.startswith("build-images.sh: fedbuff-"):
             print(f"[compose] {line}", flush=True)
@@ -392,3 +392,42 @@ def test_scale_sh_adds_a_supernode_that_joins_and_contributes(stack: Stack):
     summary, events = stack.run_folder("scaled")
     assert summary["server_steps"] == 4
     assert any(e["event"] == "update" and e["node"] == new_id and e.get("partitions") == 4 for e in events)
+
+
+def test_the_secagg_profile_runs_a_masked_federation_with_the_mask_service_container(stack: Stack):
+    """After scale.sh: four nodes pin the mask service's key, the ServerApp unmasks through it."""
+    printed = stack.run(
+        "--profile", "secagg", "run", "--rm", "--no-deps", "mask-service", "--state-dir=/data", "--print-fingerprint"
+    )
+    found = re.search(r"^fingerprint=([0-9a-f]{64})$", printed.stdout, re.MULTILINE)
+    assert found, printed.stdout + printed.stderr
+    stack.env["FEDBUFF_MASK_FINGERPRINT"] = found.group(1)
+    nodes = [f"{kind}-{i}" for i in range(4) for kind in ("supernode", "superexec-clientapp")]
+    started = time.monotonic()
+    stack.run("--profile", "secagg", "up", "--detach", "--no-build", "mask-service", *nodes)
+    wait_for(
+        "the mask service and the four SuperNodes to be up",
+        lambda: (
+            stack.engine.containers().get(stack.container("mask-service"), "").startswith("Up")
+            and all(
+                "(healthy)" in stack.engine.containers().get(stack.container(f"supernode-{i}"), "") for i in range(4)
+            )
+        ),
+        timeout=300,
+    )
+    stack.timings["secagg profile up"] = round(time.monotonic() - started, 1)
+    run = stack.flwr_run("masked", 4, 'secagg=true secagg-address="mask-service:9095" buffer-size=2')
+    try:
+        assert run.wait(timeout=900) == 0, (stack.engine.workdir / "flwr-run-masked.log").read_text()[-4000:]
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    stack.timings["run: masked (4 steps)"] = round(time.monotonic() - started, 1)
+    summary, events = stack.run_folder("masked")
+    print(f"[compose] masked run: {json.dumps(summary)}", flush=True)
+    assert summary["server_steps"] == 4
+    assert summary["final_accuracy"] > summary["initial_accuracy"]
+    accepted = [e for e in events if e["event"] == "update" and e["outcome"] == "accepted"]
+    assert accepted and not any("norm" in e for e in accepted), "an update was seen in the clear"
+    assert "unmask" in stack.logs("mask-service").lower()
