@@ -48,7 +48,9 @@ fi
 
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
-args=(--build-arg "APP_UID=${APP_UID:-1000}")
+# The build steps use the host's network, as pip and apt on the host do: no container NAT or DNS
+# between them and the package registries.
+args=(--network host --build-arg "APP_UID=${APP_UID:-1000}")
 if [ "$local_base" = 1 ]; then
     base="localhost/fedbuff-python:3.11-bookworm"
     "$here/base-image.sh" --tag "$base"
