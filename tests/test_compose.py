@@ -14,7 +14,6 @@ or mmdebstrap is missing, a failure under ``CI=true``. Timings of every stage ar
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -35,7 +34,7 @@ from fedbuff_ops.launcher import free_port
 from tests.conftest import ROOT
 from tests.podman import PodmanEngine, wait_for
 from tests.test_docker import tool
-from tests.test_prometheus import concrete, dashboard_queries
+from tests.test_prometheus import dashboard_problems
 
 pytestmark = [pytest.mark.compose, pytest.mark.timeout(2700)]
 
@@ -131,6 +130,16 @@ class Stack:
         )
         log.close()
         return proc
+
+    def finish(self, run: subprocess.Popen[str], name: str, timeout: float) -> None:
+        """Wait for ``flwr run`` to end well; killed (and failed) past ``timeout``."""
+        try:
+            returncode = run.wait(timeout=timeout)
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+        assert returncode == 0, (self.engine.workdir / f"flwr-run-{name}.log").read_text()[-4000:]
 
     def run_folder(self, name: str) -> tuple[dict, list[dict]]:
         """summary.json and the events of a finished run, copied out of the runs volume."""
@@ -270,13 +279,7 @@ def test_a_run_over_tls_trains_on_the_container_supernodes_feeds_prometheus_and_
         with urllib.request.urlopen(f"{stack.prometheus}/api/v1/rules", timeout=10) as answer:
             groups = json.load(answer)["data"]["groups"]
         assert sum(len(g["rules"]) for g in groups) == rule_count()
-        problems = []
-        for title, expr in dashboard_queries():
-            answer = stack.query(concrete(expr))
-            if answer.get("status") != "success":
-                problems.append(f"{title}: {expr}: {answer.get('error')}")
-            elif not any(math.isfinite(float(r["value"][1])) for r in answer["data"]["result"]):
-                problems.append(f"{title}: {expr}: no data")
+        problems = dashboard_problems(stack.query)
         assert not problems, "\n".join(problems)
 
         # A SuperNode crashes mid-run (its process SIGKILLed from outside, not `podman kill`,
@@ -292,11 +295,11 @@ def test_a_run_over_tls_trains_on_the_container_supernodes_feeds_prometheus_and_
             every=2,
         )
         stack.timings["kill → running again"] = round(time.monotonic() - killed_at, 1)
-        assert run.wait(timeout=1500) == 0, (stack.engine.workdir / "flwr-run-first.log").read_text()[-4000:]
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
+    except BaseException:
+        run.kill()
+        run.wait()
+        raise
+    stack.finish(run, "first", timeout=1500)
     stack.timings["run: first (12 steps)"] = round(time.monotonic() - started, 1)
 
     summary, events = stack.run_folder("first")
@@ -383,12 +386,7 @@ def test_scale_sh_adds_a_supernode_that_joins_and_contributes(stack: Stack):
     stack.timings["scale.sh 4"] = round(time.monotonic() - started, 1)
     new_id = wait_for("supernode-3's id", lambda: stack.node_id("supernode-3"), timeout=60)
     run = stack.flwr_run("scaled", 4)
-    try:
-        assert run.wait(timeout=900) == 0, (stack.engine.workdir / "flwr-run-scaled.log").read_text()[-4000:]
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
+    stack.finish(run, "scaled", timeout=900)
     summary, events = stack.run_folder("scaled")
     assert summary["server_steps"] == 4
     assert any(e["event"] == "update" and e["node"] == new_id and e.get("partitions") == 4 for e in events)
@@ -417,12 +415,7 @@ def test_the_secagg_profile_runs_a_masked_federation_with_the_mask_service_conta
     )
     stack.timings["secagg profile up"] = round(time.monotonic() - started, 1)
     run = stack.flwr_run("masked", 4, 'secagg=true secagg-address="mask-service:9095" buffer-size=2')
-    try:
-        assert run.wait(timeout=900) == 0, (stack.engine.workdir / "flwr-run-masked.log").read_text()[-4000:]
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
+    stack.finish(run, "masked", timeout=900)
     stack.timings["run: masked (4 steps)"] = round(time.monotonic() - started, 1)
     summary, events = stack.run_folder("masked")
     print(f"[compose] masked run: {json.dumps(summary)}", flush=True)

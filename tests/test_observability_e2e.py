@@ -6,7 +6,6 @@ each panel query sent to Prometheus while the run is going.
 
 from __future__ import annotations
 
-import math
 import subprocess
 import sys
 import threading
@@ -16,7 +15,7 @@ import pytest
 
 from fedbuff_ops.launcher import LocalFederation, free_port, run_local
 from tests.conftest import ROOT
-from tests.test_prometheus import Prometheus, concrete, dashboard_queries, require_binary
+from tests.test_prometheus import Prometheus, dashboard_problems, require_binary
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -60,13 +59,7 @@ def test_a_live_run_feeds_every_dashboard_panel_and_writes_plots(tmp_path, no_le
             timeout=180,
         )
 
-        problems = []
-        for title, expr in dashboard_queries():
-            answer = prometheus.query(concrete(expr))
-            if answer.get("status") != "success":
-                problems.append(f"{title}: {expr}: {answer.get('error')}")
-            elif not any(math.isfinite(float(r["value"][1])) for r in answer["data"]["result"]):
-                problems.append(f"{title}: {expr}: no data")
+        problems = dashboard_problems(prometheus.query)
         assert not problems, "\n".join(problems)
 
         scrape = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read()

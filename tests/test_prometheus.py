@@ -21,6 +21,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -242,6 +243,20 @@ def concrete(expr: str) -> str:
     return expr
 
 
+def dashboard_problems(query: Callable[[str], dict]) -> list[str]:
+    """Each dashboard query (made concrete) that ``query`` answers with an error or no finite value."""
+    problems = []
+    for title, expr in dashboard_queries():
+        answer = query(concrete(expr))
+        if answer.get("status") != "success":
+            problems.append(f"{title}: {expr}\n  error: {answer.get('error')}")
+            continue
+        values = [float(r["value"][1]) for r in answer["data"]["result"]]
+        if not any(math.isfinite(v) for v in values):
+            problems.append(f"{title}: {expr}\n  no finite data: {answer['data']['result']}")
+    return problems
+
+
 @pytest.mark.timeout(150)
 def test_every_dashboard_query_returns_data_from_a_real_prometheus(prometheus, live_exporter):
     """Grafana itself cannot be installed on this machine, so the dashboard is checked the
@@ -260,17 +275,8 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus(prometheus, l
         ),
     )
 
-    queries = dashboard_queries()
-    assert len(queries) >= 20
-    problems = []
-    for title, expr in queries:
-        answer = prometheus.query(concrete(expr))
-        if answer.get("status") != "success":
-            problems.append(f"{title}: {expr}\n  error: {answer.get('error')}")
-            continue
-        values = [float(r["value"][1]) for r in answer["data"]["result"]]
-        if not any(math.isfinite(v) for v in values):
-            problems.append(f"{title}: {expr}\n  no finite data: {answer['data']['result']}")
+    assert len(dashboard_queries()) >= 20
+    problems = dashboard_problems(prometheus.query)
     assert not problems, "\n".join(problems)
 
 
