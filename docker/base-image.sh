@@ -15,8 +15,11 @@
 set -euo pipefail
 
 tag="localhost/fedbuff-python:3.11-bookworm"
-cache="${XDG_CACHE_HOME:-$HOME/.cache}/fedbuff-deploy"
-sources=/etc/apt/sources.list.d/debian.sources
+cache="${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/fedbuff-deploy"
+sources=""  # default: this host's Debian sources (deb822 or one-line), else deb.debian.org
+for candidate in /etc/apt/sources.list.d/debian.sources /etc/apt/sources.list; do
+    if [ -z "$sources" ] && [ -s "$candidate" ]; then sources="$candidate"; fi
+done
 while [ $# -gt 0 ]; do
     case "$1" in
         --tag) tag="$2"; shift 2 ;;
@@ -37,13 +40,15 @@ fi
 packages=python3,python3-pip,python-is-python3,ca-certificates,passwd
 tarball="$cache/bookworm-python3.11-$(echo "$packages" | sha256sum | cut -c1-12).tar"
 if [ ! -s "$tarball" ]; then
-    [ -r "$sources" ] || { echo "base-image.sh: no Debian sources at $sources (use --sources)" >&2; exit 1; }
+    [ -z "$sources" ] || [ -r "$sources" ] || { echo "base-image.sh: cannot read $sources" >&2; exit 1; }
     mkdir -p "$cache"
-    echo "base-image.sh: mmdebstrap bookworm ($packages) -> $tarball"
+    echo "base-image.sh: mmdebstrap bookworm ($packages, from ${sources:-deb.debian.org}) -> $tarball"
+    mirror=()
+    [ -z "$sources" ] || mirror=("$sources")
     mmdebstrap --variant=minbase --mode=root --include="$packages" \
         --customize-hook='rm -f "$1"/usr/lib/python3*/EXTERNALLY-MANAGED' \
         --customize-hook='rm -rf "$1"/var/cache/apt/archives/*.deb "$1"/var/lib/apt/lists/*' \
-        bookworm "${tarball%.tar}.partial.tar" "$sources"  # the format follows the name: .tar
+        bookworm "${tarball%.tar}.partial.tar" "${mirror[@]}"  # the format follows the name: .tar
     mv "${tarball%.tar}.partial.tar" "$tarball"
 fi
 podman import --change 'CMD ["/bin/bash"]' "$tarball" "$tag" >/dev/null

@@ -79,6 +79,10 @@ def test_the_same_apps_run_in_flowers_simulation_engine(tmp_path, no_leftover_pr
     assert summary["final_accuracy"] > summary["initial_accuracy"]
 
 
+def _sigint_as_from_a_terminal() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_every_process_the_launcher_started(tmp_path, no_leftover_processes):
     proc = subprocess.Popen(
         [
@@ -97,6 +101,10 @@ def test_ctrl_c_stops_every_process_the_launcher_started(tmp_path, no_leftover_p
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # A shell without job control starts `&` jobs with SIGINT ignored, and Python keeps an
+        # inherited SIG_IGN (no KeyboardInterrupt): the launcher must get Ctrl-C as a terminal
+        # gives it, whoever started pytest.
+        preexec_fn=_sigint_as_from_a_terminal,
     )
     assert proc.stdout is not None
     for line in proc.stdout:  # wait until the run is really going: its first server step
