@@ -14,26 +14,14 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
+from tests.chaos import wait_for
 from tests.conftest import ROOT
 
 CONTAINERS_CONF = ROOT / "docker" / "podman-containers.conf"
 HEALTHY_RECHECK_SECONDS = 30.0  # a healthy container's status only matters to later `up`s
 STARTING_RECHECK_SECONDS = 2.0
-
-
-def wait_for(what: str, condition: Callable[[], object], timeout: float, every: float = 1.0) -> object:
-    """Poll ``condition`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = condition()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(every)
 
 
 class PodmanEngine:
@@ -47,7 +35,6 @@ class PodmanEngine:
             **os.environ,
             "CONTAINERS_CONF": str(CONTAINERS_CONF),
             "DOCKER_HOST": f"unix://{self.socket}",
-            "DOCKER_BUILDKIT": "0",
         }
         self._service: subprocess.Popen[bytes] | None = None
         self._stop = threading.Event()
@@ -64,7 +51,7 @@ class PodmanEngine:
             start_new_session=True,
         )
         log.close()
-        wait_for("the podman API socket", self._answers, timeout=60, every=0.2)
+        wait_for(self._answers, 60, "the podman API socket", poll=0.2)
         self._driver.start()
 
     def _answers(self) -> bool:

@@ -28,11 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import yaml
 
 from fedbuff_ops.launcher import free_port
-from tests.conftest import ROOT
-from tests.podman import PodmanEngine, wait_for
+from tests.chaos import wait_for
+from tests.conftest import ROOT, unavailable
+from tests.podman import PodmanEngine
+from tests.test_alerts import alert_rules
 from tests.test_docker import tool
 from tests.test_prometheus import dashboard_problems
 
@@ -55,30 +56,18 @@ RUN_CONFIG = (
 def require(*binaries: str) -> None:
     missing = [b for b in binaries if shutil.which(b) is None]
     if missing:
-        message = f"{', '.join(missing)} not installed (apt-get install podman runc mmdebstrap uidmap)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"{', '.join(missing)} not installed (apt-get install podman runc mmdebstrap uidmap)")
     if os.geteuid() != 0:
-        message = "the compose tests run podman and mmdebstrap as root"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("the compose tests run podman and mmdebstrap as root")
 
 
 def pip_find_links() -> Path | None:
     """This host's local wheel folder (pip's find-links), where torch's CPU wheel may live."""
-    for value in (os.environ.get("PIP_FIND_LINKS", ""),):
-        for link in value.split():
-            if Path(link).is_dir():
-                return Path(link)
     configured = subprocess.run(
         [sys.executable, "-m", "pip", "config", "get", "global.find-links"], capture_output=True, text=True
     )
-    for link in configured.stdout.split():
-        if Path(link).is_dir():
-            return Path(link)
-    return None
+    links = os.environ.get("PIP_FIND_LINKS", "").split() + configured.stdout.split()
+    return next((Path(link) for link in links if Path(link).is_dir()), None)
 
 
 @dataclass
@@ -89,7 +78,6 @@ class Stack:
     compose: list[str]
     env: dict[str, str]
     credentials: Path
-    superlink: str  # host:port on loopback
     prometheus: str  # http://127.0.0.1:port
     flwr_home: Path
     timings: dict[str, float] = field(default_factory=dict)
@@ -107,6 +95,13 @@ class Stack:
 
     def container(self, service: str) -> str:
         return self.run("ps", "--all", "--format", "{{.Name}}", service).stdout.split()[0]
+
+    def status(self, service: str) -> str:
+        """The podman status line of ``service``'s container ("Up 5 seconds (healthy)", …)."""
+        return self.engine.containers().get(self.container(service), "")
+
+    def healthy(self, *services: str) -> bool:
+        return all("(healthy)" in self.status(service) for service in services)
 
     def node_id(self, service: str) -> int | None:
         found = re.findall(r"SuperNode ID: (\d+)", self.logs(service))
@@ -205,7 +200,6 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         compose,
         env,
         credentials,
-        f"127.0.0.1:{superlink_port}",
         f"http://127.0.0.1:{prometheus_port}",
         flwr_home,
         timings,
@@ -215,13 +209,12 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         up_started = time.monotonic()
         stack.run("up", "--detach", "--no-build", *BASE_SERVICES, timeout=600)
         wait_for(
-            "the three SuperNodes to be healthy and their SuperExecs up",
-            lambda: all(
-                "(healthy)" in engine.containers().get(stack.container(f"supernode-{i}"), "")
-                and engine.containers().get(stack.container(f"superexec-clientapp-{i}"), "").startswith("Up")
-                for i in TIERS
+            lambda: (
+                stack.healthy(*(f"supernode-{i}" for i in TIERS))
+                and all(stack.status(f"superexec-clientapp-{i}").startswith("Up") for i in TIERS)
             ),
-            timeout=300,
+            300,
+            "the three SuperNodes to be healthy and their SuperExecs up",
         )
         timings["up"] = round(time.monotonic() - up_started, 1)
         timings["ready (base, images, credentials, up)"] = round(time.monotonic() - started, 1)
@@ -249,11 +242,6 @@ def test_nothing_is_published_beyond_loopback(stack: Stack):
     assert set(addresses) == {"127.0.0.1"}, published
 
 
-def rule_count() -> int:
-    alerts = yaml.safe_load((DOCKER / "prometheus" / "alerts.yml").read_text())
-    return sum(len(group["rules"]) for group in alerts["groups"])
-
-
 def test_a_run_over_tls_trains_on_the_container_supernodes_feeds_prometheus_and_survives_a_killed_node(
     stack: Stack,
 ):
@@ -264,21 +252,21 @@ def test_a_run_over_tls_trains_on_the_container_supernodes_feeds_prometheus_and_
     try:
         # The compose Prometheus scrapes the ServerApp (another container), with the rules loaded.
         wait_for(
-            "Prometheus to scrape the ServerApp",
             lambda: stack.query('up{job="fedbuff-serverapp"} == 1')["data"]["result"],
-            timeout=400,
-            every=3,
+            400,
+            "Prometheus to scrape the ServerApp",
+            poll=3,
         )
         stack.timings["run: first scrape"] = round(time.monotonic() - started, 1)
         wait_for(
-            "three server steps",
             lambda: any(float(r["value"][1]) >= 3 for r in stack.query("fl_model_version")["data"]["result"]),
-            timeout=400,
-            every=3,
+            400,
+            "three server steps",
+            poll=3,
         )
         with urllib.request.urlopen(f"{stack.prometheus}/api/v1/rules", timeout=10) as answer:
             groups = json.load(answer)["data"]["groups"]
-        assert sum(len(g["rules"]) for g in groups) == rule_count()
+        assert sum(len(g["rules"]) for g in groups) == len(alert_rules())
         problems = dashboard_problems(stack.query)
         assert not problems, "\n".join(problems)
 
@@ -289,10 +277,10 @@ def test_a_run_over_tls_trains_on_the_container_supernodes_feeds_prometheus_and_
         os.kill(pid, signal.SIGKILL)
         killed_at = time.monotonic()
         wait_for(
+            lambda: stack.status(f"supernode-{KILLED}").startswith("Up"),
+            120,
             "the killed SuperNode to be running again",
-            lambda: stack.engine.containers().get(killed, "").startswith("Up"),
-            timeout=120,
-            every=2,
+            poll=2,
         )
         stack.timings["kill → running again"] = round(time.monotonic() - killed_at, 1)
     except BaseException:
@@ -378,13 +366,9 @@ def test_scale_sh_adds_a_supernode_that_joins_and_contributes(stack: Stack):
     )
     assert done.returncode == 0, done.stdout + done.stderr
     stack.compose.extend(["-f", str(override)])
-    wait_for(
-        "supernode-3 to be healthy",
-        lambda: "(healthy)" in stack.engine.containers().get(stack.container("supernode-3"), ""),
-        timeout=300,
-    )
+    wait_for(lambda: stack.healthy("supernode-3"), 300, "supernode-3 to be healthy")
     stack.timings["scale.sh 4"] = round(time.monotonic() - started, 1)
-    new_id = wait_for("supernode-3's id", lambda: stack.node_id("supernode-3"), timeout=60)
+    new_id = wait_for(lambda: stack.node_id("supernode-3"), 60, "supernode-3's id")
     run = stack.flwr_run("scaled", 4)
     stack.finish(run, "scaled", timeout=900)
     summary, events = stack.run_folder("scaled")
@@ -404,14 +388,9 @@ def test_the_secagg_profile_runs_a_masked_federation_with_the_mask_service_conta
     started = time.monotonic()
     stack.run("--profile", "secagg", "up", "--detach", "--no-build", "mask-service", *nodes)
     wait_for(
+        lambda: stack.status("mask-service").startswith("Up") and stack.healthy(*(f"supernode-{i}" for i in range(4))),
+        300,
         "the mask service and the four SuperNodes to be up",
-        lambda: (
-            stack.engine.containers().get(stack.container("mask-service"), "").startswith("Up")
-            and all(
-                "(healthy)" in stack.engine.containers().get(stack.container(f"supernode-{i}"), "") for i in range(4)
-            )
-        ),
-        timeout=300,
     )
     stack.timings["secagg profile up"] = round(time.monotonic() - started, 1)
     run = stack.flwr_run("masked", 4, 'secagg=true secagg-address="mask-service:9095" buffer-size=2')
