@@ -6,22 +6,19 @@ with the reason, except under CI=true, where a missing package is a failure.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
 from fedbuff import datasets as D
 from fedbuff import partitioners as P
+from tests.conftest import unavailable
 
 
 def _load_or_skip(name: str, **params):
     try:
         return D.load(name, **params)
     except D.DatasetUnavailable as err:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true and dataset {name} is unavailable: {err}")
-        pytest.skip(str(err))
+        unavailable(f"dataset {name} is unavailable: {err}")
 
 
 def test_digits():

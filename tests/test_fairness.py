@@ -4,8 +4,6 @@ and the ``fedbuff fairness`` report. Fast (no Flower processes); about 20 s."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
@@ -18,6 +16,7 @@ from fedbuff_ops.launcher import planned_tiers
 from server_app.evaluation import CentralEvaluator, TierHoldout
 from server_app.metrics import MetricsExporter
 from server_app.stats import RunStats, largest_gap
+from tests.conftest import unavailable
 
 CORRELATED = dict(partitioner="tier-correlated", dirichlet_alpha=0.3, tier_strength=100.0)
 
@@ -27,9 +26,7 @@ def shakespeare_or_skip(max_roles: int):
     try:
         return run_data.datasets.load_shakespeare(max_roles=max_roles)
     except DatasetUnavailable as err:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true and Shakespeare is unavailable: {err}")
-        pytest.skip(str(err))
+        unavailable(f"Shakespeare is unavailable: {err}")
 
 
 @pytest.fixture(scope="module")
