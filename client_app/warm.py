@@ -41,6 +41,7 @@ TRAINER_DIR_ENV = "FEDBUFF_TRAINER_DIR"
 START_TIMEOUT_SECONDS = 120.0  # torch's import on a slow device, the partition is loaded later
 MAX_SOCKET_PATH = 100  # AF_UNIX paths are limited to 104-108 bytes, by OS
 FLOWER_CLIENTAPP_MODULE = "flwr.supernode.runtime.run_clientapp"
+PF_EXITING = 0x4  # include/linux/sched.h: the process has begun to exit
 
 
 class TrainerError(RuntimeError):
@@ -172,7 +173,7 @@ def train(
         fcntl.flock(lock, fcntl.LOCK_EX)
         connection = _connect_or_start(address, launch, context, deadline)
         with connection:
-            response = _exchange(connection, request, deadline)
+            response = _exchange(connection, request, deadline, address.log)
     context.state = response.state
     if response.error:
         raise TrainerError(response.error)
@@ -187,7 +188,13 @@ def _connect_or_start(
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         connection.connect(str(address.socket))
-        return connection
+        if not _exiting(_peer_pid(connection)):
+            return connection
+        # A killed trainer closes its files one by one: its listener can still take a connection
+        # for a moment after the task it was running has seen it die. That one would be reset.
+        connection.close()
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        address.socket.unlink(missing_ok=True)
     except (FileNotFoundError, ConnectionRefusedError):
         address.socket.unlink(missing_ok=True)  # a trainer that died leaves its socket behind
     _start(address, launch, context, min(deadline, time.time() + START_TIMEOUT_SECONDS))
@@ -228,7 +235,9 @@ def _start(address: TrainerAddress, launch: TrainerLaunch, context: Context, dea
     log.info("started the node's warm trainer (pid %s) for run %d", line.split()[-1], context.run_id)
 
 
-def _exchange(connection: socket.socket, request: protocol.TrainRequest, deadline: float) -> protocol.TrainResponse:
+def _exchange(
+    connection: socket.socket, request: protocol.TrainRequest, deadline: float, trainer_log: Path
+) -> protocol.TrainResponse:
     """Send the task and wait for the result until ``deadline``."""
     trainer_pid = _peer_pid(connection)
     try:
@@ -244,7 +253,8 @@ def _exchange(connection: socket.socket, request: protocol.TrainRequest, deadlin
         ) from err
     except (protocol.ConnectionClosed, ConnectionError) as err:
         raise TrainerError(
-            f"the node's trainer (pid {trainer_pid}) died during the task ({err}); the next task starts a new one"
+            f"the node's trainer (pid {trainer_pid}) died during the task ({err}); the next task starts a "
+            f"new one; its log: {trainer_log}: {_tail(trainer_log)}"
         ) from err
 
 
@@ -254,6 +264,19 @@ def _peer_pid(connection: socket.socket) -> int:
         return 0
     pid, _uid, _gid = struct.unpack("3i", connection.getsockopt(socket.SOL_SOCKET, option, 12))
     return int(pid)
+
+
+def _exiting(pid: int, proc: Path = Path("/proc")) -> bool:
+    """Whether ``pid`` is on its way out: gone, a zombie, or in exit (Linux's ``PF_EXITING``
+    flag, set before the process closes its files). False where ``/proc`` does not say."""
+    try:
+        fields = (proc / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return pid > 0 and proc.is_dir()
+    except (OSError, IndexError):
+        return False
+    state, flags = fields[0], int(fields[6])
+    return state in ("Z", "X", "x") or bool(flags & PF_EXITING)
 
 
 def _why_not(process: subprocess.Popen[bytes], ready: Sequence[object]) -> str:
