@@ -10,13 +10,19 @@ engine), the task is trained here, in this process (``client_app.task``).
 
 from __future__ import annotations
 
+import functools
 import time
+from typing import TYPE_CHECKING
 
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from client_app import warm
+from fedbuff import protocol
 from fedbuff.settings import RunSettings
+
+if TYPE_CHECKING:
+    from client_app.task import PartitionSource
 
 app = ClientApp()
 
@@ -38,8 +44,25 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
-def train_here(content: RecordDict, context: Context) -> RecordDict:
-    """The task trained in this process: torch and the partition are loaded for it."""
-    from client_app.task import train_task
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Say which partition this node holds (the virtual clock asks each simulated node once)."""
+    return Message(protocol.identity_content(context.node_config), reply_to=msg)
 
-    return train_task(content, context)
+
+def train_here(content: RecordDict, context: Context) -> RecordDict:
+    """The task trained in this process: torch and the partition are loaded for it (in the
+    simulation engine, from the data its process has split already)."""
+    from client_app.task import local_partition, train_task
+
+    source = local_partition if warm.in_flower_clientapp_process() else _simulated_partitions()
+    return train_task(content, context, source)
+
+
+@functools.cache
+def _simulated_partitions() -> PartitionSource:
+    """Flower's simulation engine runs many virtual nodes in each of its worker processes: they
+    share one split of the data, made by the first of them (one per process, hence the cache)."""
+    from client_app.task import SharedPartitions
+
+    return SharedPartitions()

@@ -17,6 +17,10 @@ A reply (ClientApp → ServerApp) is a RecordDict of
 - ``secagg``: under secure aggregation, the mask's envelope (ephemeral public key, signature,
   node-key fingerprint, clipped coordinates).
 
+A node query (ServerApp → ClientApp, ``MessageType.QUERY``, empty content) asks a node which
+partition it holds; the answer is a ``device`` record of ``partition-id`` and ``num-partitions``
+(the virtual clock asks each simulated node once, docs/simulation.md).
+
 What the server believes of each field, and how it checks it, is ``server_app.reply_fields``
 and ``server_app.validation``. The ClientApp ↔ warm-trainer frames are
 ``client_app.trainer_protocol``'s.
@@ -104,3 +108,22 @@ def reply_content(
     if envelope is not None:
         records[SECAGG] = envelope
     return RecordDict(records)
+
+
+def identity_content(node_config: Mapping[str, object]) -> RecordDict:
+    """A node query's answer: the partition id and count of the node's config."""
+    partition, count = node_config.get(PARTITION_ID), node_config.get(NUM_PARTITIONS)
+    if not (isinstance(partition, int) and isinstance(count, int) and 0 <= partition < count):
+        raise ValueError(f"node config has no valid {PARTITION_ID} / {NUM_PARTITIONS}: {partition!r} / {count!r}")
+    return RecordDict({DEVICE: ConfigRecord({PARTITION_ID: partition, NUM_PARTITIONS: count})})
+
+
+def read_identity(content: RecordDict) -> tuple[int, int] | None:
+    """``(partition id, partition count)`` of a node query's answer; None if it is malformed."""
+    record = content.config_records.get(DEVICE)
+    if record is None:
+        return None
+    partition, count = record.get(PARTITION_ID), record.get(NUM_PARTITIONS)
+    if isinstance(partition, int) and isinstance(count, int) and 0 <= partition < count:
+        return partition, count
+    return None

@@ -89,6 +89,8 @@ class RunSettings(StrategyOptions, UserDPOptions, DPSGDOptions):
     max_num_examples: int = 100_000
     error_backoff_seconds: float = 5.0
     error_backoff_max_seconds: float = 300.0
+    # simulation only: apply replies in order of the device model's virtual time (docs/simulation.md)
+    virtual_clock: bool = False
     # local training (client_app)
     local_epochs: int = 1
     local_steps: int = 0
@@ -176,6 +178,10 @@ class RunSettings(StrategyOptions, UserDPOptions, DPSGDOptions):
             self._at_least("secagg_timeout_seconds", 0, strict=True)
             self._at_least("checkpoint_every", 0)
             self._check_resume()
+            if self.virtual_clock and spec_of(self.strategy).run_by_flower:
+                self._fail(
+                    "virtual_clock", "false with Flower's own FedAvg (its rounds do not run on the loop's clock)"
+                )
             if self.secagg:
                 if spec_of(self.strategy).build_secure is None:
                     masked = with_capability("build_secure")

@@ -13,6 +13,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedbuff.settings import RunSettings, SettingsError
 from server_app.checkpoint import CheckpointError, CheckpointWriter, ServerState, load_latest, snapshot
+from server_app.clock import Clock, VirtualClock
 from server_app.events import EventKind, EventSink, Fanout
 from server_app.loop import AsyncLoop, RunResult
 from server_app.metrics import MetricsConfig, MetricsExporter
@@ -83,8 +84,19 @@ def main(grid: Grid, context: Context) -> None:
             _resume(settings, resumed, budget, events)
         # every partition is a subset of the training split: no honest client claims more
         max_examples = num_examples_limit(settings.max_num_examples, len(data.train.labels))
+        clock = _clock(grid, settings, data, initial)
         result = _train(
-            grid, settings, context.run_id, initial, evaluator, events, budget, resumed, checkpoints, max_examples
+            grid,
+            settings,
+            context.run_id,
+            initial,
+            evaluator,
+            events,
+            budget,
+            resumed,
+            checkpoints,
+            max_examples,
+            clock,
         )
         summary = _summary(settings, result, time.monotonic() - started, run_dir)
         summary["initial_model"] = start
@@ -139,9 +151,10 @@ def _train(
     resumed: ServerState | None,
     checkpoints: CheckpointWriter,
     max_examples: int,
+    clock: Clock | None = None,
 ) -> RunResult:
     """Run the chosen strategy, checkpointing on the cadence and at the end. A reply claiming
-    more than ``max_examples`` examples is refused."""
+    more than ``max_examples`` examples is refused; ``clock`` is the loop's (default: wall)."""
     if spec_of(settings.strategy).run_by_flower:
         from server_app.flower_fedavg import run_flower_fedavg
 
@@ -187,6 +200,7 @@ def _train(
             stop_when=stop_when,
             on_step=on_step,
             evaluate_tiers=evaluate.accuracy_by_tier,
+            clock=clock,
         )
     else:
         strategy = build_strategy(settings, initial, settings.concurrency, privacy)
@@ -200,6 +214,7 @@ def _train(
             on_step=on_step,
             evaluate_tiers=evaluate.accuracy_by_tier,
             max_num_examples=max_examples,
+            clock=clock,
         )
     _continue(loop, resumed)
     try:
@@ -210,7 +225,21 @@ def _train(
         save(loop)
         if secure is not None:
             secure.client.close()
-    return RunResult(reason, loop.evaluations, loop.stats, loop.strategy.model, loop.strategy.version)
+    virtual = loop.clock.now() if isinstance(loop.clock, VirtualClock) else None
+    return RunResult(reason, loop.evaluations, loop.stats, loop.strategy.model, loop.strategy.version, virtual)
+
+
+def _clock(grid: Grid, settings: RunSettings, data: FederatedData, initial: list[np.ndarray]) -> Clock | None:
+    """The virtual clock when ``virtual-clock`` is on (it asks every node its partition once)."""
+    if not settings.virtual_clock:
+        return None
+    from server_app.virtual import VirtualClockError, virtual_clock
+
+    try:
+        return virtual_clock(grid, settings, data, initial)
+    except VirtualClockError as err:
+        log.error("%s", err)
+        raise
 
 
 def _load_checkpoint(settings: RunSettings) -> ServerState | None:
@@ -329,6 +358,7 @@ def _summary(settings: RunSettings, result: RunResult, wall_seconds: float, run_
         "accuracy_by_tier": dict(last.accuracy_by_tier),
         "accuracy_gap": largest_gap(last.accuracy_by_tier),
         "wall_seconds": round(wall_seconds, 2),
+        **({} if result.virtual_seconds is None else {"virtual_seconds": round(result.virtual_seconds, 2)}),
         "run_dir": str(run_dir.resolve()),
         **result.stats.summary(),
     }

@@ -23,6 +23,7 @@ from flwr.serverapp import Grid
 
 from fedbuff import protocol
 from fedbuff.settings import RunSettings
+from server_app.clock import Clock, WallClock
 from server_app.events import EventKind, EventSink
 from server_app.nodes import NodePool
 from server_app.stats import RunStats, largest_gap, tier_label
@@ -54,11 +55,13 @@ IDLE_SLEEP_SECONDS = 0.1
 
 @dataclass(frozen=True)
 class Task:
-    """A train task in flight: where it went, which model version it carries, when."""
+    """A train task in flight: where it went, which model version it carries, when (clock
+    time, and wall time for writing off a task that never answers)."""
 
     node_id: int
     version: int
     sent_at: float
+    sent_wall: float
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class RunResult:
     stats: RunStats
     model: list[np.ndarray]  # the final global model
     version: int  # server steps (FedAvg: rounds) taken
+    virtual_seconds: float | None = None  # the virtual clock's time at the end (None: wall clock)
 
 
 class AsyncLoop:
@@ -99,13 +103,15 @@ class AsyncLoop:
         on_step: Callable[[AsyncLoop], None] | None = None,
         evaluate_tiers: TierEvaluator | None = None,
         max_num_examples: int | None = None,
+        clock: Clock | None = None,
     ) -> None:
         """``validate`` checks each reply (default: a plaintext delta shaped like the model,
         claiming at most ``max_num_examples`` examples, default ``settings.max_num_examples``);
         ``task_config`` goes into every task's config (e.g. the mask service's public key);
         ``stop_when`` is one more stop condition (e.g. the privacy budget): a reason or None;
         ``on_step`` runs after every server step (e.g. the checkpoint cadence);
-        ``evaluate_tiers`` gives per-tier accuracy of the model ``evaluate`` saw last.
+        ``evaluate_tiers`` gives per-tier accuracy of the model ``evaluate`` saw last;
+        ``clock`` decides when a reply counts as arrived (default: the wall clock).
 
         A resumed run sets ``stats`` and ``evaluations`` to the checkpoint's before :meth:`run`."""
         self.grid = grid
@@ -124,11 +130,13 @@ class AsyncLoop:
         self.stop_when = stop_when or (lambda: None)
         self.on_step = on_step or (lambda loop: None)
         self.evaluate_tiers = evaluate_tiers or (lambda: {})
+        self.clock = clock or WallClock()
         self.nodes = NodePool(
             grid,
             on_change=self._node_changed,
             backoff_seconds=settings.error_backoff_seconds,
             backoff_max_seconds=settings.error_backoff_max_seconds,
+            rank=_partition_rank(self.clock),
         )
         self.stats = RunStats()
         self.tasks: dict[str, Task] = {}
@@ -148,16 +156,23 @@ class AsyncLoop:
         if not self.evaluations or self.evaluations[-1].version != self.strategy.version:
             self._evaluate_now()
         while (reason := self._stop_reason()) is None:
-            self.nodes.refresh(time.monotonic())
+            self.nodes.refresh(self.clock.now())
             self._dispatch()
-            replies = list(self.grid.pull_messages(list(self.tasks))) if self.tasks else []
-            for reply in replies:
-                self._handle(reply, time.monotonic())
+            waiting = self.clock.waiting(self.tasks)
+            replies = list(self.grid.pull_messages(waiting)) if waiting else []
+            self.clock.arrived(replies)
+            applied = 0
+            while (arrival := self.clock.next()) is not None:
+                self._handle(arrival.reply, arrival.at, arrival.expired)
+                applied += 1
+                self._close_round()
                 if self._stop_reason() is not None:
-                    break  # the rest of this pull arrived after the run's last step
+                    break  # the rest arrived after the run's last step
+                if self.clock.refills_each_reply:
+                    self._dispatch()  # at the reply's virtual time: a freed slot never idles
             self._write_off_lost(time.monotonic())
             self._close_round()
-            if not replies:
+            if not applied:
                 time.sleep(IDLE_SLEEP_SECONDS)
         if self.evaluations[-1].version != self.strategy.version:
             self._evaluate_now()
@@ -173,12 +188,12 @@ class AsyncLoop:
     # -- dispatch -------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        if self.barrier and self.tasks:
+        free = self.settings.concurrency - len(self.tasks)
+        if (self.barrier and self.tasks) or free <= 0:
             return
         load = Counter(task.node_id for task in self.tasks.values())
-        free = self.settings.concurrency - len(self.tasks)
         per_node = 1 if self.barrier else self.settings.tasks_per_node
-        chosen = self.nodes.candidates(load, per_node, time.monotonic())[: max(free, 0)]
+        chosen = self.nodes.candidates(load, per_node, self.clock.now(), limit=free, usable=self.clock.times)
         if not chosen:
             return
         self._round_open = True
@@ -186,12 +201,13 @@ class AsyncLoop:
         for node_id in chosen:
             # One push per message: the Grid returns ids only for the messages it stored.
             pushed = list(self.grid.push_messages([self._train_message(node_id, version)]))
-            sent_at = time.monotonic()
+            sent_at = self.clock.now()
             if not pushed:
                 log.warning("push to node %d was refused", node_id)
                 continue
-            self.tasks[pushed[0]] = Task(node_id, version, sent_at)
-            self.nodes.mark_used(node_id, sent_at)
+            self.tasks[pushed[0]] = Task(node_id, version, sent_at, time.monotonic())
+            self.clock.dispatched(pushed[0], node_id, sent_at)
+            self.nodes.mark_used(node_id)
             self.stats.dispatched += 1
             self._emit(
                 EventKind.DISPATCH,
@@ -219,15 +235,19 @@ class AsyncLoop:
 
     # -- replies --------------------------------------------------------------------------
 
-    def _handle(self, reply: Message, now: float) -> None:
+    def _handle(self, reply: Message, now: float, expired: bool = False) -> None:
         task = self.tasks.pop(reply.metadata.reply_to_message_id, None)
         if task is None:  # answered already, written off, or never sent by this server
             self.stats.rejected["unknown-task"] += 1
             log.warning("ignoring a reply to an unknown task %s", reply.metadata.reply_to_message_id)
             self._emit(EventKind.INVALID, reason="unknown-task")
             return
+        if expired:  # on the virtual clock: the device model made it outlast its TTL
+            self._task_failed(task, ERROR_REASONS[ErrorCode.MESSAGE_UNAVAILABLE], "(virtual time)", now)
+            return
         if reply.has_error():
-            self._handle_error(task, reply, now)
+            reason = ERROR_REASONS.get(reply.error.code, OTHER_ERROR)
+            self._task_failed(task, reason, f"(code {reply.error.code}) {reply.error.reason or ''}", now)
             return
         round_trip = now - task.sent_at
         self.stats.replies += 1
@@ -239,7 +259,9 @@ class AsyncLoop:
             self._emit(EventKind.INVALID, node=task.node_id, reason=checked.reason, round_trip=round(round_trip, 3))
             self.nodes.failed(task.node_id, now)
             return
-        tier = self.node_tiers[task.node_id] = tier_label(checked.device.get(protocol.DEVICE_TIER))
+        tier = self.node_tiers[task.node_id] = self.clock.tier_of(task.node_id) or tier_label(
+            checked.device.get(protocol.DEVICE_TIER)
+        )
         staleness = self.strategy.version - task.version
         aggregate_started = time.perf_counter()
         try:
@@ -300,18 +322,11 @@ class AsyncLoop:
                 self.settings.max_example_weight,
             )
 
-    def _handle_error(self, task: Task, reply: Message, now: float) -> None:
-        reason = ERROR_REASONS.get(reply.error.code, OTHER_ERROR)
+    def _task_failed(self, task: Task, reason: str, detail: str, now: float) -> None:
         self.stats.errors[reason] += 1
-        log.warning(
-            "task on node %d failed: %s (code %d) %s",
-            task.node_id,
-            reason,
-            reply.error.code,
-            (reply.error.reason or "").strip()[:200],
-        )
+        log.warning("task on node %d failed: %s %s", task.node_id, reason, detail.strip()[:200])
         self._emit(EventKind.ERROR, node=task.node_id, reason=reason)
-        if reply.error.code == ErrorCode.NODE_UNAVAILABLE:
+        if reason == ERROR_REASONS[ErrorCode.NODE_UNAVAILABLE]:
             self.nodes.retire(task.node_id, now)
         elif reason in CLIENT_FAULTS:
             self.nodes.failed(task.node_id, now)
@@ -328,8 +343,9 @@ class AsyncLoop:
     def _write_off_lost(self, now: float) -> None:
         limit = self.settings.task_ttl_seconds + LOST_GRACE_SECONDS
         for message_id, task in list(self.tasks.items()):
-            if now - task.sent_at > limit:
+            if now - task.sent_wall > limit:
                 del self.tasks[message_id]
+                self.clock.forget(message_id)
                 self.stats.errors[LOST_REASON] += 1
                 log.warning("task on node %d never answered; written off", task.node_id)
                 self._emit(EventKind.ERROR, node=task.node_id, reason=LOST_REASON)
@@ -377,7 +393,7 @@ class AsyncLoop:
             self.stats.accepted,
             self.stats.refused,
             sum(self.stats.errors.values()),
-            self.elapsed,
+            self.clock.now(),
         )
         self._emit(
             EventKind.STEP,
@@ -407,8 +423,9 @@ class AsyncLoop:
         """Publish one event (schema in ``server_app.events``) with its time and node tier."""
         if "node" in fields:
             # cast: every caller passes node=<a node id, an int>
-            fields["tier"] = self.node_tiers.get(cast(int, fields["node"]), "unknown")
-        self.events.event(kind, time=round(self.elapsed, 3), **fields)
+            node_id = cast(int, fields["node"])
+            fields["tier"] = self.clock.tier_of(node_id) or self.node_tiers.get(node_id, "unknown")
+        self.events.event(kind, time=round(self.clock.now(), 3), **fields)
 
     def _stop_reason(self) -> str | None:
         settings = self.settings
@@ -422,6 +439,13 @@ class AsyncLoop:
         if self.elapsed >= settings.max_wall_seconds:
             return f"max-wall-seconds ({settings.max_wall_seconds:.0f}) reached"
         return None
+
+
+def _partition_rank(clock: Clock) -> Callable[[int], int] | None:
+    """On the virtual clock, nodes tie by partition, not by their (random) node ids: the same
+    seed then chooses the same clients."""
+    nodes = getattr(clock, "nodes", None)
+    return (lambda node_id: nodes[node_id].partition if node_id in nodes else node_id) if nodes else None
 
 
 def _partition(device: Mapping[str, str | int]) -> dict[str, int]:

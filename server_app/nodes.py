@@ -29,7 +29,9 @@ class NodePool:
         retire_seconds: float = 30.0,
         backoff_seconds: float = 0.0,
         backoff_max_seconds: float = 300.0,
+        rank: Callable[[int], int] | None = None,
     ) -> None:
+        """``rank`` orders the nodes never used yet (default: by node id)."""
         self._grid = grid
         self._on_change = on_change
         self._refresh_seconds = refresh_seconds
@@ -39,10 +41,13 @@ class NodePool:
         self._online: set[int] = set()
         self._known: set[int] = set()  # admitted: online and not retired
         self._retired_until: dict[int, float] = {}
-        self._last_used: dict[int, float] = {}
+        # Admitted nodes, least recently dispatched first: never-used ones (by rank), then in
+        # order of use. A dict keeps insertion order, so a dispatch is O(1), not a sort of all nodes.
+        self._by_use: dict[int, None] = {}
         self._failures: dict[int, int] = {}  # failed replies in a row
         self._backed_off_until: dict[int, float] = {}
         self._next_refresh = 0.0
+        self._rank = rank or (lambda node_id: node_id)
 
     @property
     def online(self) -> set[int]:
@@ -56,12 +61,15 @@ class NodePool:
         self._next_refresh = now + self._refresh_seconds
         self._online = set(self._grid.get_node_ids())
         admitted = {n for n in self._online if self._retired_until.get(n, 0.0) <= now}
-        for node_id in sorted(admitted - self._known):
+        new = sorted(admitted - self._known, key=self._rank)
+        for node_id in new:
             log.info("node %d admitted (%d online)", node_id, len(self._online))
             self._on_change(node_id, "admitted", len(self._online))
         for node_id in sorted(self._known - self._online):
             log.info("node %d left (%d online)", node_id, len(self._online))
             self._on_change(node_id, "left", len(self._online))
+        unused = [n for n in new if n not in self._by_use]
+        self._by_use = {**dict.fromkeys(unused), **self._by_use}  # a newcomer waits least
         self._known = admitted
 
     def retire(self, node_id: int, now: float) -> None:
@@ -93,11 +101,30 @@ class NodePool:
         self._failures.pop(node_id, None)
         self._backed_off_until.pop(node_id, None)
 
-    def candidates(self, load: Counter[int], per_node: int, now: float) -> list[int]:
-        """Eligible nodes with spare capacity, least recently dispatched first."""
-        eligible = [n for n in self._known if load[n] < per_node and self._backed_off_until.get(n, 0.0) <= now]
-        return sorted(eligible, key=lambda n: (self._last_used.get(n, 0.0), n))
+    def candidates(
+        self,
+        load: Counter[int],
+        per_node: int,
+        now: float,
+        limit: int | None = None,
+        usable: Callable[[int], bool] = lambda node_id: True,
+    ) -> list[int]:
+        """Eligible nodes with spare capacity (and ``usable``), least recently dispatched first;
+        at most ``limit``. The walk stops at the limit: the cost is not a sort of every node."""
+        found: list[int] = []
+        for node_id in self._by_use:
+            if limit is not None and len(found) >= limit:
+                break
+            if (
+                node_id in self._known
+                and load[node_id] < per_node
+                and self._backed_off_until.get(node_id, 0.0) <= now
+                and usable(node_id)
+            ):
+                found.append(node_id)
+        return found
 
-    def mark_used(self, node_id: int, now: float) -> None:
-        """Record a dispatch to ``node_id`` (for least-recently-used ordering)."""
-        self._last_used[node_id] = now
+    def mark_used(self, node_id: int) -> None:
+        """Record a dispatch to ``node_id``: it goes to the back of the least-recently-used order."""
+        self._by_use.pop(node_id, None)
+        self._by_use[node_id] = None

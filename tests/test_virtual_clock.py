@@ -1,0 +1,110 @@
+"""The virtual clock: the strategy sees replies in order of virtual arrival, with the staleness
+the device model's schedule implies, whatever order the simulation engine computes them in."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fedbuff.device_model import DeviceModel, Jitter
+from fedbuff.settings import RunSettings, SettingsError
+from server_app.clock import VirtualClock, VirtualNode
+from server_app.loop import AsyncLoop
+from server_app.records import RunRecorder
+from server_app.virtual import batches_per_task
+from strategies import build_strategy
+from tests.fakes import FakeGrid, distance_accuracy, half_step, train_reply
+
+pytestmark = pytest.mark.usefixtures("task_identity")
+
+INITIAL = [np.zeros(4, np.float32)]
+# node id -> (partition, tier); one batch of one second, tier ratios 1 : 2 : 4
+NODES = {301: VirtualNode(2, "low", 1), 101: VirtualNode(0, "high", 1), 201: VirtualNode(1, "mid", 1)}
+DEVICES = DeviceModel({"high": 1.0, "mid": 2.0, "low": 4.0}, step_seconds=1.0)
+
+
+class ScrambledGrid(FakeGrid):
+    """Answers one task per pull, the most recently pushed first: the opposite of the order in
+    which the tasks would finish on any device."""
+
+    def pull_messages(self, message_ids):
+        wanted = [m for m in message_ids if m in self._pending]
+        return super().pull_messages(wanted[-1:])
+
+
+def run_virtual(tmp_path, devices=DEVICES, nodes=NODES, **overrides):
+    settings = RunSettings(
+        **{
+            "concurrency": 3,
+            "buffer_size": 1,
+            "max_server_steps": 7,
+            "eval_every": 1,
+            "virtual_clock": True,
+            **overrides,
+        }
+    )
+    grid = ScrambledGrid(list(nodes), lambda msg: train_reply(msg, half_step, tier="real"))
+    clock = VirtualClock(devices, nodes, settings.task_ttl_seconds, payload_bytes=16)
+    loop = AsyncLoop(
+        grid,
+        build_strategy(settings, INITIAL, settings.concurrency),
+        settings,
+        distance_accuracy,
+        events=RunRecorder(tmp_path),
+        clock=clock,
+    )
+    loop.run()
+    loop.events.close()
+    return loop, [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_replies_are_applied_in_virtual_arrival_order_with_the_schedules_staleness(tmp_path):
+    loop, events = run_virtual(tmp_path)
+    updates = [(e["tier"], e["staleness"], e["time"]) for e in events if e["event"] == "update"]
+    # high takes 1 s, mid 2 s, low 4 s; K = 1, so every update is a server step; at a tie the
+    # task dispatched first is applied first, and a freed slot is refilled at once:
+    # t=1 high(v0) -> v1, resend high; t=2 mid(v0), high(v1) -> v3; t=3 high(v3);
+    # t=4 low(v0), mid(v2), high(v4)
+    assert updates == [
+        ("high", 0, 1.0),
+        ("mid", 1, 2.0),
+        ("high", 1, 2.0),
+        ("high", 0, 3.0),
+        ("low", 4, 4.0),
+        ("mid", 3, 4.0),
+        ("high", 2, 4.0),
+    ]
+    assert loop.clock.now() == 4.0
+    assert [e["round_trip"] for e in events if e["event"] == "update"] == [1.0, 2.0, 1.0, 1.0, 4.0, 2.0, 1.0]
+    dispatches = [(e["time"], e["tier"]) for e in events if e["event"] == "dispatch"]
+    assert dispatches[:4] == [(0.0, "high"), (0.0, "mid"), (0.0, "low"), (1.0, "high")]
+
+
+def test_a_task_the_device_model_makes_outlast_its_ttl_is_a_ttl_drop_in_virtual_time(tmp_path):
+    loop, events = run_virtual(tmp_path, task_ttl_seconds=3.0, max_server_steps=6)
+    errors = [(e["tier"], e["reason"], e["time"]) for e in events if e["event"] == "error"]
+    assert errors and errors[0] == ("low", "ttl-expired", 3.0)
+    assert {tier for tier, _, _ in errors} == {"low"}
+    assert loop.stats.accepted_by_tier["low"] == 0 and loop.stats.accepted_by_tier["high"] > 0
+
+
+def test_the_same_seed_gives_the_same_model_bytes_and_history(tmp_path):
+    jittery = DeviceModel({"high": 1.0, "mid": 2.0, "low": 4.0}, 1.0, Jitter.parse("lognormal"), seed=7)
+    runs = [run_virtual(tmp_path / str(i), devices=jittery, max_server_steps=12) for i in range(2)]
+    (a, events_a), (b, events_b) = runs
+    assert [x.tobytes() for x in a.strategy.model] == [x.tobytes() for x in b.strategy.model]
+    strip = [{k: v for k, v in e.items() if k != "aggregate_seconds"} for e in events_a]
+    assert strip == [{k: v for k, v in e.items() if k != "aggregate_seconds"} for e in events_b]
+    assert len({e["time"] for e in events_a if e["event"] == "update"}) > 6  # jitter: few ties
+
+
+def test_batches_per_task_count_as_the_trainer_counts_them():
+    settings = RunSettings(batch_size=32, local_epochs=2)
+    assert batches_per_task(settings, 100) == 8
+    assert batches_per_task(RunSettings(batch_size=32, local_steps=5), 100) == 4
+    assert batches_per_task(RunSettings(batch_size=32, local_steps=3), 100) == 3
+
+
+def test_flowers_own_fedavg_cannot_run_on_the_virtual_clock():
+    with pytest.raises(SettingsError, match="virtual-clock"):
+        RunSettings(strategy="flower-fedavg", virtual_clock=True)
