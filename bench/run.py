@@ -80,6 +80,9 @@ SUITES = {
         quick=("--sigmas", "0,1"),
     ),
     "load": Suite("Load: 50 SuperNodes for 10 minutes, nothing lost", "load"),
+    "paper-scale": Suite(
+        "Paper scale on the virtual clock: FedBuff, FedAsync, sync at concurrency 100 and 1,000", "paper_scale"
+    ),
 }
 
 

@@ -131,9 +131,9 @@ def _make(
         if not alpha > 0:
             raise PartitionError(f"dirichlet-alpha must be > 0, got {alpha}")
         if min_partition_size is None:
-            # 10 rows, or a tenth of the mean where partitions are small (Fashion-MNIST's 60,000
+            # 10 rows, or a twentieth of the mean where partitions are small (Fashion-MNIST's 60,000
             # rows over 1,000 clients at alpha 0.3: flwr-datasets cannot give every one 10)
-            min_partition_size = max(1, min(10, n // (10 * num_partitions)))
+            min_partition_size = max(1, min(10, n // (20 * num_partitions)))
         partitioner = DirichletPartitioner(
             num_partitions=num_partitions,
             partition_by="label",
