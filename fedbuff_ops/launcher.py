@@ -413,10 +413,16 @@ def lean_clientapp_dir(parent: Path) -> list[str]:
         return []
     folder = parent / "lean-bin"
     folder.mkdir(exist_ok=True)
-    command = folder / "flwr-clientapp"
-    command.write_text(f"#!{sys.executable}\nfrom fedbuff_ops.lean_clientapp import main\n\nmain()\n", encoding="utf-8")
-    command.chmod(0o755)
+    _write_command(folder / "flwr-clientapp", "fedbuff_ops.lean_clientapp")
+    # the simulation engine's message sweep (fedbuff_ops/simulation_engine.py; the SuperLink
+    # finds flwr-simulation on the same PATH)
+    _write_command(folder / "flwr-simulation", "fedbuff_ops.simulation_engine")
     return [str(folder)]
+
+
+def _write_command(path: Path, module: str) -> None:
+    path.write_text(f"#!{sys.executable}\nfrom {module} import main\n\nmain()\n", encoding="utf-8")
+    path.chmod(0o755)
 
 
 @contextmanager
