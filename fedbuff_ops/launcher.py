@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from fedbuff.settings import DEVICE_TIERS, RunSettings, SettingsError
+from fedbuff_ops.app_copy import copy_app
 from fedbuff_ops.federation_record import FederationRecord
 from fedbuff_ops.process_tree import descendants
 from strategies.registry import spec_of
@@ -386,6 +387,7 @@ class RunningFederation:
     port: int
     overrides: list[str] = field(default_factory=list)  # what the run must know (mask service address)
     supernodes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    app_copy: Path | None = None  # what `flwr run` builds the FAB from (fedbuff_ops.app_copy)
 
     def run_argv(self, run_config: str = "") -> list[str]:
         """``flwr run`` of the app against this federation: the run folder and the launcher's
@@ -399,7 +401,7 @@ class RunningFederation:
         return [
             self.binaries["flwr"],
             "run",
-            str(self.federation.app_dir),
+            str(self.app_copy or self.federation.app_dir),
             CONNECTION,
             "--stream",
             *(arg for layer in layers if layer for arg in ("--run-config", layer)),
@@ -471,6 +473,7 @@ def start_federation(federation: LocalFederation, out: IO[str] = sys.stdout) -> 
             )
             wait_for_superlink(port, group)
             running = RunningFederation(federation, group, env, binaries, port)
+            running.app_copy = copy_app(federation.app_dir, Path(home) / "app")
             node_extras = [""] * federation.num_nodes
             if federation.secagg:
                 address, node_extras = _start_mask_service(federation, env, logs, group, out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import sys
 import time
@@ -13,6 +14,7 @@ import pytest
 from flwr.common.config import parse_config_args
 
 from fedbuff.settings import RunSettings
+from fedbuff_ops.app_copy import copy_app
 from fedbuff_ops.cli import resume_federation
 from fedbuff_ops.federation_record import FederationRecord
 from fedbuff_ops.launcher import (
@@ -175,3 +177,25 @@ def test_a_reused_pid_is_never_signalled():
     me = ProcessId(os.getpid(), started=1)  # this pid, but another start time: not the process recorded
     assert not me.alive()
     me.signal(signal.SIGKILL)  # a no-op, or pytest would be dead
+
+
+def test_flwr_run_builds_from_a_copy_without_ignored_folders_and_gets_the_same_fab(tmp_path):
+    """Flower walks the whole app folder before it filters: the copy leaves out what .gitignore
+    ignores (a virtual environment of 50,000 files, here a small one), and the FAB is the same."""
+    from flwr.cli.build import build_fab_from_disk
+
+    app = tmp_path / "app"
+    shutil.copytree(ROOT / "bench" / "floor_app", app)
+    (app / ".gitignore").write_text(".venv/\n*.pyc\n", encoding="utf-8")
+    for i in range(50):
+        (app / ".venv" / "lib" / f"pkg{i}").mkdir(parents=True)
+        (app / ".venv" / "lib" / f"pkg{i}" / "module.py").write_text("x = 1\n", encoding="utf-8")
+    (app / ".git").mkdir()
+    (app / ".git" / "config").write_text("[core]\n", encoding="utf-8")
+    (app / "floor_app" / "stale.pyc").write_bytes(b"\0")
+
+    copy = copy_app(app, tmp_path / "copy")
+    assert not (copy / ".venv").exists() and not (copy / ".git").exists()
+    assert not (copy / "floor_app" / "stale.pyc").exists()
+    assert (copy / "pyproject.toml").is_file() and (copy / ".gitignore").is_file()
+    assert build_fab_from_disk(copy) == build_fab_from_disk(app)
