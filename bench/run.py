@@ -83,6 +83,9 @@ SUITES = {
     "paper-scale": Suite(
         "Paper scale on the virtual clock: FedBuff, FedAsync, sync at concurrency 100 and 1,000", "paper_scale"
     ),
+    "rf2-scale": Suite(
+        "RF² at scale: the fairness cost of dropping stale updates, tiers independent vs tied to the data", "rf2_scale"
+    ),
 }
 
 
