@@ -51,11 +51,14 @@ def virtual_clock(
         log.warning(
             "virtual clock: %d of %d node(s) did not say their partition; they get no work", missing, len(node_ids)
         )
+    if not identities:
+        raise VirtualClockError(
+            f"virtual-clock: none of the {len(node_ids)} node(s) said which partition it holds "
+            "(a ClientApp without this project's query handler?)"
+        )
     counts = Counter(count for _, count in identities.values())
     if len(counts) != 1:
-        raise VirtualClockError(
-            f"virtual-clock: the nodes must share one num-partitions, got {dict(counts) or 'no answer'}"
-        )
+        raise VirtualClockError(f"virtual-clock: the nodes must share one num-partitions, got {dict(counts)}")
     (num_partitions,) = counts
     tiers = run_data.client_tiers(settings, num_partitions, data)
     sizes = [len(rows) for rows in run_data.all_client_rows(settings, data, num_partitions)]

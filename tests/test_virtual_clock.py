@@ -5,13 +5,15 @@ import json
 
 import numpy as np
 import pytest
+from flwr.app import Message
 
+from fedbuff import protocol, run_data
 from fedbuff.device_model import DeviceModel, Jitter
 from fedbuff.settings import RunSettings, SettingsError
 from server_app.clock import VirtualClock, VirtualNode
 from server_app.loop import AsyncLoop
 from server_app.records import RunRecorder
-from server_app.virtual import batches_per_task
+from server_app.virtual import VirtualClockError, batches_per_task, virtual_clock
 from strategies import build_strategy
 from tests.fakes import FakeGrid, distance_accuracy, half_step, train_reply
 
@@ -108,3 +110,47 @@ def test_batches_per_task_count_as_the_trainer_counts_them():
 def test_flowers_own_fedavg_cannot_run_on_the_virtual_clock():
     with pytest.raises(SettingsError, match="virtual-clock"):
         RunSettings(strategy="flower-fedavg", virtual_clock=True)
+
+
+class QueryGrid:
+    """Answers the virtual clock's partition query for each node in ``partitions`` (None: silent)."""
+
+    def __init__(self, partitions):
+        self.partitions = partitions
+
+    def get_node_ids(self):
+        return list(self.partitions)
+
+    def send_and_receive(self, messages, timeout):
+        replies = []
+        for msg in messages:
+            partition = self.partitions[msg.metadata.dst_node_id]
+            if partition is None:
+                continue
+            config = {"partition-id": partition, "num-partitions": 3}
+            reply = Message(protocol.identity_content(config), reply_to=msg)
+            reply.metadata.__dict__["_src_node_id"] = msg.metadata.dst_node_id
+            replies.append(reply)
+        return replies
+
+
+def test_the_clock_gives_each_node_the_tier_and_batches_of_its_partition_and_silent_nodes_no_work():
+    settings = RunSettings(partitioner="iid", tier_mix="high=0.34,mid=0.33,low=0.33", local_epochs=1, batch_size=32)
+    data = run_data.load(settings)
+    clock = virtual_clock(QueryGrid({11: 2, 12: 0, 13: None}), settings, data, INITIAL, timeout=5.0)
+    tiers = run_data.client_tiers(settings, 3)
+    sizes = [len(rows) for rows in run_data.all_client_rows(settings, data, 3)]
+    assert clock.nodes == {
+        11: VirtualNode(2, tiers[2], batches_per_task(settings, sizes[2])),
+        12: VirtualNode(0, tiers[0], batches_per_task(settings, sizes[0])),
+    }
+    assert clock.times(11) and not clock.times(13)
+    # the duration is the device model's: ratio × batches × emulated-step-seconds, no jitter
+    ratio = settings.speed_ratios()[tiers[2]]
+    assert clock.duration(11, 0, 0.0) == pytest.approx(ratio * clock.nodes[11].batches * settings.emulated_step_seconds)
+
+
+def test_a_federation_whose_nodes_all_stay_silent_is_refused_in_one_line():
+    settings = RunSettings(partitioner="iid")
+    with pytest.raises(VirtualClockError, match="none of the 1 node"):
+        virtual_clock(QueryGrid({11: None}), settings, run_data.load(settings), INITIAL, timeout=1.0)
