@@ -52,7 +52,7 @@ def run_with_retry(spec: BenchRun) -> RunResult | None:
     return None
 
 
-SWEEPS = {"ours": "0", "Flower's": "1"}  # FEDBUFF_FLOWER_SWEEP (fedbuff_ops/simulation_engine.py)
+SWEEPS = {"our": "0", "Flower's": "1"}  # FEDBUFF_FLOWER_SWEEP (fedbuff_ops/simulation_engine.py)
 
 
 def measure(clients: int, seconds: float, flower_sweep: str) -> float | str | None:
