@@ -213,33 +213,24 @@ def test_secure_aggregation_keeps_training_and_flushing_when_a_node_is_killed(tm
     assert not any(reason.startswith(("unmask", "ring")) for reason in secure["errors_by_reason"])
 
 
-def test_a_200_client_simulation_runs_on_the_virtual_clock_with_its_tiers_the_same_twice(
-    tmp_path, no_leftover_processes
-):
+def test_a_200_client_simulation_runs_on_the_virtual_clock_with_its_tiers(tmp_path, no_leftover_processes):
     """Flower's simulation engine, 200 virtual nodes at concurrency 100 on the device model's
-    clock: fast tiers contribute more updates, per-tier accuracy is reported, time is virtual,
-    and a second run of the same seed gives the same model bytes and history."""
-    runs = []
-    for attempt in ("first", "second"):
-        run_dir = tmp_path / attempt
-        federation = LocalFederation(
-            app_dir=ROOT,
-            run_dir=run_dir,
-            num_nodes=200,
-            simulation=True,
-            run_config=(
-                'virtual-clock=true concurrency=100 buffer-size=10 max-server-steps=20 eval-every=10 partitioner="iid" '
-                'local-steps=2 tier-mix="high=0.2,mid=0.3,low=0.5" task-jitter="lognormal" write-plots=false '
-                "metrics-port=0"
-            ),
-        )
-        summary = run_local(federation, out=sys.stdout)
-        events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        with np.load(run_dir / "checkpoint.npz") as checkpoint:
-            model = {k: checkpoint[k].tobytes() for k in checkpoint.files}
-        runs.append((summary, events, model))
-
-    summary, events, model = runs[0]
+    clock: fast tiers contribute more updates, per-tier accuracy is reported, time is virtual.
+    (That one seed gives the same model bytes twice is tests/test_virtual_clock.py's.)"""
+    run_dir = tmp_path / "run"
+    federation = LocalFederation(
+        app_dir=ROOT,
+        run_dir=run_dir,
+        num_nodes=200,
+        simulation=True,
+        run_config=(
+            'virtual-clock=true concurrency=100 buffer-size=10 max-server-steps=20 eval-every=10 partitioner="iid" '
+            'local-steps=2 tier-mix="high=0.2,mid=0.3,low=0.5" task-jitter="lognormal" write-plots=false '
+            "metrics-port=0"
+        ),
+    )
+    summary = run_local(federation, out=sys.stdout)
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert summary["server_steps"] == 20
     assert summary["final_accuracy"] > summary["initial_accuracy"]
     # 200 updates at concurrency 100 take less virtual time than most low-tier round trips:
@@ -251,10 +242,5 @@ def test_a_200_client_simulation_runs_on_the_virtual_clock_with_its_tiers_the_sa
     updates = [e for e in events if e["event"] == "update"]
     assert [e["time"] for e in updates] == sorted(e["time"] for e in updates)  # virtual arrival order
     assert summary["virtual_seconds"] == pytest.approx(max(e["time"] for e in events), abs=0.01)
-
-    def history(events):  # node ids are the engine's random ones; training seconds are measured
-        keep = ("event", "time", "version", "tier", "partition", "staleness", "outcome", "accuracy", "round_trip")
-        return [{k: e[k] for k in keep if k in e} for e in events if e["event"] != "node"]
-
-    assert runs[1][2] == model
-    assert history(runs[1][1]) == history(events)
+    with np.load(run_dir / "checkpoint.npz") as checkpoint:
+        assert int(checkpoint["version"]) == 20
