@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 PYTEST_ARGS ?=
 # Two pytest workers, two federations at once: that fills the two cores (four took 25 min
-# against 22: CPU-bound) (`make test PYTEST_WORKERS=0` runs in-process). `--dist load` hands
+# against 22: CPU-bound) (`make test PYTEST_WORKERS=0` runs in-process). `--dist worksteal` hands
 # each free worker the next test; the end-to-end tests come first (tests/conftest.py), so
 # the minutes-long ones start early and the quick ones fill the tail.
 PYTEST_WORKERS ?= 2
@@ -37,7 +37,7 @@ run: $(STAMP)
 	$(BIN)/fedbuff local $(ARGS)
 
 test: lint
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist load $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 # The house tools, configured in pyproject.toml: ruff (lint and format), the packages' layers
 # (import-linter, docs/architecture.md "Import rules") and mypy. `make test` runs them first.
@@ -50,7 +50,7 @@ lint: $(STAMP)
 # The edit loop: unit and property tests only, nothing that starts Flower, the mask service
 # or Prometheus (the tests marked e2e).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist load -m "not e2e and not compose" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist worksteal -m "not e2e and not compose" $(PYTEST_ARGS)
 
 # docker/compose.yml for real (tests/test_compose.py): builds the images from a local base,
 # brings the stack up under podman, submits runs over TLS. Root, podman, runc and mmdebstrap;
