@@ -9,9 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 PYTEST_ARGS ?=
 # Two pytest workers, two federations at once: that fills the two cores (four took 25 min
-# against 22: CPU-bound) (`make test PYTEST_WORKERS=0` runs in-process). `--dist worksteal` hands
-# each free worker the next test; the end-to-end tests come first (tests/conftest.py), so
-# the minutes-long ones start early and the quick ones fill the tail.
+# against 22: CPU-bound) (`make test PYTEST_WORKERS=0` runs in-process).
 PYTEST_WORKERS ?= 2
 # Flower's SuperLink and SuperNode start flower-superexec by name: the venv's bin goes first;
 # ip and tc (iproute2, for the multi-host test) live in sbin, which a minimal PATH may lack.
