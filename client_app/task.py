@@ -100,22 +100,14 @@ class SharedPartitions:
     nodes (1,000 nodes would otherwise load and split the dataset 1,000 times)."""
 
     def __init__(self) -> None:
-        self._key: tuple[object, ...] | None = None
+        self._key: tuple[RunSettings, int] | None = None
         self._split: tuple[FederatedData, list[np.ndarray]] | None = None
 
     def __call__(self, context: Context, settings: RunSettings, node: NodeProfile) -> Partition:
         from fedbuff import run_data
         from fedbuff.model import ModelSpec
 
-        key = (
-            settings.dataset,
-            settings.seed,
-            settings.test_fraction,
-            settings.partitioner,
-            settings.dirichlet_alpha,
-            settings.classes_per_partition,
-            node.num_partitions,
-        )
+        key = (settings, node.num_partitions)  # a run's settings decide its data and split
         if self._split is None or self._key != key:
             data = run_data.load(settings)
             self._key, self._split = key, (data, run_data.all_client_rows(settings, data, node.num_partitions))

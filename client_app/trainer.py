@@ -34,6 +34,7 @@ from typing import IO
 from flwr.app import Context
 
 from client_app import trainer_protocol as protocol
+from client_app.warm import process_leaving
 
 log = logging.getLogger("client_app.trainer")
 
@@ -158,20 +159,6 @@ def _peer_uid(connection: socket.socket) -> int | None:
     return int(uid)
 
 
-def _process_exists(pid: int) -> bool:
-    """Whether ``pid`` runs; a zombie (exited, not yet reaped by its parent) does not."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):  # no /proc (macOS): kill(0) has spoken
-        return True
-
-
 def _reachable(address: str) -> bool:
     host, _, port = address.rpartition(":")
     try:
@@ -188,7 +175,7 @@ def watch_node(config: TrainerConfig, on_gone) -> threading.Thread:
         misses, beat = 0, 0
         while True:
             time.sleep(WATCH_SECONDS)
-            if not _process_exists(config.parent_pid):
+            if process_leaving(config.parent_pid):
                 on_gone(f"its SuperExec (pid {config.parent_pid}) is gone")
                 return
             beat += 1

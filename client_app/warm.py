@@ -188,7 +188,7 @@ def _connect_or_start(
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         connection.connect(str(address.socket))
-        if not _exiting(_peer_pid(connection)):
+        if not process_leaving(_peer_pid(connection)):
             return connection
         # A killed trainer closes its files one by one: its listener can still take a connection
         # for a moment after the task it was running has seen it die. That one would be reset.
@@ -266,13 +266,22 @@ def _peer_pid(connection: socket.socket) -> int:
     return int(pid)
 
 
-def _exiting(pid: int, proc: Path = Path("/proc")) -> bool:
-    """Whether ``pid`` is on its way out: gone, a zombie, or in exit (Linux's ``PF_EXITING``
-    flag, set before the process closes its files). False where ``/proc`` does not say."""
+def process_leaving(pid: int, proc: Path = Path("/proc")) -> bool:
+    """Whether ``pid`` is gone or on its way out: a zombie, or in exit (Linux's ``PF_EXITING``
+    flag, set before the process closes its files). Without ``/proc`` (macOS), ``kill(pid, 0)``
+    alone decides; ``pid`` 0 (unknown) is never leaving."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # another user's process: it exists
     try:
         fields = (proc / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
     except FileNotFoundError:
-        return pid > 0 and proc.is_dir()
+        return proc.is_dir()  # reaped between the two looks
     except (OSError, IndexError):
         return False
     state, flags = fields[0], int(fields[6])

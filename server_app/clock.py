@@ -13,6 +13,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -40,7 +41,7 @@ class WallClock:
 
     def __init__(self) -> None:
         self._started = time.monotonic()
-        self._arrived: list[Message] = []
+        self._arrived: deque[Message] = deque()
 
     def now(self) -> float:
         return time.monotonic() - self._started
@@ -52,6 +53,10 @@ class WallClock:
     def times(self, node_id: int) -> bool:
         """Whether the clock can time a task of ``node_id`` (the loop sends others nothing)."""
         return True
+
+    def rank(self, node_id: int) -> int:
+        """Where ``node_id`` comes among nodes never used yet (the loop's least-recently-used order)."""
+        return node_id
 
     def dispatched(self, message_id: str, node_id: int, sent_at: float) -> None:
         """A task went out at clock time ``sent_at``."""
@@ -66,7 +71,7 @@ class WallClock:
 
     def next(self) -> Arrival | None:
         """The next reply to apply, if one may be applied now."""
-        return Arrival(self._arrived.pop(0), self.now()) if self._arrived else None
+        return Arrival(self._arrived.popleft(), self.now()) if self._arrived else None
 
     def forget(self, message_id: str) -> None:
         """A task written off: never wait for it."""
@@ -122,6 +127,11 @@ class VirtualClock:
 
     def times(self, node_id: int) -> bool:
         return node_id in self._nodes
+
+    def rank(self, node_id: int) -> int:
+        """By partition, not by the engine's random node ids: the same seed chooses the same clients."""
+        node = self._nodes.get(node_id)
+        return node.partition if node else node_id
 
     def duration(self, node_id: int, task: int, start: float) -> float:
         """Virtual seconds task number ``task`` of ``node_id`` takes when it starts at ``start``."""

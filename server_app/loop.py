@@ -136,7 +136,7 @@ class AsyncLoop:
             on_change=self._node_changed,
             backoff_seconds=settings.error_backoff_seconds,
             backoff_max_seconds=settings.error_backoff_max_seconds,
-            rank=_partition_rank(self.clock),
+            rank=self.clock.rank,
         )
         self.stats = RunStats()
         self.tasks: dict[str, Task] = {}
@@ -439,13 +439,6 @@ class AsyncLoop:
         if self.elapsed >= settings.max_wall_seconds:
             return f"max-wall-seconds ({settings.max_wall_seconds:.0f}) reached"
         return None
-
-
-def _partition_rank(clock: Clock) -> Callable[[int], int] | None:
-    """On the virtual clock, nodes tie by partition, not by their (random) node ids: the same
-    seed then chooses the same clients."""
-    nodes = getattr(clock, "nodes", None)
-    return (lambda node_id: nodes[node_id].partition if node_id in nodes else node_id) if nodes else None
 
 
 def _partition(device: Mapping[str, str | int]) -> dict[str, int]:

@@ -229,15 +229,16 @@ def test_dp_sgd_epsilon_on_the_warm_path_equals_the_in_process_path(parent):
 def test_a_trainer_on_its_way_out_is_not_connected_to(tmp_path):
     """A killed trainer's listener outlives its task's connection by a moment; a ClientApp that
     connects then must start a new trainer rather than hand its task to the dying one."""
-    assert not warm._exiting(os.getpid())
+    assert not warm.process_leaving(os.getpid())
     zombie = subprocess.Popen([sys.executable, "-c", "pass"])
     wait_for(lambda: Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z", 30, "a zombie")
-    assert warm._exiting(zombie.pid)
+    assert warm.process_leaving(zombie.pid)
     zombie.wait()
-    assert warm._exiting(zombie.pid)  # reaped: gone
-    stat_line = "42 (python3 (trainer)) R 1 42 42 0 -1 {flags} 0 0 0 0 1 1 0 0 20 0 3 0\n"
-    (tmp_path / "42").mkdir()
-    (tmp_path / "42" / "stat").write_text(stat_line.format(flags=0x400140))
-    assert not warm._exiting(42, proc=tmp_path)
-    (tmp_path / "42" / "stat").write_text(stat_line.format(flags=0x400144))  # PF_EXITING set
-    assert warm._exiting(42, proc=tmp_path)
+    assert warm.process_leaving(zombie.pid)  # reaped: gone
+    me = str(os.getpid())  # alive for kill(0); its stat line comes from tmp_path
+    stat_line = me + " (python3 (trainer)) R 1 42 42 0 -1 {flags} 0 0 0 0 1 1 0 0 20 0 3 0\n"
+    (tmp_path / me).mkdir()
+    (tmp_path / me / "stat").write_text(stat_line.format(flags=0x400140))
+    assert not warm.process_leaving(os.getpid(), proc=tmp_path)
+    (tmp_path / me / "stat").write_text(stat_line.format(flags=0x400144))  # PF_EXITING set
+    assert warm.process_leaving(os.getpid(), proc=tmp_path)
