@@ -259,8 +259,14 @@ def _mask(
     # checked against the pin; any other value fails the key check as its text, as it always did
     service_key = node.service_key(relayed if isinstance(relayed, (bytes, str)) else str(relayed))
     length = sum(int(d.size) for d in delta)
+    signing_key, key_fingerprint = node.signing_identity()
     masked = mask_update(
-        delta, settings.ring_codec(), service_key, node.signing_key(), secagg_context(context.run_id, length)
+        delta,
+        settings.ring_codec(),
+        service_key,
+        signing_key,
+        secagg_context(context.run_id, length),
+        key_fingerprint=key_fingerprint,
     )
     envelope = ConfigRecord(
         {

@@ -77,7 +77,7 @@ class MaskServiceClient:
                 "unavailable", f"no mask service at {self.address} after {timeout} s", grpc.StatusCode.UNAVAILABLE
             ) from None
 
-    def _call(self, method: Any, request: bytes, timeout: float | None) -> tuple[dict[str, Any], bytes]:
+    def _call(self, method: Any, request: bytes, timeout: float | None) -> tuple[dict[str, Any], memoryview]:
         try:
             response = method(request, timeout=self.timeout if timeout is None else timeout)
         except grpc.RpcError as err:
@@ -132,7 +132,7 @@ class MaskServiceClient:
         """``Σ weight_i·mask_i (mod 2^64)`` over ``contributions`` as a uint64 vector of ``length``.
 
         ``contributions`` are :class:`strategies.ring.Contribution` (``MaskedBuffer.contributions``)
-        or tuples ``(ephemeral_public, signature, masked_digest, node_key_fingerprint, weight)``.
+        or tuples ``(ephemeral_public, signature, node_key_fingerprint, weight)``.
         """
         request = encode_frame(
             {

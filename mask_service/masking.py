@@ -6,15 +6,17 @@ docs/architecture.md, "Secure aggregation".
 A client masks its encoded update with a mask only the mask service can recompute:
 
 1. ``eph`` ← fresh X25519 key pair; ``shared = X25519(eph, service_public)``.
-2. ``seed = HKDF-SHA256(shared, salt=None, info=b"fedbuff-mask-v1" || eph_pub || context, 32)``.
+2. ``seed = HKDF-SHA256(shared, salt=None, info=b"fedbuff-mask-v2" || eph_pub || context, 32)``.
 3. ``mask = ChaCha20(seed, nonce=0)`` keystream of ``8·n`` bytes read as little-endian uint64
    (the seed is single-use, so a zero nonce is safe).
-4. ``masked = example_weight·encode(delta) + mask (mod 2^64)``.
-5. ``signature = ECDSA-P384-SHA384(node_key, eph_pub || context || SHA-256(masked))``.
+4. ``masked = example_weight·encode(delta) + mask (mod 2^64)``, one pass: the keystream is
+   written into the output vector and the encoded update added to it slice by slice.
+5. ``signature = ECDSA-P384-SHA384(node_key, eph_pub || context)``: the node vouches for the
+   mask, which is what the service's checks need; the vector itself travels over the node's
+   authenticated TLS connection (why no digest of it is signed: docs/secure-aggregation.md, §3).
 
 The service recomputes ``mask`` from its static private key and ``eph_pub``
-(:func:`service_mask`), and verifies the signature from the digest alone, so neither the
-service nor the server ever sees an unmasked update.
+(:func:`mask_sum`), so neither the service nor the server ever sees an unmasked update.
 
 The node key is the EC P-384 key SuperNode authentication uses (``ssh-keygen -t ecdsa -b 384``,
 OpenSSH format). The service's public key reaches the client through the (untrusted) server,
@@ -29,9 +31,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import os
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,12 +49,12 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from strategies.ring import RING_DTYPE, WIRE_DTYPE, RingCodec, ring_add, ring_digest, weighted_add
+from strategies.chunked import CHUNK, slices
+from strategies.ring import RING_DTYPE, RingCodec, zeros
 
-PROTOCOL = b"fedbuff-mask-v1"
+PROTOCOL = b"fedbuff-mask-v2"
 SEED_BYTES = 32
 X25519_BYTES = 32
-DIGEST_BYTES = 32
 NODE_CURVE = ec.SECP384R1
 SIGNATURE_HASH = hashes.SHA384
 
@@ -79,11 +83,6 @@ class MaskedUpdate:
     node_key_fingerprint: str = ""
     example_weight: int = 1
     clipped: int = 0
-
-    @property
-    def digest(self) -> bytes:
-        """SHA-256 of the masked vector (the server recomputes it; never trust the client's)."""
-        return ring_digest(self.masked)
 
 
 # -- fingerprints and keys ------------------------------------------------------------------
@@ -221,15 +220,41 @@ def derive_seed(shared_secret: bytes, ephemeral_public: bytes, context: bytes) -
     return HKDF(algorithm=hashes.SHA256(), length=SEED_BYTES, salt=None, info=info).derive(shared_secret)
 
 
+ZERO_BLOCK = memoryview(bytes(8 * CHUNK))  # what the keystream is XORed into: it reads out as itself
+
+
+class Keystream:
+    """ChaCha20 keystream (nonce 0) under a single-use 32-byte seed, read as little-endian
+    uint64 words into the caller's buffers, one cache-sized block at a time.
+
+    The cipher writes straight into the destination: no keystream copy, no full-size zero
+    buffer, so a mask never has to exist whole unless the caller wants it whole.
+    """
+
+    def __init__(self, seed: bytes) -> None:
+        if len(seed) != SEED_BYTES:
+            raise ValueError("mask seeds are 32 bytes")
+        self._encryptor = Cipher(algorithms.ChaCha20(seed, b"\0" * 16), mode=None).encryptor()
+
+    def read_into(self, words: np.ndarray) -> None:
+        """Fill the contiguous uint64 vector ``words`` with the next ``8·len(words)`` bytes."""
+        if words.dtype != RING_DTYPE or not words.flags.c_contiguous:
+            raise TypeError("keystreams are written into contiguous uint64 vectors")
+        out = words.data.cast("B")
+        for start in range(0, len(out), len(ZERO_BLOCK)):
+            chunk = out[start : start + len(ZERO_BLOCK)]
+            self._encryptor.update_into(ZERO_BLOCK[: len(chunk)], chunk)
+        if sys.byteorder != "little":
+            words.byteswap(inplace=True)
+
+
 def expand_mask(seed: bytes, length: int) -> np.ndarray:
     """``length`` uint64 words of ChaCha20 keystream (nonce 0) under the single-use ``seed``."""
-    if len(seed) != SEED_BYTES:
-        raise ValueError("mask seeds are 32 bytes")
     if length < 0:
         raise ValueError(f"mask length {length} must be >= 0")
-    encryptor = Cipher(algorithms.ChaCha20(seed, b"\0" * 16), mode=None).encryptor()
-    stream = encryptor.update(bytes(8 * int(length))) + encryptor.finalize()
-    return np.frombuffer(stream, dtype=WIRE_DTYPE).astype(RING_DTYPE)
+    mask = np.empty(int(length), RING_DTYPE)
+    Keystream(seed).read_into(mask)
+    return mask
 
 
 def client_mask(
@@ -242,44 +267,63 @@ def client_mask(
     return expand_mask(seed, length), ephemeral_public
 
 
+def service_seed(service_private_key: X25519PrivateKey, ephemeral_public: bytes, context: bytes) -> bytes:
+    """The seed a client derived, recomputed by the service from its static private key."""
+    peer = X25519PublicKey.from_public_bytes(bytes(ephemeral_public))
+    return derive_seed(service_private_key.exchange(peer), ephemeral_public, context)
+
+
 def service_mask(
     service_private_key: X25519PrivateKey, ephemeral_public: bytes, context: bytes, length: int
 ) -> np.ndarray:
     """The mask a client derived, recomputed by the service from its static private key."""
-    peer = X25519PublicKey.from_public_bytes(bytes(ephemeral_public))
-    seed = derive_seed(service_private_key.exchange(peer), ephemeral_public, context)
-    return expand_mask(seed, length)
+    return expand_mask(service_seed(service_private_key, ephemeral_public, context), length)
+
+
+def mask_sum(
+    service_private_key: X25519PrivateKey, weighted: Iterable[tuple[bytes, int]], context: bytes, length: int
+) -> np.ndarray:
+    """``Σ q_i·mask_i (mod 2^64)`` over ``(ephemeral_public, q)`` pairs, in one pass over the sum.
+
+    Block by block, each mask's next keystream block is generated into one cache-sized
+    scratch block, scaled and added to that block of the sum: memory is the sum and a block.
+    Raises ValueError for an unusable ephemeral key (a low-order point).
+    """
+    streams = [(Keystream(service_seed(service_private_key, key, context)), int(q)) for key, q in weighted if q]
+    total = zeros(length)
+    scratch = np.empty(min(CHUNK, int(length)), RING_DTYPE)
+    with np.errstate(over="ignore"):
+        for part in slices(int(length)):
+            block, words = total[part], scratch[: part.stop - part.start]
+            for stream, q in streams:
+                stream.read_into(words)
+                if q != 1:
+                    np.multiply(words, np.uint64(q), out=words)
+                np.add(block, words, out=block)
+    return total
 
 
 # -- signatures -------------------------------------------------------------------------------
 
 
-def signed_message(ephemeral_public: bytes, context: bytes, masked_digest: bytes) -> bytes:
-    """``eph_pub || context || SHA-256(masked)``: unambiguous, both ends are fixed-size."""
-    if len(ephemeral_public) != X25519_BYTES or len(masked_digest) != DIGEST_BYTES:
-        raise ValueError("ephemeral_public and masked_digest must both be 32 bytes")
-    return bytes(ephemeral_public) + bytes(context) + bytes(masked_digest)
+def signed_message(ephemeral_public: bytes, context: bytes) -> bytes:
+    """``eph_pub || context``: unambiguous, the key is fixed-size."""
+    if len(ephemeral_public) != X25519_BYTES:
+        raise ValueError("ephemeral_public must be 32 bytes")
+    return bytes(ephemeral_public) + bytes(context)
 
 
-def sign_contribution(
-    signing_key: ec.EllipticCurvePrivateKey, ephemeral_public: bytes, context: bytes, masked_digest: bytes
-) -> bytes:
+def sign_contribution(signing_key: ec.EllipticCurvePrivateKey, ephemeral_public: bytes, context: bytes) -> bytes:
     """DER ECDSA signature (SHA-384) over :func:`signed_message`."""
-    return signing_key.sign(signed_message(ephemeral_public, context, masked_digest), ec.ECDSA(SIGNATURE_HASH()))
+    return signing_key.sign(signed_message(ephemeral_public, context), ec.ECDSA(SIGNATURE_HASH()))
 
 
 def verify_contribution(
-    public_key: ec.EllipticCurvePublicKey,
-    signature: bytes,
-    ephemeral_public: bytes,
-    context: bytes,
-    masked_digest: bytes,
+    public_key: ec.EllipticCurvePublicKey, signature: bytes, ephemeral_public: bytes, context: bytes
 ) -> bool:
-    """Whether ``signature`` is the node's over ``eph_pub || context || digest``."""
+    """Whether ``signature`` is the node's over ``eph_pub || context``."""
     try:
-        public_key.verify(
-            bytes(signature), signed_message(ephemeral_public, context, masked_digest), ec.ECDSA(SIGNATURE_HASH())
-        )
+        public_key.verify(bytes(signature), signed_message(ephemeral_public, context), ec.ECDSA(SIGNATURE_HASH()))
     except (InvalidSignature, ValueError):
         return False
     return True
@@ -305,12 +349,14 @@ def mask_update(
     signing_key: ec.EllipticCurvePrivateKey,
     context: bytes,
     example_weight_int: int = 1,
+    key_fingerprint: str | None = None,
 ) -> MaskedUpdate:
     """Encode, scale by the integer example weight, mask and sign one update.
 
     ``example_weight_int`` is applied before masking (``masked = e·x + m``), so the service
     never needs it; it must be in ``[0, codec.max_example_weight]`` (1 when the server
-    applies the whole weight).
+    applies the whole weight). ``key_fingerprint`` is the signing key's
+    :func:`node_key_fingerprint` when the caller already has it.
     """
     if isinstance(example_weight_int, bool) or not isinstance(example_weight_int, (int, np.integer)):
         raise TypeError(f"example weight must be an integer, got {example_weight_int!r}")
@@ -319,22 +365,23 @@ def mask_update(
             f"example weight {example_weight_int} outside [0, max_example_weight={codec.max_example_weight}]"
         )
     arrays = list(delta_arrays)
-    clipped = codec.clipped_count(arrays)
-    encoded = codec.encode(arrays)
-    mask, ephemeral_public = client_mask(service_public_key, context, encoded.size)
-    if int(example_weight_int) == 1:
-        masked = ring_add(encoded, mask)
-    else:
-        masked = weighted_add(mask, encoded, int(example_weight_int))  # mask is ours to reuse
-    signature = sign_contribution(signing_key, ephemeral_public, context, ring_digest(masked))
+    masked, ephemeral_public = client_mask(service_public_key, context, sum(int(np.size(a)) for a in arrays))
+    clipped = codec.encode_add(arrays, masked, int(example_weight_int))  # masked = mask + e·x, in place
     return MaskedUpdate(
         masked=masked,
         ephemeral_public=ephemeral_public,
-        signature=signature,
-        node_key_fingerprint=node_key_fingerprint(signing_key),
+        signature=sign_contribution(signing_key, ephemeral_public, context),
+        node_key_fingerprint=key_fingerprint or node_key_fingerprint(signing_key),
         example_weight=int(example_weight_int),
         clipped=clipped,
     )
+
+
+@functools.lru_cache(maxsize=4)
+def _node_identity(path: str, mtime_ns: int, size: int, inode: int) -> tuple[ec.EllipticCurvePrivateKey, str]:
+    """The key file at ``path`` as it was at that stat (a changed file is another entry)."""
+    key = load_signing_key(path)
+    return key, node_key_fingerprint(key)
 
 
 @dataclass(frozen=True)
@@ -360,8 +407,19 @@ class NodeSecAggConfig:
         )
 
     def signing_key(self) -> ec.EllipticCurvePrivateKey:
-        """Load the node's private key (each ClientApp process loads it once per message)."""
-        return load_signing_key(self.signing_key_path)
+        """The node's private key (see :meth:`signing_identity`)."""
+        return self.signing_identity()[0]
+
+    def signing_identity(self) -> tuple[ec.EllipticCurvePrivateKey, str]:
+        """The node's private key and its fingerprint, loaded once per process while the file
+        stays the same (a warm trainer signs every update with it; parsing it costs more than
+        the signature)."""
+        path = Path(self.signing_key_path).expanduser()
+        try:
+            found = path.stat()
+        except OSError as err:
+            raise ValueError(f"cannot load the node signing key {path}: {err}") from err
+        return _node_identity(str(path), found.st_mtime_ns, found.st_size, found.st_ino)
 
     def service_key(self, relayed: bytes | str) -> X25519PublicKey:
         """Check the key the server relayed against the pin; see :func:`pinned_service_key`."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sqlite3
@@ -35,6 +36,7 @@ import stat
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from pathlib import Path
@@ -49,10 +51,10 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from mask_service.masking import (
     fingerprint,
     load_node_public_key,
+    mask_sum,
     node_key_fingerprint,
     normalize_fingerprint,
     service_key_bytes,
-    service_mask,
     verify_contribution,
 )
 from mask_service.wire import (
@@ -66,7 +68,7 @@ from mask_service.wire import (
     encode_frame,
     unb64,
 )
-from strategies.ring import Contribution, to_wire, weighted_add, zeros
+from strategies.ring import Contribution, wire_view
 
 log = logging.getLogger("mask_service")
 T = TypeVar("T")
@@ -75,6 +77,8 @@ KEY_FILE = "mask_service_key.pem"
 PUBLIC_FILE = "mask_service_key.pub"
 FINGERPRINT_FILE = "mask_service_key.fingerprint"
 USED_DB = "used_masks.sqlite"
+# Check runs per contribution: it looks at the registry's files at most this often (Unmask always)
+REGISTRY_RECHECK_SECONDS = 1.0
 
 
 class StateError(RuntimeError):
@@ -238,6 +242,8 @@ class NodeKeyRegistry:
             raise StateError(f"registered-keys path {self.path} does not exist")
         self._lock = threading.Lock()
         self._stamp: object = None
+        self._checked_at = -math.inf
+        self.generation = 0  # bumped at every reload: what was verified against older keys is stale
         self._keys: dict[str, ec.EllipticCurvePublicKey] = {}
         self.refresh(strict=True)
         if not self._keys:
@@ -255,9 +261,17 @@ class NodeKeyRegistry:
         files = self._files()
         return tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in files)
 
-    def refresh(self, strict: bool = False) -> None:
-        """Re-read the keys if any file changed."""
+    def refresh(self, strict: bool = False, max_age: float = 0.0) -> None:
+        """Re-read the keys if any file changed; with ``max_age``, look at most that often (seconds).
+
+        Looking means a stat of every key file: per contribution, that would cost more than
+        the signature check itself with a thousand registered nodes.
+        """
         with self._lock:
+            now = time.monotonic()
+            if max_age and now - self._checked_at < max_age:
+                return
+            self._checked_at = now
             try:
                 stamp = self._current_stamp()
                 if stamp == self._stamp:
@@ -278,6 +292,7 @@ class NodeKeyRegistry:
             if self._stamp is not None:
                 log.info("node registry reloaded: %d key(s)", len(keys))
             self._keys, self._stamp = keys, stamp
+            self.generation += 1
 
     def lookup(self, node_fingerprint: str) -> ec.EllipticCurvePublicKey | None:
         try:
@@ -329,6 +344,10 @@ class MaskService:
         self.max_contributions, self.max_context_bytes = int(max_contributions), int(max_context_bytes)
         self.public_key = service_key_bytes(self._key)
         self.fingerprint = fingerprint(self.public_key)
+        # signatures Check verified, with the registry generation they were verified against:
+        # the flush's Unmask of the same contributions need not verify them again
+        self._verified: OrderedDict[tuple[bytes, bytes, bytes, str], int] = OrderedDict()
+        self._verified_lock = threading.Lock()
 
     def info(self) -> ServiceInfo:
         return ServiceInfo(
@@ -394,15 +413,10 @@ class MaskService:
             raise MaskServiceError(
                 "mask-reused", f"{len(used)} mask(s) were already unmasked (first {used[0][:8].hex()}...)"
             )
-        total = zeros(int(length))
-        for c in contributions:
-            if c.weight == 0:
-                continue
-            try:
-                mask = service_mask(self._key, c.ephemeral_public, context, int(length))
-            except ValueError as err:  # e.g. a low-order ephemeral point
-                raise MaskServiceError("malformed", f"unusable ephemeral key: {err}") from err
-            weighted_add(total, mask, int(c.weight))
+        try:
+            total = mask_sum(self._key, [(c.ephemeral_public, c.weight) for c in contributions], context, int(length))
+        except ValueError as err:  # e.g. a low-order ephemeral point
+            raise MaskServiceError("malformed", f"unusable ephemeral key: {err}") from err
         try:
             self._used.record(
                 [(c.ephemeral_public, normalize_fingerprint(c.node_key_fingerprint)) for c in contributions],
@@ -410,6 +424,9 @@ class MaskService:
             )
         except MaskReused:
             raise MaskServiceError("mask-reused", "a concurrent request used one of these masks") from None
+        with self._verified_lock:  # used masks can never pass again: their memos are dead weight
+            for c in contributions:
+                self._verified.pop((c.ephemeral_public, c.signature, context, c.node_key_fingerprint), None)
         log.info(
             "unmasked %d contribution(s) from %d node(s), length %d, context %s",
             len(contributions),
@@ -448,7 +465,7 @@ class MaskService:
             normalize_fingerprint(contribution.node_key_fingerprint)
         except ValueError:
             raise MaskServiceError("malformed", "the node key fingerprint is not SHA-256 hex") from None
-        self.registry.refresh()
+        self.registry.refresh(max_age=REGISTRY_RECHECK_SECONDS)
         self._verify(context, contribution, "contribution")
         if self._used.find_used([contribution.ephemeral_public]):
             raise MaskServiceError(
@@ -460,17 +477,30 @@ class MaskService:
             raise MaskServiceError("malformed", f"unusable ephemeral key: {err}") from err
 
     def _verify(self, context: bytes, c: Contribution, what: str) -> None:
-        """Node key registered and signature valid, or MaskServiceError ``unknown-node``/``bad-signature``."""
+        """Node key registered and signature valid, or MaskServiceError ``unknown-node``/``bad-signature``.
+
+        A signature verified before against the same registry is not verified again (the
+        answer could not differ); the memo is bounded and dropped entry by entry, oldest first.
+        """
         node_key = self.registry.lookup(c.node_key_fingerprint)
         if node_key is None:
             raise MaskServiceError(
                 "unknown-node", f"{what}: node key {c.node_key_fingerprint[:16]}... is not registered"
             )
-        if not verify_contribution(node_key, c.signature, c.ephemeral_public, context, c.masked_digest):
+        memo = (c.ephemeral_public, c.signature, context, c.node_key_fingerprint)
+        generation = self.registry.generation
+        with self._verified_lock:
+            if self._verified.get(memo) == generation:
+                return
+        if not verify_contribution(node_key, c.signature, c.ephemeral_public, context):
             raise MaskServiceError(
                 "bad-signature",
                 f"{what}: signature is not valid for node key {c.node_key_fingerprint[:16]}...",
             )
+        with self._verified_lock:
+            self._verified[memo] = generation
+            while len(self._verified) > 2 * self.max_contributions:
+                self._verified.popitem(last=False)
 
     def close(self) -> None:
         self._used.close()
@@ -519,12 +549,12 @@ class _Servicer:
             contributions = [_parse(contribution_from_json, item) for item in items]
             ctx = _parse(unb64, header.get("context"), "context")
             total = self.service.unmask(ctx, header.get("length"), contributions)
-            return encode_frame({"length": int(total.size), "count": len(contributions)}, to_wire(total))
+            return encode_frame({"length": int(total.size), "count": len(contributions)}, wire_view(total))
 
         return _answer(context, "unmask", run)
 
 
-def _decode(request: bytes) -> tuple[dict, bytes]:
+def _decode(request: bytes) -> tuple[dict, memoryview]:
     return _parse(decode_frame, request)
 
 

@@ -3,10 +3,10 @@
 No .proto and no protoc step. Each request and response body is one frame::
 
     frame   = magic "FBM1" | header_len (uint32, big-endian) | header | payload
-    header  = UTF-8 JSON object (binary fields base64, digests and fingerprints hex)
+    header  = UTF-8 JSON object (binary fields base64, fingerprints hex)
     payload = raw bytes (ring vectors: little-endian uint64), possibly empty
 
-Methods (service ``fedbuff.mask.v1.MaskService``):
+Methods (service ``fedbuff.mask.v2.MaskService``):
 
 ``PublicKey``
     request header ``{}``; response header ``{"protocol", "public_key" (base64 of the raw
@@ -14,7 +14,7 @@ Methods (service ``fedbuff.mask.v1.MaskService``):
     "max_length", "max_contributions"}``, no payload.
 ``Unmask``
     request header ``{"context": base64, "length": n, "contributions": [{"ephemeral_public":
-    base64 (32 bytes), "signature": base64 (DER ECDSA), "masked_digest": hex (32 bytes),
+    base64 (32 bytes), "signature": base64 (DER ECDSA over ephemeral_public || context),
     "node_key_fingerprint": hex, "weight": int}, ...]}``, no payload; response header
     ``{"length": n, "count": k}`` and payload ``Σ weight_i·mask_i (mod 2^64)`` as ``8·n``
     little-endian bytes.
@@ -42,11 +42,11 @@ import grpc
 
 from strategies.ring import Contribution
 
-SERVICE_NAME = "fedbuff.mask.v1.MaskService"
+SERVICE_NAME = "fedbuff.mask.v2.MaskService"
 UNMASK_METHOD = f"/{SERVICE_NAME}/Unmask"
 PUBLIC_KEY_METHOD = f"/{SERVICE_NAME}/PublicKey"
 CHECK_METHOD = f"/{SERVICE_NAME}/Check"
-PROTOCOL = "fedbuff-mask-v1"
+PROTOCOL = "fedbuff-mask-v2"
 MAGIC = b"FBM1"
 _HEADER = struct.Struct(">4sI")
 MAX_HEADER_BYTES = 64 << 20
@@ -104,14 +104,15 @@ class ServiceInfo:
     protocol: str = PROTOCOL
 
 
-def encode_frame(header: Mapping[str, Any], payload: bytes = b"") -> bytes:
-    """``magic | len | JSON header | payload``."""
+def encode_frame(header: Mapping[str, Any], payload: bytes | memoryview = b"") -> bytes:
+    """``magic | len | JSON header | payload``: the payload is copied once, into the frame."""
     head = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
-    return _HEADER.pack(MAGIC, len(head)) + head + bytes(payload)
+    return b"".join((_HEADER.pack(MAGIC, len(head)), head, payload))
 
 
-def decode_frame(data: bytes) -> tuple[dict[str, Any], bytes]:
-    """Split a frame into its JSON header (a dict) and payload; ValueError when malformed."""
+def decode_frame(data: bytes) -> tuple[dict[str, Any], memoryview]:
+    """Split a frame into its JSON header (a dict) and payload (a view of ``data``, not a copy);
+    ValueError when malformed."""
     data = bytes(data)
     if len(data) < _HEADER.size:
         raise ValueError("frame shorter than its fixed header")
@@ -126,7 +127,7 @@ def decode_frame(data: bytes) -> tuple[dict[str, Any], bytes]:
         raise ValueError(f"frame header is not JSON: {err}") from err
     if not isinstance(header, dict):
         raise ValueError("frame header must be a JSON object")
-    return header, data[_HEADER.size + size :]
+    return header, memoryview(data)[_HEADER.size + size :]
 
 
 def b64(data: bytes) -> str:
@@ -145,14 +146,11 @@ def unb64(text: object, what: str) -> bytes:
 def contribution_to_json(item: Contribution | Sequence[Any]) -> dict[str, Any]:
     """One contribution as the Unmask header lists it (accepts a tuple in field order)."""
     if not isinstance(item, Contribution):
-        ephemeral_public, signature, masked_digest, node_key_fingerprint, weight = item
-        item = Contribution(
-            bytes(ephemeral_public), bytes(signature), bytes(masked_digest), str(node_key_fingerprint), int(weight)
-        )
+        ephemeral_public, signature, node_key_fingerprint, weight = item
+        item = Contribution(bytes(ephemeral_public), bytes(signature), str(node_key_fingerprint), int(weight))
     return {
         "ephemeral_public": b64(item.ephemeral_public),
         "signature": b64(item.signature),
-        "masked_digest": item.masked_digest.hex(),
         "node_key_fingerprint": item.node_key_fingerprint,
         "weight": int(item.weight),
     }
@@ -173,18 +171,11 @@ def contribution_from_json(obj: object, max_signature_bytes: int = 512) -> Contr
     signature = unb64(obj.get("signature"), "signature")
     if not 0 < len(signature) <= max_signature_bytes:
         raise ValueError("signature length out of bounds")
-    digest_hex = obj.get("masked_digest")
-    if not isinstance(digest_hex, str):
-        raise ValueError("masked_digest must be a hex string")
-    try:
-        masked_digest = bytes.fromhex(digest_hex)
-    except ValueError as err:
-        raise ValueError("masked_digest is not hex") from err
     fingerprint = obj.get("node_key_fingerprint")
     if not isinstance(fingerprint, str):
         raise ValueError("node_key_fingerprint must be a string")
-    if len(ephemeral_public) != 32 or len(masked_digest) != 32:
-        raise ValueError("ephemeral_public and masked_digest must be 32 bytes each")
+    if len(ephemeral_public) != 32:
+        raise ValueError("ephemeral_public must be 32 bytes")
     if weight < 0:
         raise MaskServiceError("weight-out-of-range", f"weight {weight} is negative")
-    return Contribution(ephemeral_public, signature, masked_digest, fingerprint, weight)
+    return Contribution(ephemeral_public, signature, fingerprint, weight)

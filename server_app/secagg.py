@@ -7,7 +7,6 @@ the masks from a sum of at least K_min of them (docs/secure-aggregation.md).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -24,7 +23,7 @@ from server_app.validation import Rejection, ValidUpdate, update_byte_limit, val
 from strategies.base import AsyncStrategy, FlushError
 from strategies.dp import FlushPrivacy
 from strategies.registry import build_secure_strategy
-from strategies.ring import Contribution, ring_digest
+from strategies.ring import Contribution
 
 log = logging.getLogger(__name__)
 READY_TIMEOUT_SECONDS = 15.0
@@ -71,12 +70,8 @@ def masked_validator(
         mask = checked.mask
         assert mask is not None  # validate_masked_reply always sets it
         node = mask.node_key_fingerprint[:16]
-        # the digest of the vector as received: checked now, forwarded by the buffer at flush
-        mask = dataclasses.replace(mask, masked_digest=ring_digest(checked.delta[0]))
         try:
-            contribution = Contribution(
-                mask.ephemeral_public, mask.signature, mask.masked_digest, mask.node_key_fingerprint, 1
-            )
+            contribution = Contribution(mask.ephemeral_public, mask.signature, mask.node_key_fingerprint, 1)
             client.check(context, contribution, length, timeout=timeout)
         except MaskServiceError as err:
             if err.reason in REASONS:
@@ -87,7 +82,7 @@ def masked_validator(
         except Exception as err:
             log.exception("checking the contribution of node key %s… failed", node)
             return Rejection("mask-service-unavailable", f"check failed: {err!r}")
-        return dataclasses.replace(checked, mask=mask)
+        return checked
 
     return validate
 

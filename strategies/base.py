@@ -31,7 +31,6 @@ class MaskEnvelope:
     ephemeral_public: bytes
     signature: bytes
     node_key_fingerprint: str
-    masked_digest: bytes = b""  # SHA-256 of the vector as received, once the server computed it
 
 
 @dataclass(frozen=True)

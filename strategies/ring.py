@@ -25,17 +25,18 @@ Pure numpy and the standard library: no Flower, no torch, no cryptography.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from strategies.chunked import CHUNK, slices
+
 RING_BITS = 64
 SIGNED_LIMIT = 1 << (RING_BITS - 1)  # 2^63: |decoded value| must stay below this
 RING_DTYPE = np.dtype(np.uint64)
-WIRE_DTYPE = np.dtype("<u8")  # byte order of ring vectors on the wire and under the digest
+WIRE_DTYPE = np.dtype("<u8")  # byte order of ring vectors on the wire
 DEFAULT_WEIGHT_SCALE = 1 << 16
 
 Shapes = Sequence[tuple[int, ...]]
@@ -143,12 +144,49 @@ class RingCodec:
 
         Negative values are stored in two's complement. Non-finite values are refused.
         """
-        flat = _flatten(arrays)
-        if flat.size and not np.all(np.isfinite(flat)):
-            raise ValueError("cannot encode non-finite values (NaN or inf) into the ring")
-        np.clip(flat, -self.clip, self.clip, out=flat)
-        flat *= float(1 << self.scale_bits)  # exact: a power of two
-        return np.rint(flat).astype(np.int64).view(RING_DTYPE)
+        arrays = list(arrays)
+        vector = zeros(sum(int(np.size(a)) for a in arrays))
+        self.encode_add(arrays, vector)
+        return vector
+
+    def encode_add(self, arrays: Iterable[np.ndarray], acc: np.ndarray, weight: int = 1) -> int:
+        """``acc += weight·encode(arrays) (mod 2^64)`` in one pass; returns how many coordinates
+        were clipped.
+
+        Slice by slice in cache-sized scratch buffers: the float update is read once and
+        ``acc`` (a mask, on the client) is read and written once, with no full-size
+        temporary. A NaN or an Inf raises ValueError, leaving ``acc`` partly written.
+        """
+        _check_ring(acc, "accumulator")
+        flat_acc = acc.reshape(-1)
+        wide = np.empty(min(CHUNK, max(flat_acc.size, 1)), np.float64)
+        encoded = np.empty(wide.size, np.int64)
+        scale, clipped, offset = float(1 << self.scale_bits), 0, 0
+        for array in arrays:
+            flat = np.reshape(np.asarray(array), -1)
+            if offset + flat.size > flat_acc.size:
+                raise ValueError(f"the update has more coordinates than the {flat_acc.size} of the vector")
+            for part in slices(flat.size):
+                size = part.stop - part.start
+                values, ints = wide[:size], encoded[:size]
+                values[...] = flat[part]
+                if not np.isfinite(values).all():
+                    raise ValueError("cannot encode non-finite values (NaN or inf) into the ring")
+                clipped += int(np.count_nonzero(values > self.clip)) + int(np.count_nonzero(values < -self.clip))
+                np.clip(values, -self.clip, self.clip, out=values)
+                values *= scale  # exact: a power of two
+                np.rint(values, out=values)
+                ints[...] = values
+                words = ints.view(RING_DTYPE)
+                target = flat_acc[offset + part.start : offset + part.stop]
+                with np.errstate(over="ignore"):
+                    if weight != 1:
+                        np.multiply(words, np.uint64(weight), out=words)
+                    np.add(target, words, out=target)
+            offset += flat.size
+        if offset != flat_acc.size:
+            raise ValueError(f"the update has {offset} coordinates, the vector {flat_acc.size}")
+        return clipped
 
     def clipped_count(self, arrays: Iterable[np.ndarray]) -> int:
         """How many coordinates :meth:`encode` would clip (worth a metric on the client)."""
@@ -165,9 +203,11 @@ class RingCodec:
         total = sum(_size(s) for s in shapes)
         if signed.size != total:
             raise ValueError(f"ring vector has {signed.size} coordinates, shapes need {total}")
-        values = signed.astype(np.float64) / float(1 << self.scale_bits)
-        if weight_scale != 1:
-            values /= float(weight_scale)
+        values = np.empty(total, np.float64)
+        for part in slices(total):  # two in-cache divisions, exactly as the whole-array ones round
+            np.divide(signed[part], float(1 << self.scale_bits), out=values[part])
+            if weight_scale != 1:
+                values[part] /= float(weight_scale)
         out, start = [], 0
         for shape in shapes:
             size = _size(shape)
@@ -203,8 +243,16 @@ class RingCodec:
                 f"total weight {total_weight} × coordinate bound {self.coordinate_bound} ≥ 2^63: "
                 "more weight went into this sum than the codec's headroom allows"
             )
-        signed = to_signed(vector)
-        return int(np.count_nonzero((signed > bound) | (signed < -bound)))
+        # v ∈ [−bound, bound] ⇔ (v + bound) mod 2^64 ≤ 2·bound, since 2·bound < 2^64
+        flat = to_signed(vector).view(RING_DTYPE).reshape(-1)
+        shifted = np.empty(min(CHUNK, flat.size), RING_DTYPE)
+        count = 0
+        with np.errstate(over="ignore"):
+            for part in slices(flat.size):
+                window = shifted[: part.stop - part.start]
+                np.add(flat[part], np.uint64(bound), out=window)
+                count += int(np.count_nonzero(window > np.uint64(2 * bound)))
+        return count
 
 
 def quantize_weight(weight: float, weight_scale: int, max_weight: int | None = None) -> int:
@@ -248,8 +296,9 @@ def zeros(length: int) -> np.ndarray:
 def weighted_add(acc: np.ndarray, vector: np.ndarray, weight: int) -> np.ndarray:
     """``acc += weight·vector (mod 2^64)`` in place; returns ``acc``.
 
-    ``weight`` is a non-negative integer below 2^64. Wrap-around is the point, so numpy's
-    overflow warnings are silenced for exactly these two operations.
+    ``weight`` is a non-negative integer below 2^64. The product is taken slice by slice in a
+    cache-sized scratch buffer, so no full-size temporary appears and ``vector`` is read once.
+    Wrap-around is the point, so numpy's overflow warnings are silenced.
     """
     _check_ring(acc, "accumulator")
     _check_ring(vector, "vector")
@@ -259,11 +308,17 @@ def weighted_add(acc: np.ndarray, vector: np.ndarray, weight: int) -> np.ndarray
         raise TypeError(f"ring weights are integers, got {weight!r}")
     if not 0 <= int(weight) < (1 << RING_BITS):
         raise ValueError(f"ring weight {weight} must be in [0, 2^64)")
+    flat_acc, flat_vector = acc.reshape(-1), vector.reshape(-1)
     with np.errstate(over="ignore"):
         if int(weight) == 1:
             np.add(acc, vector, out=acc)
-        else:
-            np.add(acc, np.multiply(vector, np.uint64(weight)), out=acc)
+            return acc
+        factor = np.uint64(weight)
+        scratch = np.empty(min(CHUNK, flat_acc.size), RING_DTYPE)
+        for part in slices(flat_acc.size):
+            product = scratch[: part.stop - part.start]
+            np.multiply(flat_vector[part], factor, out=product)
+            np.add(flat_acc[part], product, out=flat_acc[part])
     return acc
 
 
@@ -283,27 +338,29 @@ def ring_sub(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.subtract(a, b)
 
 
-def ring_digest(vector: np.ndarray) -> bytes:
-    """SHA-256 of the vector's little-endian bytes: what a client signs and the service checks."""
-    _check_ring(vector, "vector")
-    data = np.ascontiguousarray(vector, dtype=WIRE_DTYPE)
-    return hashlib.sha256(data.data.cast("B")).digest()
-
-
 def to_wire(vector: np.ndarray) -> bytes:
     """Little-endian bytes of a ring vector."""
     _check_ring(vector, "vector")
     return np.ascontiguousarray(vector, dtype=WIRE_DTYPE).tobytes()
 
 
-def from_wire(data: bytes, length: int | None = None) -> np.ndarray:
-    """Ring vector from little-endian bytes (a writable copy in native byte order)."""
+def wire_view(vector: np.ndarray) -> memoryview:
+    """The vector's little-endian bytes without a copy where the machine is little-endian."""
+    _check_ring(vector, "vector")
+    return np.ascontiguousarray(vector, dtype=WIRE_DTYPE).data.cast("B")
+
+
+def from_wire(data: bytes | memoryview, length: int | None = None) -> np.ndarray:
+    """Ring vector from little-endian bytes: a read-only view of ``data`` where the machine is
+    little-endian (no copy), a native-order copy elsewhere."""
     if len(data) % 8:
         raise ValueError(f"{len(data)} bytes is not a whole number of uint64 coordinates")
-    vector = np.frombuffer(data, dtype=WIRE_DTYPE).astype(RING_DTYPE)
+    vector = np.frombuffer(data, dtype=WIRE_DTYPE)
+    if vector.dtype != RING_DTYPE:
+        vector = vector.astype(RING_DTYPE)
     if length is not None and vector.size != length:
         raise ValueError(f"ring vector has {vector.size} coordinates, expected {length}")
-    return vector
+    return vector.view(RING_DTYPE)
 
 
 # -- a masked buffer ----------------------------------------------------------------------
@@ -313,21 +370,19 @@ def from_wire(data: bytes, length: int | None = None) -> np.ndarray:
 class Contribution:
     """What the mask service needs about one masked vector in a buffer (never the vector).
 
-    ``weight`` is the integer weight the server multiplied the masked vector by;
-    ``masked_digest`` is :func:`ring_digest` of the masked vector as the server received it.
+    ``signature`` is the node's over the ephemeral key and the context
+    (``mask_service.masking.signed_message``); ``weight`` is the integer weight the server
+    multiplied the masked vector by.
     """
 
     ephemeral_public: bytes
     signature: bytes
-    masked_digest: bytes
     node_key_fingerprint: str
     weight: int
 
     def __post_init__(self) -> None:
         if len(self.ephemeral_public) != 32:
             raise ValueError("ephemeral_public must be 32 bytes (a raw X25519 public key)")
-        if len(self.masked_digest) != 32:
-            raise ValueError("masked_digest must be a 32-byte SHA-256 digest")
         if isinstance(self.weight, bool) or not isinstance(self.weight, (int, np.integer)) or self.weight < 0:
             raise ValueError(f"weight {self.weight!r} must be an integer >= 0")
 
@@ -360,7 +415,7 @@ class MaskedBuffer:
         self.codec = codec
         self.shapes = [tuple(int(d) for d in s) for s in shapes]
         self.length = sum(_size(s) for s in self.shapes)
-        self._sum = zeros(self.length)
+        self._sum: np.ndarray | None = None  # allocated by the first add: an empty buffer holds no vector
         self._clients: set[int] = set()
         self._masks: set[bytes] = set()
         self._contributions: list[Contribution] = []
@@ -403,14 +458,8 @@ class MaskedBuffer:
         signature: bytes,
         node_key_fingerprint: str,
         example_weight: int = 1,
-        masked_digest: bytes | None = None,
     ) -> Contribution:
-        """Add ``weight·masked``.
-
-        ``masked_digest`` is the SHA-256 of this very vector when the caller already computed
-        it (the server's arrival check does); otherwise it is computed here. The service
-        verifies it against the client's signature at flush, so a wrong one fails the flush.
-        """
+        """Add ``weight·masked`` in place (``masked`` is only read, slice by slice)."""
         if client_id in self._clients:
             raise ValueError(f"client {client_id} already contributed to this buffer")
         if bytes(ephemeral_public) in self._masks:
@@ -433,10 +482,11 @@ class MaskedBuffer:
         contribution = Contribution(
             ephemeral_public=bytes(ephemeral_public),
             signature=bytes(signature),
-            masked_digest=masked_digest or ring_digest(masked),
             node_key_fingerprint=str(node_key_fingerprint),
             weight=int(weight),
         )
+        if self._sum is None:
+            self._sum = zeros(self.length)
         weighted_add(self._sum, masked, int(weight))
         self._clients.add(client_id)
         self._masks.add(contribution.ephemeral_public)
@@ -445,14 +495,20 @@ class MaskedBuffer:
         return contribution
 
     def flush(self, mask_sum: np.ndarray) -> RingFlush:
-        """Subtract the service's ``Σ q_i·m_i``, decode, and empty the buffer."""
-        if not self._contributions:
+        """Subtract the service's ``Σ q_i·m_i`` from the sum in place, decode, and empty the buffer.
+
+        The only new full-size array is the float64 result: the ring sum is turned into the
+        plaintext sum where it lies and decoded slice by slice.
+        """
+        if self._sum is None:
             raise ValueError("cannot flush an empty buffer")
         mask_sum = np.asarray(mask_sum)
         _check_ring(mask_sum, "mask sum")
         if mask_sum.shape != self._sum.shape:
             raise ValueError(f"mask sum has shape {mask_sum.shape}, expected {self._sum.shape}")
-        plain = ring_sub(self._sum, mask_sum)
+        plain = self._sum
+        with np.errstate(over="ignore"):
+            np.subtract(plain, mask_sum, out=plain)
         overflow = self.codec.overflow_count(plain, self._integer_weight)
         result = RingFlush(
             total=self.codec.decode(plain, self.shapes, self.codec.weight_scale),
@@ -466,7 +522,7 @@ class MaskedBuffer:
 
     def discard(self) -> None:
         """Empty the buffer without decoding (e.g. when the service refused to unmask)."""
-        self._sum = zeros(self.length)
+        self._sum = None
         self._clients.clear()
         self._masks.clear()
         self._contributions = []

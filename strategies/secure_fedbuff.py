@@ -62,7 +62,6 @@ class SecureFedBuff(FedBuff):
             ephemeral_public=update.mask.ephemeral_public,
             signature=update.mask.signature,
             node_key_fingerprint=update.mask.node_key_fingerprint,
-            masked_digest=update.mask.masked_digest or None,
         )
         return True
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 
 import grpc
 import numpy as np
@@ -138,10 +139,7 @@ def test_a_used_mask_is_refused_even_after_a_restart(federation):
             LENGTH,
             [
                 Contribution(
-                    *[
-                        getattr(c, f)
-                        for f in ("ephemeral_public", "signature", "masked_digest", "node_key_fingerprint")
-                    ],
+                    *[getattr(c, f) for f in ("ephemeral_public", "signature", "node_key_fingerprint")],
                     2048,
                 )
                 for c in first
@@ -158,15 +156,17 @@ def test_a_used_mask_is_refused_even_after_a_restart(federation):
 
 def test_bad_signatures_are_refused(federation):
     good = federation.contributions(federation.nodes[:3])
-    tampered_digest = Contribution(
-        good[0].ephemeral_public, good[0].signature, bytes(32), good[0].node_key_fingerprint, 1024
+    # node 1's key signs node 0's mask under node 0's name: a forged signature
+    forged_key = Contribution(
+        good[0].ephemeral_public,
+        sign_contribution(federation.nodes[1].key, good[0].ephemeral_public, CONTEXT),
+        good[0].node_key_fingerprint,
+        1024,
     )
     with refused("bad-signature"):
-        federation.service.unmask(CONTEXT, LENGTH, [tampered_digest, *good[1:]])
+        federation.service.unmask(CONTEXT, LENGTH, [forged_key, *good[1:]])
     # node 3 claims node 0's contribution: its key did not sign it
-    claimed = Contribution(
-        good[0].ephemeral_public, good[0].signature, good[0].masked_digest, federation.nodes[3].fingerprint, 1024
-    )
+    claimed = Contribution(good[0].ephemeral_public, good[0].signature, federation.nodes[3].fingerprint, 1024)
     with refused("bad-signature"):
         federation.service.unmask(CONTEXT, LENGTH, [claimed, *good[1:]])
     with refused("bad-signature"):  # signed for another context (another run)
@@ -175,8 +175,7 @@ def test_bad_signatures_are_refused(federation):
     node = federation.nodes[0]
     forged = Contribution(
         bytes(32),
-        sign_contribution(node.key, good[0].ephemeral_public, CONTEXT, good[0].masked_digest),
-        good[0].masked_digest,
+        sign_contribution(node.key, good[0].ephemeral_public, CONTEXT),
         node.fingerprint,
         1024,
     )
@@ -191,9 +190,7 @@ def test_unregistered_node_key_is_refused(federation, tmp_path):
     with refused("unknown-node"):
         federation.service.unmask(CONTEXT, LENGTH, contributions)
     with refused("malformed"):
-        bad = Contribution(
-            contributions[0].ephemeral_public, contributions[0].signature, contributions[0].masked_digest, "not-hex", 1
-        )
+        bad = Contribution(contributions[0].ephemeral_public, contributions[0].signature, "not-hex", 1)
         federation.service.unmask(CONTEXT, LENGTH, [bad, *contributions[1:]])
 
 
@@ -269,10 +266,7 @@ def test_grpc_shell_in_process(federation):
                 weighted_add(
                     expected, service_mask(federation.service._key, c.ephemeral_public, CONTEXT, LENGTH), c.weight
                 )
-            as_tuples = [
-                (c.ephemeral_public, c.signature, c.masked_digest, c.node_key_fingerprint, c.weight)
-                for c in contributions
-            ]
+            as_tuples = [(c.ephemeral_public, c.signature, c.node_key_fingerprint, c.weight) for c in contributions]
             assert np.array_equal(client.unmask(CONTEXT, as_tuples, LENGTH), expected)
             cases = {
                 "mask-reused": (contributions, grpc.StatusCode.ALREADY_EXISTS),
@@ -291,7 +285,6 @@ def test_grpc_shell_in_process(federation):
                         {
                             "ephemeral_public": "A" * 43 + "=",
                             "signature": "AA==",
-                            "masked_digest": "00" * 32,
                             "node_key_fingerprint": "ab" * 32,
                             "weight": -1,
                         }
@@ -334,3 +327,40 @@ def test_large_vectors_pass_the_grpc_message_limits(tmp_path):
     finally:
         server.stop(0)
         fed.service.close()
+
+
+def test_a_checked_signature_is_not_verified_again_at_unmask_unless_the_registry_changed(federation, monkeypatch):
+    import mask_service.service as service_module
+
+    verified = []
+    real = service_module.verify_contribution
+    monkeypatch.setattr(service_module, "verify_contribution", lambda *args: verified.append(args[2]) or real(*args))
+    service = federation.service
+    good = federation.contributions(federation.nodes[:4])
+    for c in good:
+        service.check(CONTEXT, c, LENGTH)
+    assert len(verified) == 4
+    service.unmask(CONTEXT, LENGTH, good[:3])
+    assert len(verified) == 4  # all three were verified by their checks
+    # a registry edit: what was verified against the old keys is verified again
+    register(federation.registry, make_node(federation.tmp_path / "nodes", "late"))
+    fresh = federation.contributions(federation.nodes[4:5] + federation.nodes[:1])
+    service.unmask(CONTEXT, LENGTH, [good[3], *fresh])
+    assert verified[4:] == [c.ephemeral_public for c in (good[3], *fresh)]
+
+
+def test_check_looks_at_the_registry_files_at_most_once_a_second_and_unmask_always(federation, monkeypatch):
+    import mask_service.service as service_module
+
+    service = federation.service
+    good = federation.contributions(federation.nodes[:2])
+    (federation.registry / federation.nodes[0].public_path.name).unlink()  # node 0 is unregistered...
+    clock = [time.monotonic() + 1000.0]
+    monkeypatch.setattr(service_module.time, "monotonic", lambda: clock[0])
+    service.registry.refresh()
+    register(federation.registry, federation.nodes[0])  # ...and registered again
+    service.check(CONTEXT, good[1], LENGTH)
+    with refused("unknown-node"):  # not looked at yet
+        service.check(CONTEXT, good[0], LENGTH)
+    clock[0] += service_module.REGISTRY_RECHECK_SECONDS
+    service.check(CONTEXT, good[0], LENGTH)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from mask_service.masking import (
     NODE_SERVICE_FINGERPRINT,
@@ -21,6 +22,7 @@ from mask_service.masking import (
     fingerprint,
     load_node_public_key,
     load_signing_key,
+    mask_sum,
     mask_update,
     node_key_fingerprint,
     normalize_fingerprint,
@@ -30,7 +32,8 @@ from mask_service.masking import (
     service_mask,
     verify_contribution,
 )
-from strategies.ring import RingCodec, ring_digest, ring_sub, weighted_add, zeros
+from strategies.chunked import CHUNK
+from strategies.ring import RingCodec, ring_sub, weighted_add, zeros
 from tests.test_secagg_support import ROOT, make_node, random_update, ssh_keygen_node
 
 SHAPES = [(4, 3), (3,)]
@@ -77,16 +80,13 @@ def test_mask_update_masks_encodes_and_signs(service_key, tmp_path):
     mask = service_mask(service_key, update.ephemeral_public, context, 15)
     assert np.array_equal(ring_sub(update.masked, mask), codec.encode(delta))
     assert not np.array_equal(update.masked, codec.encode(delta))
-    digest = ring_digest(update.masked)
-    assert update.digest == digest
     public = node.key.public_key()
-    assert verify_contribution(public, update.signature, update.ephemeral_public, context, digest)
-    assert not verify_contribution(public, update.signature, update.ephemeral_public, context + b"!", digest)
-    assert not verify_contribution(public, update.signature, update.ephemeral_public, context, bytes(32))
-    assert not verify_contribution(public, update.signature, bytes(32), context, digest)
+    assert verify_contribution(public, update.signature, update.ephemeral_public, context)
+    assert not verify_contribution(public, update.signature, update.ephemeral_public, context + b"!")
+    assert not verify_contribution(public, update.signature, bytes(32), context)
     stranger = make_node(tmp_path, "stranger").key.public_key()
-    assert not verify_contribution(stranger, update.signature, update.ephemeral_public, context, digest)
-    assert not verify_contribution(public, b"garbage", update.ephemeral_public, context, digest)
+    assert not verify_contribution(stranger, update.signature, update.ephemeral_public, context)
+    assert not verify_contribution(public, b"garbage", update.ephemeral_public, context)
 
 
 def test_example_weight_is_applied_before_the_mask(service_key, tmp_path):
@@ -187,3 +187,20 @@ def test_rooms_masking_and_ring_import_no_torch_flower_or_grpc():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_the_block_by_block_keystream_and_mask_sum_equal_the_whole_keystream(service_key):
+    length = 2 * CHUNK + 5  # crosses block boundaries
+    seed = bytes(range(32))
+    whole = Cipher(algorithms.ChaCha20(seed, b"\0" * 16), mode=None).encryptor().update(bytes(8 * length))
+    assert expand_mask(seed, length).tobytes() == whole
+    context = secagg_context(3, length)
+    keys = [client_mask(service_key.public_key(), context, 1)[1] for _ in range(3)]
+    weights = [1, 0, 70000]
+    expected = zeros(length)
+    for key, q in zip(keys, weights):
+        weighted_add(expected, service_mask(service_key, key, context, length), q)
+    assert np.array_equal(mask_sum(service_key, zip(keys, weights), context, length), expected)
+    assert not mask_sum(service_key, [(keys[0], 0)], context, length).any()
+    with pytest.raises(ValueError):  # a low-order point is no usable ephemeral key
+        mask_sum(service_key, [(bytes(32), 1)], context, length)

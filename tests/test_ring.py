@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import tracemalloc
 import warnings
 
 import numpy as np
@@ -11,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from strategies.chunked import CHUNK
 from strategies.ring import (
     SIGNED_LIMIT,
     MaskedBuffer,
@@ -18,11 +20,11 @@ from strategies.ring import (
     RingOverflowError,
     from_wire,
     quantize_weight,
-    ring_digest,
     ring_sub,
     to_signed,
     to_wire,
     weighted_add,
+    wire_view,
     zeros,
 )
 
@@ -278,15 +280,13 @@ def test_weighted_add_wraps_without_warnings_and_checks_types():
         weighted_add(acc, zeros(3), 1)
 
 
-def test_wire_format_and_digest():
+def test_wire_format():
     vector = np.array([0, 1, 2**63, 2**64 - 1], dtype=np.uint64)
     data = to_wire(vector)
     assert data[:8] == b"\0" * 8 and data[8:16] == b"\x01" + b"\0" * 7  # little-endian
     assert np.array_equal(from_wire(data, 4), vector)
-    assert ring_digest(vector) == ring_digest(from_wire(data))
-    assert ring_digest(vector) != ring_digest(vector[::-1].copy())
-    big_endian = vector.astype(">u8")
-    assert ring_digest(np.ascontiguousarray(big_endian.astype(np.uint64))) == ring_digest(vector)
+    assert bytes(wire_view(vector)) == data and from_wire(memoryview(data)).dtype == np.uint64
+    assert bytes(wire_view(vector.astype(">u8").astype(np.uint64))) == data
     with pytest.raises(ValueError):
         from_wire(b"\0" * 7)
     with pytest.raises(ValueError):
@@ -309,7 +309,7 @@ def test_masked_buffer_matches_plain_weighted_sum():
         contribution = buffer.add(
             client, masked, weight=q, ephemeral_public=bytes([client]) * 32, signature=b"sig", node_key_fingerprint="ab"
         )
-        assert contribution.masked_digest == ring_digest(masked) and contribution.weight == q
+        assert contribution.weight == q and contribution.ephemeral_public == bytes([client]) * 32
         masks.append((mask, q))
         floats.append(weight)
         for e, u in zip(expected, update):
@@ -338,3 +338,85 @@ def test_masked_buffer_matches_plain_weighted_sum():
 
 def test_signed_limit_constant():
     assert SIGNED_LIMIT == 2**63
+
+
+# -- the one-pass paths equal the whole-array arithmetic they replace ---------------------------
+
+# sizes around the slice length, so every path crosses slice boundaries mid-array
+SLICED_SHAPES = [(CHUNK - 3,), (5, 7), (CHUNK + 11,), (1,)]
+
+
+def whole_array_encode(codec: RingCodec, arrays) -> np.ndarray:
+    flat = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays])
+    np.clip(flat, -codec.clip, codec.clip, out=flat)
+    return np.rint(flat * float(1 << codec.scale_bits)).astype(np.int64).view(np.uint64)
+
+
+def test_encode_add_is_one_pass_of_encode_then_a_weighted_add():
+    codec = RingCodec(scale_bits=20, clip=1.0, max_example_weight=8, max_weight=1024, weight_scale=256)
+    rng = np.random.default_rng(11)
+    arrays = [rng.normal(0, 0.7, size=s).astype(np.float32) for s in SLICED_SHAPES]
+    n = sum(a.size for a in arrays)
+    expected = whole_array_encode(codec, arrays)
+    assert np.array_equal(codec.encode(arrays), expected)
+    mask = random_masks(rng, 1, n)[0]
+    acc = mask.copy()
+    clipped = codec.encode_add(arrays, acc, 5)
+    with np.errstate(over="ignore"):
+        assert np.array_equal(acc, mask + expected * np.uint64(5))
+    assert clipped == codec.clipped_count(arrays) > 0
+    with pytest.raises(ValueError, match="coordinates"):
+        codec.encode_add(arrays, zeros(n + 1))
+    poisoned = [a.copy() for a in arrays]
+    poisoned[2][CHUNK + 5] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        codec.encode(poisoned)
+
+
+def test_sliced_weighted_add_overflow_count_and_decode_match_whole_arrays():
+    codec = RingCodec(scale_bits=16, clip=2.0, max_weight=4096, max_summands=4, weight_scale=1000)
+    rng = np.random.default_rng(12)
+    n = 2 * CHUNK + 17
+    acc, vector = random_masks(rng, 2, n)
+    expected = acc.copy()
+    with np.errstate(over="ignore"):
+        expected += vector * np.uint64(4095)
+    assert np.array_equal(weighted_add(acc, vector, 4095), expected)
+    # an honest sum sits inside the bound; coordinates just outside it, on both sides, are counted
+    total_weight = 3000
+    bound = codec.sum_bound(total_weight)
+    signed = rng.integers(-bound, bound + 1, size=n, dtype=np.int64)
+    signed[[0, CHUNK, n - 1]] = [bound, -bound, bound]
+    assert codec.overflow_count(signed.view(np.uint64), total_weight) == 0
+    signed[[1, CHUNK + 1, n - 2]] = [bound + 1, -bound - 1, np.iinfo(np.int64).min]
+    assert codec.overflow_count(signed.view(np.uint64), total_weight) == 3
+    decoded = codec.decode(signed.view(np.uint64), [(n,)], codec.weight_scale)[0]
+    assert np.array_equal(decoded, signed.astype(np.float64) / float(1 << 16) / 1000.0)
+
+
+def test_a_flush_subtracts_in_place_and_leaves_no_full_size_ring_temporary():
+    codec = RingCodec(max_summands=4)
+    n = 4 * CHUNK
+    buffer = MaskedBuffer(codec, [(n,)])
+    rng = np.random.default_rng(13)
+    masks = random_masks(rng, 2, n)
+    for client, mask in enumerate(masks):
+        masked = mask.copy()
+        codec.encode_add([np.full(n, 0.25, np.float32)], masked)
+        buffer.add(
+            client,
+            masked,
+            weight=codec.weight_scale,
+            ephemeral_public=bytes([client]) * 32,
+            signature=b"s",
+            node_key_fingerprint="ab",
+        )
+    mask_sum = zeros(n)
+    for mask in masks:
+        weighted_add(mask_sum, mask, codec.weight_scale)
+    tracemalloc.start()
+    flushed = buffer.flush(mask_sum)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert flushed.overflow == 0 and np.allclose(flushed.total[0], 0.5)
+    assert peak < 8 * n + 4 * 8 * CHUNK  # the float64 result, a few slices: no second ring vector

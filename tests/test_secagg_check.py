@@ -17,7 +17,7 @@ from server_app.metrics import INVALID_REASONS
 from server_app.secagg import masked_validator
 from server_app.validation import REJECTION_REASONS, Rejection
 from strategies import ClientUpdate, FedBuff, Outcome, StrategyOptions
-from strategies.ring import Contribution, ring_digest, weighted_add, zeros
+from strategies.ring import Contribution, weighted_add, zeros
 from strategies.secure_fedbuff import SecureFedBuff
 from tests.test_mask_service import CODEC, CONTEXT, LENGTH, Federation
 from tests.test_secagg_support import contribution_of, make_node
@@ -47,8 +47,11 @@ def refused(reason: str):
     return pytest.raises(MaskServiceError, match=f"^{reason}: ")
 
 
-def with_digest(c: Contribution, digest: bytes) -> Contribution:
-    return Contribution(c.ephemeral_public, c.signature, digest, c.node_key_fingerprint, c.weight)
+def signed_by(c: Contribution, key) -> Contribution:
+    """``c`` with its mask signed by ``key`` instead (a forged signature when it is not c's node's)."""
+    return Contribution(
+        c.ephemeral_public, sign_contribution(key, c.ephemeral_public, CONTEXT), c.node_key_fingerprint, c.weight
+    )
 
 
 # -- the service --------------------------------------------------------------------------------
@@ -60,9 +63,7 @@ def test_check_accepts_a_good_contribution_and_burns_nothing(federation):
     for c in good:
         service.check(CONTEXT, c, LENGTH)
         service.check(CONTEXT, c)  # length is optional
-        service.check(
-            CONTEXT, Contribution(c.ephemeral_public, c.signature, c.masked_digest, c.node_key_fingerprint.upper(), 0)
-        )
+        service.check(CONTEXT, Contribution(c.ephemeral_public, c.signature, c.node_key_fingerprint.upper(), 0))
     assert service.used_count == 0
     assert service.unmask(CONTEXT, LENGTH, good).shape == (LENGTH,)  # nothing was burnt by the checks
     assert service.used_count == 3
@@ -74,12 +75,12 @@ def test_check_accepts_a_good_contribution_and_burns_nothing(federation):
 def test_check_refuses_what_unmask_would_refuse_with_the_same_reasons(federation, tmp_path):
     service = federation.service
     a, b = federation.contributions(federation.nodes[:2])
-    with refused("bad-signature"):  # the vector was changed after signing
-        service.check(CONTEXT, with_digest(a, bytes(32)), LENGTH)
+    with refused("bad-signature"):  # another registered node's key signed node 0's mask
+        service.check(CONTEXT, signed_by(a, federation.nodes[1].key), LENGTH)
     with refused("bad-signature"):  # another registered node claims it
         service.check(
             CONTEXT,
-            Contribution(a.ephemeral_public, a.signature, a.masked_digest, federation.nodes[3].fingerprint, 1),
+            Contribution(a.ephemeral_public, a.signature, federation.nodes[3].fingerprint, 1),
             LENGTH,
         )
     with refused("bad-signature"):  # signed for another run
@@ -91,9 +92,7 @@ def test_check_refuses_what_unmask_would_refuse_with_the_same_reasons(federation
     with refused("weight-out-of-range"):
         service.check(
             CONTEXT,
-            Contribution(
-                a.ephemeral_public, a.signature, a.masked_digest, a.node_key_fingerprint, CODEC.max_weight + 1
-            ),
+            Contribution(a.ephemeral_public, a.signature, a.node_key_fingerprint, CODEC.max_weight + 1),
             LENGTH,
         )
     with refused("too-long"):
@@ -103,13 +102,12 @@ def test_check_refuses_what_unmask_would_refuse_with_the_same_reasons(federation
     with refused("malformed"):
         service.check(b"x" * 2000, a, LENGTH)
     with refused("malformed"):
-        service.check(CONTEXT, Contribution(a.ephemeral_public, a.signature, a.masked_digest, "not-hex", 1))
+        service.check(CONTEXT, Contribution(a.ephemeral_public, a.signature, "not-hex", 1))
     # a registered node signs a low-order ephemeral key: valid signature, unusable key
     node = federation.nodes[0]
     low_order = Contribution(
         bytes(32),
-        sign_contribution(node.key, bytes(32), CONTEXT, a.masked_digest),
-        a.masked_digest,
+        sign_contribution(node.key, bytes(32), CONTEXT),
         node.fingerprint,
         1,
     )
@@ -124,17 +122,14 @@ def test_check_over_grpc(federation, served):
     good = federation.contributions(federation.nodes[:2])
     for c in good:
         assert served.check(CONTEXT, c, LENGTH) is None
-    as_tuple = tuple(
-        getattr(good[0], f)
-        for f in ("ephemeral_public", "signature", "masked_digest", "node_key_fingerprint", "weight")
-    )
+    as_tuple = tuple(getattr(good[0], f) for f in ("ephemeral_public", "signature", "node_key_fingerprint", "weight"))
     served.check(CONTEXT, as_tuple)
     assert federation.service.used_count == 0
     np.testing.assert_array_equal(served.unmask(CONTEXT, good, LENGTH), served_sum(federation, good))
     cases = {
         "mask-reused": (good[0], grpc.StatusCode.ALREADY_EXISTS),
         "bad-signature": (
-            with_digest(federation.contributions(federation.nodes[:1])[0], bytes(32)),
+            signed_by(federation.contributions(federation.nodes[:1])[0], federation.nodes[1].key),
             grpc.StatusCode.UNAUTHENTICATED,
         ),
     }
@@ -207,26 +202,22 @@ def test_refused_contributions_are_rejected_on_arrival_and_the_buffer_still_flus
     # an update unmasked in an earlier buffer (the service burnt its mask), then replayed
     ((_, partner),) = federation.updates(federation.nodes[1:2])
     federation.service.unmask(CONTEXT, LENGTH, [contribution_of(old, 1), contribution_of(partner, 1)])
-    # a vector changed after the client signed it (a forged or corrupted contribution)
-    tampered = reply(u1)
-    forged_vector = u1.masked.copy()
-    forged_vector[0] += np.uint64(1)
-    tampered["arrays"] = ArrayRecord([forged_vector])
+    # node 1's mask under node 1's name, signed with node 0's key (a forged signature)
+    forged = reply(u1)
+    forged["secagg"]["signature"] = sign_contribution(federation.nodes[0].key, u1.ephemeral_public, CONTEXT)
     # an unregistered node
     outsider = make_node(tmp_path / "outsiders", "outsider")
     ((_, stranger),) = federation.updates([outsider])
-    # a registered node's key, signing for a different digest than the vector sent
-    forged = reply(u2)
-    forged["secagg"]["signature"] = sign_contribution(
-        federation.nodes[2].key, u2.ephemeral_public, CONTEXT, ring_digest(forged_vector)
-    )
+    # node 2's signature over another mask than the one it sent
+    misbound = reply(u2)
+    misbound["secagg"]["signature"] = sign_contribution(federation.nodes[2].key, bytes([9]) * 32, CONTEXT)
 
     caplog.set_level("WARNING", logger="server_app.secagg")
     arrive(0, reply(u0), d0)
     arrive(3, reply(old))
-    arrive(1, tampered)
+    arrive(1, forged)
     arrive(4, reply(stranger))
-    arrive(2, forged)
+    arrive(2, misbound)
     assert rejected == Counter({"mask-refused": 4}) and secure.buffer_fill == 1
     assert "mask-reused" in caplog.text and "bad-signature" in caplog.text and "unknown-node" in caplog.text
     arrive(1, reply(u1), d1)

@@ -248,7 +248,6 @@ def test_refusals_over_the_wire(deployment, tmp_path):
     bad = Contribution(
         good[0].ephemeral_public,
         good[0].signature[:-2] + b"\0\0",
-        good[0].masked_digest,
         good[0].node_key_fingerprint,
         65536,
     )
@@ -258,7 +257,7 @@ def test_refusals_over_the_wire(deployment, tmp_path):
     foreign = contribution_of(mask_update(random_update(rng, SHAPES), CODEC, service_key, outsider.key, context), 65536)
     refusal([foreign, *good[1:]], "unknown-node", grpc.StatusCode.PERMISSION_DENIED)
     heavy = Contribution(
-        *[getattr(good[0], f) for f in ("ephemeral_public", "signature", "masked_digest", "node_key_fingerprint")],
+        *[getattr(good[0], f) for f in ("ephemeral_public", "signature", "node_key_fingerprint")],
         CODEC.max_weight + 1,
     )
     refusal([heavy, *good[1:]], "weight-out-of-range", grpc.StatusCode.OUT_OF_RANGE)

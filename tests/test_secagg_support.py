@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from mask_service.masking import MaskedUpdate, mask_update, node_key_fingerprint
-from strategies.ring import Contribution, RingCodec, ring_digest
+from strategies.ring import Contribution, RingCodec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,10 +75,8 @@ def random_update(rng: np.random.Generator, shapes, scale: float = 0.5) -> list[
 
 
 def contribution_of(update: MaskedUpdate, weight: int) -> Contribution:
-    """The server's view of one masked update: digest computed from the received vector."""
-    return Contribution(
-        update.ephemeral_public, update.signature, ring_digest(update.masked), update.node_key_fingerprint, weight
-    )
+    """The server's view of one masked update: its envelope and the weight the server gave it."""
+    return Contribution(update.ephemeral_public, update.signature, update.node_key_fingerprint, weight)
 
 
 def masked_by(node: Node, delta, codec: RingCodec, service_public_key, context: bytes) -> MaskedUpdate:
