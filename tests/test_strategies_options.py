@@ -30,7 +30,10 @@ def test_defaults_are_valid_and_every_field_is_a_simple_typed_knob():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"strategy": "x"}, r"strategy must be one of \('fedbuff', 'fedasync', 'sync', 'fedcompass', 'flower-fedavg'\), got 'x'"),
+        (
+            {"strategy": "x"},
+            r"strategy must be one of \('fedbuff', 'fedasync', 'sync', 'fedcompass', 'flower-fedavg'\), got 'x'",
+        ),
         ({"buffer_size": 0}, "buffer-size must be >= 1, got 0"),
         ({"buffer_size": "3"}, "buffer-size must be int, got '3'"),
         ({"buffer_normalization": "mean"}, "buffer-normalization must be one of"),
