@@ -10,7 +10,9 @@ process (the device clock's task count, the DP-SGD accountant, the fault cycle) 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, cast
@@ -156,6 +158,7 @@ def train_task(content: RecordDict, context: Context, partitions: PartitionSourc
     config: Mapping[str, ConfigRecordValues] = content.config_records.get(protocol.CONFIG, {})
     version = protocol.task_version(config)
     reply_weights = protocol.wants_weights(config)
+    settings = _planned(settings, protocol.task_local_steps(config), len(labels))
     model = build_model(settings.hidden_units, settings.seed, spec)
     set_weights(model, dispatched)
     device = pick_device()
@@ -208,6 +211,15 @@ def train_task(content: RecordDict, context: Context, partitions: PartitionSourc
         **privacy_metrics,
     }
     return protocol.reply_content(update, metrics, device_record, envelope)
+
+
+def _planned(settings: RunSettings, steps: int | None, examples: int) -> RunSettings:
+    """The settings this task trains with: the server's planned ``local-steps``, run across as
+    many epochs as they take (a step is a batch), or the run config's when none was planned."""
+    if steps is None:
+        return settings
+    batches = max(math.ceil(examples / settings.batch_size), 1)
+    return dataclasses.replace(settings, local_steps=steps, local_epochs=math.ceil(steps / batches))
 
 
 def _train_dp_sgd(

@@ -5,8 +5,9 @@ spelled in one place. A task (ServerApp → ClientApp) is a RecordDict of
 
 - ``arrays``: the global model of the task's version;
 - ``config``: ``server-version`` (Flower's own strategies send ``server-round``), under secure
-  aggregation ``secagg-service-key``, and ``reply="weights"`` when Flower's FedAvg wants the
-  trained weights instead of a delta.
+  aggregation ``secagg-service-key``, ``reply="weights"`` when Flower's FedAvg wants the
+  trained weights instead of a delta, and ``local-steps`` when the server's scheduler chose
+  this task's local steps (fedcompass, compute-aware fedbuff; it overrides the run config's).
 
 A reply (ClientApp → ServerApp) is a RecordDict of
 
@@ -47,6 +48,7 @@ REPLY = "reply"
 REPLY_WEIGHTS = "weights"  # Flower's FedAvg averages whole models
 REPLY_DELTA = "delta"  # the default: the asynchronous strategies add deltas
 SECAGG_SERVICE_KEY = "secagg-service-key"
+LOCAL_STEPS = "local-steps"  # the scheduler's steps for this task (the run config's key, per task)
 
 # reply metrics
 NUM_EXAMPLES = "num-examples"
@@ -85,6 +87,18 @@ def task_version(config: Mapping[str, object]) -> int:
     if not isinstance(sent, int | float | str | bytes):  # a ConfigRecord may also hold lists
         raise TypeError(f"{SERVER_VERSION} / {SERVER_ROUND} must be a number, got {sent!r}")
     return int(sent)
+
+
+def task_local_steps(config: Mapping[str, object]) -> int | None:
+    """The local steps the server planned for this task (None: the run config's knobs decide).
+
+    Raises ValueError for a value that is not an integer >= 1."""
+    steps = config.get(LOCAL_STEPS)
+    if steps is None:
+        return None
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"{LOCAL_STEPS} must be an integer >= 1, got {steps!r}")
+    return steps
 
 
 def wants_weights(config: Mapping[str, object]) -> bool:

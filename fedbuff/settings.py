@@ -182,6 +182,11 @@ class RunSettings(StrategyOptions, UserDPOptions, DPSGDOptions):
                 self._fail(
                     "virtual_clock", "false with Flower's own FedAvg (its rounds do not run on the loop's clock)"
                 )
+            if (spec_of(self.strategy).scheduled or self.compute_aware) and self.tasks_per_node != 1:
+                self._fail(
+                    "tasks_per_node",
+                    "1 with fedcompass or compute-aware (a queued task's round trip is not the node's speed)",
+                )
             if self.secagg:
                 if spec_of(self.strategy).build_secure is None:
                     masked = with_capability("build_secure")

@@ -58,8 +58,12 @@ class WallClock:
         """Where ``node_id`` comes among nodes never used yet (the loop's least-recently-used order)."""
         return node_id
 
-    def dispatched(self, message_id: str, node_id: int, sent_at: float) -> None:
-        """A task went out at clock time ``sent_at``."""
+    def dispatched(self, message_id: str, node_id: int, sent_at: float, batches: int | None = None) -> None:
+        """A task went out at clock time ``sent_at`` (``batches``: its planned local steps)."""
+
+    def reach(self, at: float) -> bool:
+        """Whether clock time ``at`` has come (a strategy's timer is due)."""
+        return self.now() >= at
 
     def arrived(self, replies: Iterable[Message]) -> None:
         """Replies the Grid handed over."""
@@ -133,18 +137,19 @@ class VirtualClock:
         node = self._nodes.get(node_id)
         return node.partition if node else node_id
 
-    def duration(self, node_id: int, task: int, start: float) -> float:
-        """Virtual seconds task number ``task`` of ``node_id`` takes when it starts at ``start``."""
+    def duration(self, node_id: int, task: int, start: float, batches: int | None = None) -> float:
+        """Virtual seconds task number ``task`` of ``node_id`` takes when it starts at ``start``
+        and trains ``batches`` (default: the node's batches per task under the run config)."""
         node = self._nodes[node_id]
         clock = self._model.for_node(node.partition, node.tier)
-        busy = clock.task_seconds(task, 0.0, node.batches, self._payload)
+        busy = clock.task_seconds(task, 0.0, node.batches if batches is None else batches, self._payload)
         return clock.availability.finish_time(start, busy) - start
 
-    def dispatched(self, message_id: str, node_id: int, sent_at: float) -> None:
+    def dispatched(self, message_id: str, node_id: int, sent_at: float, batches: int | None = None) -> None:
         if node_id not in self._nodes:
             raise KeyError(f"node {node_id} was not probed; the virtual clock has no device for it")
         task = self._tasks_of[node_id] = self._tasks_of.get(node_id, -1) + 1
-        seconds = self.duration(node_id, task, sent_at)
+        seconds = self.duration(node_id, task, sent_at, batches)
         expired = seconds > self._ttl
         arrival = sent_at + (self._ttl if expired else seconds)
         heapq.heappush(self._schedule, (arrival, next(self._order), message_id, expired))
@@ -156,9 +161,22 @@ class VirtualClock:
     def waiting(self, message_ids: Iterable[str]) -> list[str]:
         return [m for m in message_ids if m not in self._replies]
 
-    def next(self) -> Arrival | None:
+    def reach(self, at: float) -> bool:
+        """Advance to ``at`` unless a task arrives earlier (that arrival comes first; a tie too)."""
+        if at <= self._now:
+            return True
+        self._drop_forgotten()
+        if self._schedule and self._schedule[0][0] <= at:
+            return False
+        self._now = at
+        return True
+
+    def _drop_forgotten(self) -> None:
         while self._schedule and self._schedule[0][2] in self._forgotten:
             self._forgotten.discard(heapq.heappop(self._schedule)[2])
+
+    def next(self) -> Arrival | None:
+        self._drop_forgotten()
         if not self._schedule or self._schedule[0][2] not in self._replies:
             return None
         arrival, _, message_id, expired = heapq.heappop(self._schedule)

@@ -6,7 +6,8 @@ typed shape per kind (:data:`SHAPES`, checked by the tests against real runs). `
 (``stats.TIER_LABELS`` or ``unknown``), never a client-supplied string. Kinds and their other
 fields:
 
-- ``dispatch``: node, tier, version, bytes (model payload), in_flight
+- ``dispatch``: node, tier, version, bytes (model payload), in_flight, local_steps (the
+  scheduler's steps for this task; only when it planned them: fedcompass, compute-aware fedbuff)
 - ``update``: node, tier, outcome (accepted | stale | duplicate), staleness, weight,
   round_trip, train_seconds (when validly reported), bytes, norm (absent under secure
   aggregation), buffer_fill, device_kind, dp_epsilon (the client's DP-SGD ε so far, when
@@ -29,6 +30,8 @@ fields:
 - ``stop``: reason (why the run stopped), in_flight (tasks dispatched and not answered, abandoned):
   every ``dispatch`` ends as an ``update``, ``invalid`` or ``error``, or is counted here
 - ``flush-failed``: reason (``unmask-refused``, ``ring-overflow``, …): a full buffer was dropped
+- ``group-close``: group (its id), reason (``compass.CLOSE_REASONS``: complete | timer), arrived
+  (members back on time), late (members still out, whose updates go to the general buffer)
 """
 
 # No `from __future__ import annotations` here: TypedDict must see NotRequired[...] itself
@@ -53,6 +56,7 @@ class EventKind(enum.StrEnum):
     RESUME = "resume"
     STOP = "stop"
     FLUSH_FAILED = "flush-failed"
+    GROUP_CLOSE = "group-close"
 
 
 class DispatchEvent(TypedDict):
@@ -62,6 +66,7 @@ class DispatchEvent(TypedDict):
     version: int
     bytes: int
     in_flight: int
+    local_steps: NotRequired[int]
 
 
 class UpdateEvent(TypedDict):
@@ -159,6 +164,14 @@ class FlushFailedEvent(TypedDict):
     reason: str
 
 
+class GroupCloseEvent(TypedDict):
+    time: float
+    group: int
+    reason: str
+    arrived: int
+    late: int
+
+
 # One shape per kind: the fields it always has (``__required_keys__``) and may have.
 SHAPES: Mapping[EventKind, type] = {
     EventKind.DISPATCH: DispatchEvent,
@@ -173,6 +186,7 @@ SHAPES: Mapping[EventKind, type] = {
     EventKind.RESUME: ResumeEvent,
     EventKind.STOP: StopEvent,
     EventKind.FLUSH_FAILED: FlushFailedEvent,
+    EventKind.GROUP_CLOSE: GroupCloseEvent,
 }
 
 

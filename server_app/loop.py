@@ -17,7 +17,7 @@ from functools import partial
 from typing import cast
 
 import numpy as np
-from flwr.app import ConfigRecordValues, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, ConfigRecordValues, Message, MessageType, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
@@ -56,12 +56,13 @@ IDLE_SLEEP_SECONDS = 0.1
 @dataclass(frozen=True)
 class Task:
     """A train task in flight: where it went, which model version it carries, when (clock
-    time, and wall time for writing off a task that never answers)."""
+    time, and wall time for writing off a task that never answers), how many local steps."""
 
     node_id: int
     version: int
     sent_at: float
     sent_wall: float
+    local_steps: int | None = None  # the scheduler's plan (None: the run config's)
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,7 @@ class AsyncLoop:
             replies = list(self.grid.pull_messages(waiting)) if waiting else []
             self.clock.arrived(replies)
             applied = 0
-            while (arrival := self.clock.next()) is not None:
+            while self._run_timers() and (arrival := self.clock.next()) is not None:
                 self._handle(arrival.reply, arrival.at, arrival.expired)
                 applied += 1
                 self._close_round()
@@ -193,20 +194,29 @@ class AsyncLoop:
             return
         load = Counter(task.node_id for task in self.tasks.values())
         per_node = 1 if self.barrier else self.settings.tasks_per_node
-        chosen = self.nodes.candidates(load, per_node, self.clock.now(), limit=free, usable=self.clock.times)
+        scheduler = self.strategy.scheduler
+        chosen = self.nodes.candidates(
+            load,
+            per_node,
+            self.clock.now(),
+            limit=free,
+            usable=lambda node_id: self.clock.times(node_id) and scheduler.may_dispatch(node_id),
+        )
         if not chosen:
             return
         self._round_open = True
         version = self.strategy.version
-        for node_id in chosen:
+        for node_id in scheduler.order(chosen):
+            steps = scheduler.plan(node_id, self.clock.now()).local_steps
             # One push per message: the Grid returns ids only for the messages it stored.
-            pushed = list(self.grid.push_messages([self._train_message(node_id, version)]))
+            pushed = list(self.grid.push_messages([self._train_message(node_id, version, steps)]))
             sent_at = self.clock.now()
             if not pushed:
                 log.warning("push to node %d was refused", node_id)
+                scheduler.returned(node_id, sent_at, sent_at, steps, trained=False)
                 continue
-            self.tasks[pushed[0]] = Task(node_id, version, sent_at, time.monotonic())
-            self.clock.dispatched(pushed[0], node_id, sent_at)
+            self.tasks[pushed[0]] = Task(node_id, version, sent_at, time.monotonic(), steps)
+            self.clock.dispatched(pushed[0], node_id, sent_at, steps)
             self.nodes.mark_used(node_id)
             self.stats.dispatched += 1
             self._emit(
@@ -215,23 +225,47 @@ class AsyncLoop:
                 version=version,
                 in_flight=len(self.tasks),
                 bytes=sum(a.nbytes for a in self.strategy.model),
+                **({} if steps is None else {"local_steps": steps}),
             )
 
-    def _train_message(self, node_id: int, version: int) -> Message:
+    def _train_message(self, node_id: int, version: int, local_steps: int | None = None) -> Message:
         # TTL counts from Message.created_at: build each message right before pushing it.
         return Message(
-            self._task_content(version),
+            self._task_content(version, local_steps),
             dst_node_id=node_id,
             message_type=MessageType.TRAIN,
             ttl=self.settings.task_ttl_seconds,
             group_id=str(version),
         )
 
-    def _task_content(self, version: int) -> RecordDict:
-        """What every task of ``version`` carries: the model, serialised once per version, and the config."""
+    def _task_content(self, version: int, local_steps: int | None = None) -> RecordDict:
+        """What a task of ``version`` carries: the model, serialised once per version, and the
+        config, plus the scheduler's ``local-steps`` for this task when it planned them."""
         if self._payload is None or self._payload[0] != version:
             self._payload = (version, protocol.task_content(self.strategy.model, version, self.task_config))
-        return self._payload[1]
+        shared = self._payload[1]
+        if local_steps is None:
+            return shared
+        config = ConfigRecord({**shared.config_records[protocol.CONFIG], protocol.LOCAL_STEPS: local_steps})
+        return RecordDict({protocol.ARRAYS: shared.array_records[protocol.ARRAYS], protocol.CONFIG: config})
+
+    def _returned(self, task: Task, now: float, trained: bool) -> None:
+        """Tell the scheduler a task ended (before its update, if any, reaches the strategy)."""
+        self.strategy.scheduler.returned(task.node_id, now, task.sent_at, task.local_steps, trained)
+
+    def _run_timers(self) -> bool:
+        """Make the strategy's timed decisions whose time the clock has reached (FedCompass's
+        group timers; on the virtual clock that time comes before any later arrival). True."""
+        while (due := self.strategy.scheduler.next_due()) is not None and self.clock.reach(due):
+            started = time.perf_counter()
+            outcomes = self.strategy.tick(self.clock.now())
+            for step in outcomes:
+                self._after_attempt(step, time.perf_counter() - started)
+            if self.clock.refills_each_reply and outcomes:
+                self._dispatch()  # the group's members start again at the close's (virtual) time
+            if not outcomes:
+                break
+        return True
 
     # -- replies --------------------------------------------------------------------------
 
@@ -257,12 +291,14 @@ class AsyncLoop:
             self.stats.rejected[checked.reason] += 1
             log.warning("rejected update from node %d (%s): %s", task.node_id, checked.reason, checked.detail)
             self._emit(EventKind.INVALID, node=task.node_id, reason=checked.reason, round_trip=round(round_trip, 3))
+            self._returned(task, now, trained=False)
             self.nodes.failed(task.node_id, now)
             return
         tier = self.node_tiers[task.node_id] = self.clock.tier_of(task.node_id) or tier_label(
             checked.device.get(protocol.DEVICE_TIER)
         )
         staleness = self.strategy.version - task.version
+        self._returned(task, now, trained=True)
         aggregate_started = time.perf_counter()
         try:
             receipt = self.strategy.receive(
@@ -323,6 +359,7 @@ class AsyncLoop:
             )
 
     def _task_failed(self, task: Task, reason: str, detail: str, now: float) -> None:
+        self._returned(task, now, trained=False)
         self.stats.errors[reason] += 1
         log.warning("task on node %d failed: %s %s", task.node_id, reason, detail.strip()[:200])
         self._emit(EventKind.ERROR, node=task.node_id, reason=reason)
@@ -346,6 +383,7 @@ class AsyncLoop:
             if now - task.sent_wall > limit:
                 del self.tasks[message_id]
                 self.clock.forget(message_id)
+                self._returned(task, self.clock.now(), trained=False)
                 self.stats.errors[LOST_REASON] += 1
                 log.warning("task on node %d never answered; written off", task.node_id)
                 self._emit(EventKind.ERROR, node=task.node_id, reason=LOST_REASON)
@@ -353,7 +391,17 @@ class AsyncLoop:
     # -- server steps ---------------------------------------------------------------------
 
     def _after_attempt(self, step: StepOutcome, aggregate_seconds: float) -> None:
-        """Account for one attempted server step: taken, dropped at flush, or refused by the guard."""
+        """Account for one attempted server step: taken, dropped at flush, or refused by the guard
+        (and, for FedCompass, the arrival group whose close it was)."""
+        if step.group is not None:
+            closing = step.group
+            self._emit(
+                EventKind.GROUP_CLOSE,
+                group=closing.group,
+                reason=closing.reason,
+                arrived=closing.arrived,
+                late=closing.late,
+            )
         if step.flush_error is not None:
             self.stats.errors[step.flush_error] += 1
             log.warning("buffer dropped at flush: %s", step.flush_error)

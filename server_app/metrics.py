@@ -65,6 +65,7 @@ from server_app.reply_fields import DROPPED_FIELDS, OTHER
 from server_app.stats import TIER_LABELS
 from server_app.validation import REJECTION_REASONS
 from strategies import Outcome
+from strategies.compass import CLOSE_REASONS
 from strategies.guard import STEP_GUARD_REASONS
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,8 @@ DIRECTIONS = ("up", "down")
 STALENESS_BUCKETS = (0, 1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 30, 50, 100)
 SECONDS_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600)
 FAST_SECONDS_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+STEPS_BUCKETS = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000)
+GROUP_BUCKETS = (0, 1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 50, 100, 200, 500, 1000)
 NORM_BUCKETS = (0.001, 0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100, 300, 1000, 3000, 10000)
 
 
@@ -166,6 +169,7 @@ class MetricsExporter:
             EventKind.EVAL: self._on_eval,
             EventKind.NODE: self._on_node,
             EventKind.STEP_REFUSED: self._on_step_refused,
+            EventKind.GROUP_CLOSE: self._on_group_close,
             EventKind.PRIVACY: lambda f: self.set_privacy(f.get("epsilon"), f.get("delta")),  # type: ignore[arg-type]
         }
         self._define()
@@ -211,6 +215,23 @@ class MetricsExporter:
         self.in_flight = Gauge("fl_tasks_in_flight", "Train tasks pushed and not yet answered", tier, registry=r)
         self.connected = Gauge("fl_connected_nodes", "Nodes admitted and not retired", tier, registry=r)
         self.backoffs = Counter("fl_node_backoffs", "Nodes backed off after failed replies in a row", tier, registry=r)
+        self.assigned_steps = Histogram(
+            "fl_assigned_local_steps",
+            "Local steps the server's scheduler assigned to a task (fedcompass, compute-aware fedbuff)",
+            tier,
+            buckets=STEPS_BUCKETS,
+            registry=r,
+        )
+        # FedCompass's arrival groups (strategies.compass)
+        self.group_size = Histogram(
+            "fl_group_size",
+            "Members of an arrival group back on time when it closed",
+            buckets=GROUP_BUCKETS,
+            registry=r,
+        )
+        self.group_closes = Counter(
+            "fl_group_closes", "Arrival groups closed, by why: complete or timer", ("reason",), registry=r
+        )
         # replies
         self.updates = Counter("fl_updates", "Replies by what happened to them", ("outcome", *tier), registry=r)
         self.invalid = Counter("fl_invalid_updates", "Replies refused by validation", ("reason",), registry=r)
@@ -315,6 +336,8 @@ class MetricsExporter:
         self._stragglers = {(r_, t): self.stragglers.labels(r_, t) for r_ in STRAGGLER_REASONS for t in TIERS}
         self._dropouts = {(r_, t): self.dropouts.labels(r_, t) for r_ in DROPOUT_REASONS for t in TIERS}
         self._dispatched = {t: self.dispatched.labels(t) for t in TIERS}
+        self._assigned_steps = {t: self.assigned_steps.labels(t) for t in TIERS}
+        self._group_closes = {reason: self.group_closes.labels(reason) for reason in CLOSE_REASONS}
         self._in_flight_g = {t: self.in_flight.labels(t) for t in TIERS}
         self._connected_g = {t: self.connected.labels(t) for t in TIERS}
         self._backoffs = {t: self.backoffs.labels(t) for t in TIERS}
@@ -399,6 +422,14 @@ class MetricsExporter:
         self._in_flight_g[tier].inc()
         self._in_flight.setdefault(f.get("node"), []).append(tier)
         self._add_bytes("down", f.get("bytes"))
+        if "local_steps" in f:
+            self._observe(self._assigned_steps[tier], f["local_steps"], "fl_assigned_local_steps")
+
+    def _on_group_close(self, f: Mapping[str, Any]) -> None:
+        reason = f.get("reason")
+        if reason in self._group_closes:
+            self._group_closes[reason].inc()
+        self._observe(self.group_size, f.get("arrived"), "fl_group_size")
 
     def _on_update(self, f: Mapping[str, Any]) -> None:
         tier = tier_of(f.get("tier"))

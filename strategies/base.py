@@ -11,7 +11,9 @@ from typing import NotRequired, TypedDict
 
 import numpy as np
 
+from strategies.compass import GroupClose
 from strategies.guard import check_step
+from strategies.scheduling import TaskScheduler
 
 Arrays = list[np.ndarray]
 
@@ -68,7 +70,8 @@ class StepOutcome:
     ``flush_error``: the buffer could not be read (e.g. ``unmask-refused``) and was dropped;
     ``refused``: the step guard refused the step (``guard.STEP_GUARD_REASONS``) and the buffer
     was dropped; ``norm``: the step's L2 norm when the new model was computed; ``bound``:
-    the norm the guard allowed (``max-step-norm`` plus any DP noise allowance; 0: none).
+    the norm the guard allowed (``max-step-norm`` plus any DP noise allowance; 0: none);
+    ``group``: the FedCompass arrival group whose close this was (None for other strategies).
     """
 
     stepped: bool
@@ -76,6 +79,7 @@ class StepOutcome:
     refused: str | None = None
     norm: float | None = None
     bound: float = 0.0
+    group: GroupClose | None = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,8 @@ class AsyncStrategy(abc.ABC):
         self._model = [np.array(a, dtype=np.float32, copy=True) for a in initial]
         self._version = 0
         self.max_step_norm = max_step_norm
+        # what each task carries (strategies.scheduling); the loop asks it at every dispatch
+        self.scheduler = TaskScheduler()
 
     @property
     def model(self) -> Arrays:
@@ -142,6 +148,11 @@ class AsyncStrategy(abc.ABC):
     def flush(self) -> StepOutcome | None:
         """Apply whatever is buffered now (the sync barrier's end of round); None if nothing was."""
         return None
+
+    def tick(self, now: float) -> list[StepOutcome]:
+        """Make the decisions due at clock time ``now`` (FedCompass: close groups whose timer ran
+        out); the loop calls it when :meth:`TaskScheduler.next_due` has come. None by default."""
+        return []
 
     def state_dict(self) -> StrategyState:
         """What a checkpoint keeps of this strategy: the global model (not a copy: do not modify

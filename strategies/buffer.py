@@ -52,6 +52,21 @@ class WeightedSumBuffer:
         self._contributors.add(client_id)
         self._weights.append(weight)
 
+    def merge(self, other: WeightedSumBuffer) -> None:
+        """Add ``other``'s sum and contributors into this buffer and empty ``other`` (FedCompass
+        merges the general buffer into a group's); they must not share a client."""
+        if self._contributors & other._contributors:
+            raise ValueError("buffers to merge share a client")
+        if other._sum is not None:
+            if self._sum is None:
+                self._sum = other._sum
+            else:
+                for acc, d in zip(self._sum, other._sum, strict=True):
+                    acc += d
+        self._contributors |= other._contributors
+        self._weights += other._weights
+        other._sum, other._contributors, other._weights = None, set(), []
+
     def flush(self) -> tuple[Arrays, int, float]:
         """Return ``(weighted_sum, count, total_weight)`` and empty the buffer."""
         if self._sum is None:

@@ -332,7 +332,7 @@ def check_user_dp(settings: Any) -> None:
         _fail(
             "user-dp-k-min",
             f"<= the {settings.flush_size} updates that fill one {settings.strategy} flush "
-            "(buffer-size for fedbuff, concurrency for sync)",
+            "(buffer-size for fedbuff, concurrency for sync and fedcompass)",
             settings.user_dp_k_min,
         )
     if settings.user_dp_mode == "distributed" and getattr(settings, "secagg", False):

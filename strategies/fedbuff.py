@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from strategies.base import Arrays, AsyncStrategy, ClientUpdate, FlushError, Outcome, Receipt, StepOutcome
 from strategies.buffer import WeightedSumBuffer
 from strategies.guard import noise_norm_bound
+from strategies.scheduling import ComputeAwareScheduler
 from strategies.server_opt import ServerOptimizer, server_optimizer
 from strategies.weights import clip_weight, example_weight, staleness_limit, staleness_weight
 
@@ -64,6 +65,10 @@ class FedBuff(AsyncStrategy):
         self._example_weight = example_weight(options)
         self._optimizer = server_optimizer(options)
         self._buffers: deque[WeightedSumBuffer] = deque([self._new_buffer()])
+        if options.compute_aware:  # each node's local steps from its measured speed
+            self.scheduler = ComputeAwareScheduler(
+                options.compass_min_steps, options.compass_max_steps, options.compass_speed_momentum
+            )
 
     @property
     def buffer_fill(self) -> int:
@@ -93,14 +98,10 @@ class FedBuff(AsyncStrategy):
         factor = staleness_limit(self.options, update.staleness)
         if factor is None:
             return Receipt(Outcome.STALE)
-        buffer = next((b for b in self._buffers if not b.holds(update.client_id)), None)
+        buffer = self._free_buffer(self._buffers, update.client_id)
         if buffer is None:
-            if len(self._buffers) >= self.max_pending_buffers:
-                return Receipt(Outcome.DUPLICATE)
-            buffer = self._new_buffer()
-            self._buffers.append(buffer)
-        example, clipped = clip_weight(self._example_weight(update.num_examples), self.options.max_example_weight)
-        weight = factor * self._staleness_weight(update.staleness) * example
+            return Receipt(Outcome.DUPLICATE)
+        weight, clipped = self._weigh(update, factor)
         if not self._add(buffer, update, weight):
             return Receipt(Outcome.STALE, weight_clipped=clipped)
         if len(self._buffers[0]) < self.options.buffer_size:
@@ -114,6 +115,20 @@ class FedBuff(AsyncStrategy):
         (a drop-out): the round's survivors are averaged over their own count.
         """
         return self._step() if len(self._buffers[0]) else None
+
+    def _weigh(self, update: ClientUpdate, factor: float) -> tuple[float, bool]:
+        """``(w, whether its example weight was clipped)``: ``w = factor·s(τ)·min(e(n), max)``."""
+        example, clipped = clip_weight(self._example_weight(update.num_examples), self.options.max_example_weight)
+        return factor * self._staleness_weight(update.staleness) * example, clipped
+
+    def _free_buffer(self, buffers: deque[WeightedSumBuffer], client_id: int) -> WeightedSumBuffer | None:
+        """The first of ``buffers`` that ``client_id`` has not contributed to (a new one is
+        appended when all have, up to ``max_pending_buffers``); None past that."""
+        buffer = next((b for b in buffers if not b.holds(client_id)), None)
+        if buffer is None and len(buffers) < self.max_pending_buffers:
+            buffer = self._new_buffer()
+            buffers.append(buffer)
+        return buffer
 
     # -- what a buffer is: overridden by the secure-aggregation variant ---------------------
 
@@ -136,6 +151,10 @@ class FedBuff(AsyncStrategy):
         buffer = self._buffers.popleft()
         if not self._buffers:
             self._buffers.append(self._new_buffer())
+        return self._flush(buffer)
+
+    def _flush(self, buffer: WeightedSumBuffer) -> StepOutcome:
+        """Turn ``buffer`` (non-empty, no longer held) into one attempted server step."""
         weights = buffer.weights
         try:
             total, count, total_weight = self._drain(buffer)

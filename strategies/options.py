@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 
 from strategies.errors import SettingsError
 from strategies.fedbuff import BUFFER_NORMALIZATIONS
-from strategies.registry import REGISTRY
+from strategies.registry import COMPUTE_AWARE, REGISTRY
 from strategies.server_opt import SERVER_OPTIMIZERS
 from strategies.weights import EXAMPLE_WEIGHTS, STALE_POLICIES, STALENESS_WEIGHTS
 
@@ -20,7 +20,7 @@ from strategies.weights import EXAMPLE_WEIGHTS, STALE_POLICIES, STALENESS_WEIGHT
 class StrategyOptions:
     """Knobs of the aggregation strategies, checked at construction (:class:`SettingsError`)."""
 
-    # which strategy: fedbuff, fedasync, sync (FedBuff with K = concurrency), flower-fedavg
+    # which strategy: fedbuff, fedasync, sync (FedBuff with K = concurrency), fedcompass, flower-fedavg
     strategy: str = "fedbuff"
     # FedBuff: K, the updates per server step; "count" divides the buffer by K, "weight" by Σw
     buffer_size: int = 3
@@ -48,6 +48,16 @@ class StrategyOptions:
     server_tau: float = 1e-3  # adaptivity ε of adam, yogi, adagrad
     # FedAsync: w ← (1 − α·s(τ))·w + α·s(τ)·w_client
     fedasync_alpha: float = 0.6
+    # compute-aware scheduling (strategies.scheduling, strategies.compass; FedCompass, Li et al.
+    # ICLR 2024, APPFL's defaults): each task's local steps in [compass-min-steps, compass-max-steps]
+    # (Q_min = 0.2·Q_max) from the node's measured seconds per step, a moving average whose newest
+    # sample weighs compass-speed-momentum; a group closes compass-latest-time-factor × its
+    # expected duration after it started. compute-aware gives FedBuff the same per-node steps.
+    compute_aware: bool = False
+    compass_min_steps: int = 20
+    compass_max_steps: int = 100
+    compass_speed_momentum: float = 0.9
+    compass_latest_time_factor: float = 1.5
     # step guard: a server step moving the model farther than this (L2) is refused, its
     # buffer dropped (0: off; a non-finite new model is always refused). Honest default
     # digits runs step at most ~1.5, the most aggressive honest settings measured ~13.
@@ -80,6 +90,13 @@ class StrategyOptions:
         self._at_least("server_tau", 0, strict=True)
         self._within("fedasync_alpha", "(0, 1]", 0 < self.fedasync_alpha <= 1)
         self._at_least("max_step_norm", 0)
+        self._at_least("compass_min_steps", 1)
+        if self.compass_max_steps < self.compass_min_steps:
+            self._fail("compass_max_steps", f">= compass-min-steps ({self.compass_min_steps})")
+        self._within("compass_speed_momentum", "(0, 1]", 0 < self.compass_speed_momentum <= 1)
+        self._at_least("compass_latest_time_factor", 1)
+        if self.compute_aware and self.strategy not in COMPUTE_AWARE:
+            self._fail("compute_aware", f"false unless strategy is one of {COMPUTE_AWARE}")
 
     def _fail(self, name: str, requirement: str) -> None:
         key = name.replace("_", "-")

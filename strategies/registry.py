@@ -34,8 +34,10 @@ class StrategySpec:
     its distributed noise shares from it. ``barrier``: every dispatched task returns before the
     next dispatch (the loop's round). ``user_dp``: it noises a buffer flush, so user-level DP
     can run on it. ``build_secure``: its masked variant under secure aggregation (a buffer that
-    only adds), if it has one. ``build`` is None for Flower's own FedAvg, which the ServerApp
-    drives round by round; it has no checkpoint to resume from.
+    only adds), if it has one. ``scheduled``: it plans each task's local steps per node
+    (:mod:`strategies.scheduling`), so a node must run one task at a time. ``build`` is None
+    for Flower's own FedAvg, which the ServerApp drives round by round; it has no checkpoint
+    to resume from.
     """
 
     build: StrategyFactory | None
@@ -43,6 +45,7 @@ class StrategySpec:
     barrier: bool = False
     user_dp: bool = False
     build_secure: SecureFactory | None = None
+    scheduled: bool = False
 
     @property
     def run_by_flower(self) -> bool:
@@ -82,16 +85,42 @@ def _fedasync(
     return FedAsync(initial, options)
 
 
+def _fedcompass(
+    options: StrategyOptions, initial: Arrays, concurrency: int, privacy: FlushPrivacy | None = None
+) -> AsyncStrategy:
+    from strategies.fedcompass import FedCompass  # imports the secure variant: not at module load
+
+    return FedCompass(initial, options, privacy)
+
+
+def _secure_fedcompass(
+    options: StrategyOptions, initial: Arrays, codec: RingCodec, unmask: Unmask, privacy: FlushPrivacy | None = None
+) -> AsyncStrategy:
+    from strategies.fedcompass import SecureFedCompass
+
+    return SecureFedCompass(initial, options, codec, unmask, privacy)
+
+
 REGISTRY: Mapping[str, StrategySpec] = MappingProxyType(
     {
         "fedbuff": StrategySpec(_fedbuff, flush=lambda k, concurrency: k, user_dp=True, build_secure=_secure_fedbuff),
         "fedasync": StrategySpec(_fedasync, flush=lambda k, concurrency: 1),
         "sync": StrategySpec(sync, flush=lambda k, concurrency: concurrency, barrier=True, user_dp=True),
+        # a group aggregation holds at most the tasks in flight when its group formed
+        "fedcompass": StrategySpec(
+            _fedcompass,
+            flush=lambda k, concurrency: concurrency,
+            user_dp=True,
+            build_secure=_secure_fedcompass,
+            scheduled=True,
+        ),
         FLOWER_FEDAVG: StrategySpec(None, flush=lambda k, concurrency: concurrency),
     }
 )
 # the asynchronous loop's strategies (Flower's FedAvg is not one)
 STRATEGIES: tuple[str, ...] = tuple(name for name, spec in REGISTRY.items() if not spec.run_by_flower)
+# the strategies that take compute-aware = true (fedcompass always schedules)
+COMPUTE_AWARE = ("fedbuff",)
 
 
 def spec_of(strategy: str) -> StrategySpec:

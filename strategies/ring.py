@@ -494,6 +494,20 @@ class MaskedBuffer:
         self._integer_weight += int(weight) * int(example_weight)
         return contribution
 
+    def merge(self, other: MaskedBuffer) -> None:
+        """Take ``other``'s contributions into this buffer (FedCompass: a group and the general
+        buffer are unmasked as one set) and empty ``other``; they must not share a client or mask."""
+        if self._clients & other._clients or self._masks & other._masks:
+            raise ValueError("buffers to merge share a client or a mask")
+        if len(self._contributions) + len(other._contributions) > self.codec.max_summands:
+            raise RingOverflowError(f"a merged buffer would hold more than max_summands={self.codec.max_summands}")
+        weighted_add(self._sum, other._sum, 1)
+        self._clients |= other._clients
+        self._masks |= other._masks
+        self._contributions += other._contributions
+        self._integer_weight += other._integer_weight
+        other.discard()
+
     def flush(self, mask_sum: np.ndarray) -> RingFlush:
         """Subtract the service's ``Σ q_i·m_i`` from the sum in place, decode, and empty the buffer.
 

@@ -111,7 +111,7 @@ def test_bench_checks_every_run_config_before_the_first_run(monkeypatch, capsys)
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
         "[bench] error: run config: strategy must be one of ('fedbuff', 'fedasync', 'sync', "
-        "'flower-fedavg'), got 'fedbuf'"
+        "'fedcompass', 'flower-fedavg'), got 'fedbuf'"
     ]
 
 

@@ -20,6 +20,7 @@ from prometheus_client import REGISTRY, generate_latest
 from server_app import metrics as m
 from server_app.metrics import MetricsConfig, MetricsExporter
 from server_app.reply_fields import DROPPED_FIELDS
+from strategies.compass import CLOSE_REASONS
 from strategies.guard import STEP_GUARD_REASONS
 
 NAN, INF = float("nan"), float("inf")
@@ -420,6 +421,7 @@ def test_client_supplied_strings_never_become_label_values(exporter):
             | set(m.DROPOUT_REASONS)
             | set(m.STRAGGLER_REASONS)
             | set(STEP_GUARD_REASONS)
+            | set(CLOSE_REASONS)
             | {"other"}
         ),
         "field": set(DROPPED_FIELDS),

@@ -120,3 +120,39 @@ def test_the_secure_buffer_only_accepts_masked_ring_vectors(federation):
     checked = validate_masked_reply(reply, flat.size)
     assert isinstance(checked, Rejection) and checked.reason == "dtype"
     assert secure.buffer_fill == 0 and len(buffer) == 0
+
+
+def test_masked_fedcompass_unmasks_a_group_and_the_general_buffer_as_one_set(federation):
+    from strategies.fedcompass import FedCompass, SecureFedCompass
+
+    options = StrategyOptions(strategy="fedcompass", compass_min_steps=2, compass_max_steps=10)
+    calls = []
+
+    def counting(contributions, length):
+        calls.append(len(contributions))
+        return unmask_with(federation)(contributions, length)
+
+    plain, secure = FedCompass(initial(), options), SecureFedCompass(initial(), options, CODEC, counting)
+    pairs = federation.updates(federation.nodes[:3])
+    both = (plain, secure)
+
+    def back(client, now, started, pair, staleness):
+        for strategy in both:
+            strategy.scheduler.returned(client, now, started, 10, trained=True)
+        plain.receive(ClientUpdate(client, pair[0], 10, staleness))
+        return secure.receive(masked(pair[1], client, staleness))
+
+    for strategy in both:
+        for node in (0, 1, 2):
+            strategy.scheduler.plan(node, 0.0)
+    back(0, 10.0, 0.0, pairs[0], 0)  # sets the probe group's timer: 15 s
+    back(1, 12.0, 0.0, pairs[1], 0)
+    assert [s.stepped for s in plain.tick(15.0)] == [s.stepped for s in secure.tick(15.0)] == [True]
+    assert not back(2, 20.0, 0.0, pairs[2], 1).stepped  # late: the general buffer
+    for strategy in both:  # node 0 alone in its next group: flushed with node 2's late update
+        strategy.scheduler.plan(0, 15.0)
+    receipt = back(0, 25.0, 15.0, federation.updates(federation.nodes[:1])[0], 0)
+    assert receipt.stepped and calls == [2, 2]  # never a set of one: K_min = 2 holds
+    assert secure.version == plain.version == 2
+    for got, want in zip(secure.model, plain.model):
+        np.testing.assert_allclose(got, want, atol=2e-3)

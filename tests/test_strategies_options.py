@@ -30,7 +30,10 @@ def test_defaults_are_valid_and_every_field_is_a_simple_typed_knob():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"strategy": "x"}, r"strategy must be one of \('fedbuff', 'fedasync', 'sync', 'flower-fedavg'\), got 'x'"),
+        (
+            {"strategy": "x"},
+            r"strategy must be one of \('fedbuff', 'fedasync', 'sync', 'fedcompass', 'flower-fedavg'\), got 'x'",
+        ),
         ({"buffer_size": 0}, "buffer-size must be >= 1, got 0"),
         ({"buffer_size": "3"}, "buffer-size must be int, got '3'"),
         ({"buffer_normalization": "mean"}, "buffer-normalization must be one of"),
@@ -128,7 +131,7 @@ def test_run_settings_can_inherit_the_options():
 
 
 def test_registry_builds_each_named_strategy():
-    assert set(STRATEGIES) == {"fedbuff", "fedasync", "sync"}
+    assert set(STRATEGIES) == {"fedbuff", "fedasync", "sync", "fedcompass"}
     assert isinstance(build_strategy(StrategyOptions(strategy="fedbuff"), INITIAL, 4), FedBuff)
     assert isinstance(build_strategy(StrategyOptions(strategy="fedasync"), INITIAL, 4), FedAsync)
     strategy = build_strategy(StrategyOptions(strategy="sync"), INITIAL, 4)
@@ -163,10 +166,11 @@ def test_the_registry_says_what_each_strategy_can_do():
     from strategies.registry import REGISTRY, build_secure_strategy, flush_size, spec_of, with_capability
 
     assert with_capability("barrier") == ("sync",)
-    assert with_capability("user_dp") == ("fedbuff", "sync")
-    assert with_capability("build_secure") == ("fedbuff",)
+    assert with_capability("user_dp") == ("fedbuff", "sync", "fedcompass")
+    assert with_capability("build_secure") == ("fedbuff", "fedcompass")
+    assert with_capability("scheduled") == ("fedcompass",)
     assert [name for name, spec in REGISTRY.items() if spec.run_by_flower] == ["flower-fedavg"]
-    assert [flush_size(name, 3, 6) for name in REGISTRY] == [3, 1, 6, 6]
+    assert [flush_size(name, 3, 6) for name in REGISTRY] == [3, 1, 6, 6, 6]
     with pytest.raises(ValueError, match="unknown strategy 'fedbuf'"):
         spec_of("fedbuf")
     with pytest.raises(ValueError, match=r"'fedasync' has no secure-aggregation variant \(those that do: \('fedbuff',"):

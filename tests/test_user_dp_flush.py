@@ -109,7 +109,7 @@ def test_the_accountant_charges_the_noise_really_added(strategy, mode, k_min, co
 
 @pytest.mark.parametrize("strategy", ["fedasync", FLOWER_FEDAVG])
 def test_strategies_without_a_noised_flush_refuse_user_dp(strategy):
-    with pytest.raises(SettingsError, match=r"^strategy must be 'fedbuff' or 'sync' with user-dp"):
+    with pytest.raises(SettingsError, match=r"^strategy must be 'fedbuff' or 'sync' or 'fedcompass' with user-dp"):
         settings_for(strategy, "distributed", 0, 3, 3)
 
 
