@@ -501,7 +501,12 @@ class MaskedBuffer:
             raise ValueError("buffers to merge share a client or a mask")
         if len(self._contributions) + len(other._contributions) > self.codec.max_summands:
             raise RingOverflowError(f"a merged buffer would hold more than max_summands={self.codec.max_summands}")
-        weighted_add(self._sum, other._sum, 1)
+        if other._sum is None:  # nothing to take
+            return
+        if self._sum is None:  # take the other's sum as it lies
+            self._sum, other._sum = other._sum, None
+        else:
+            weighted_add(self._sum, other._sum, 1)
         self._clients |= other._clients
         self._masks |= other._masks
         self._contributions += other._contributions
