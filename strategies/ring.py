@@ -215,6 +215,34 @@ class RingCodec:
             start += size
         return out
 
+    def decode_in_place(self, vector: np.ndarray, shapes: Shapes, weight_scale: int = 1) -> list[np.ndarray]:
+        """:meth:`decode` into ``vector``'s own memory: afterwards its bytes are the float64
+        result (the ring vector is consumed), so decoding a buffer allocates no second model.
+
+        Slice by slice, each slice's integers are copied to a cache-sized scratch first, then
+        divided into the same place; the values are bit-identical to :meth:`decode`'s.
+        """
+        _check_ring(vector, "vector")
+        if not (vector.flags.c_contiguous and vector.flags.writeable):
+            raise ValueError("decode_in_place needs a contiguous, writable ring vector")
+        total = sum(_size(s) for s in shapes)
+        if vector.size != total:
+            raise ValueError(f"ring vector has {vector.size} coordinates, shapes need {total}")
+        signed, values = vector.reshape(-1).view(np.int64), vector.reshape(-1).view(np.float64)
+        scratch = np.empty(min(CHUNK, max(total, 1)), np.int64)
+        for part in slices(total):
+            ints = scratch[: part.stop - part.start]
+            ints[...] = signed[part]
+            np.divide(ints, float(1 << self.scale_bits), out=values[part])
+            if weight_scale != 1:
+                values[part] /= float(weight_scale)
+        out, start = [], 0
+        for shape in shapes:
+            size = _size(shape)
+            out.append(values[start : start + size].reshape(shape))
+            start += size
+        return out
+
     # -- weights and overflow -------------------------------------------------------------
 
     def quantize_weight(self, weight: float) -> int:
@@ -516,8 +544,8 @@ class MaskedBuffer:
     def flush(self, mask_sum: np.ndarray) -> RingFlush:
         """Subtract the service's ``Σ q_i·m_i`` from the sum in place, decode, and empty the buffer.
 
-        The only new full-size array is the float64 result: the ring sum is turned into the
-        plaintext sum where it lies and decoded slice by slice.
+        No full-size array is allocated: the ring sum becomes the plaintext sum where it lies,
+        and then the float64 result in the same memory (:meth:`RingCodec.decode_in_place`).
         """
         if self._sum is None:
             raise ValueError("cannot flush an empty buffer")
@@ -530,7 +558,7 @@ class MaskedBuffer:
             np.subtract(plain, mask_sum, out=plain)
         overflow = self.codec.overflow_count(plain, self._integer_weight)
         result = RingFlush(
-            total=self.codec.decode(plain, self.shapes, self.codec.weight_scale),
+            total=self.codec.decode_in_place(plain, self.shapes, self.codec.weight_scale),
             count=len(self._contributions),
             total_weight=self.total_weight,
             overflow=overflow,
