@@ -163,7 +163,10 @@ class AsyncLoop:
             replies = list(self.grid.pull_messages(waiting)) if waiting else []
             self.clock.arrived(replies)
             applied = 0
-            while self._run_timers() and (arrival := self.clock.next()) is not None:
+            while True:
+                self._run_timers()  # a group timer due before the next arrival closes first
+                if (arrival := self.clock.next()) is None:
+                    break
                 self._handle(arrival.reply, arrival.at, arrival.expired)
                 applied += 1
                 self._close_round()
@@ -253,9 +256,9 @@ class AsyncLoop:
         """Tell the scheduler a task ended (before its update, if any, reaches the strategy)."""
         self.strategy.scheduler.returned(task.node_id, now, task.sent_at, task.local_steps, trained)
 
-    def _run_timers(self) -> bool:
+    def _run_timers(self) -> None:
         """Make the strategy's timed decisions whose time the clock has reached (FedCompass's
-        group timers; on the virtual clock that time comes before any later arrival). True."""
+        group timers; on the virtual clock that time comes before any later arrival)."""
         while (due := self.strategy.scheduler.next_due()) is not None and self.clock.reach(due):
             started = time.perf_counter()
             outcomes = self.strategy.tick(self.clock.now())
@@ -265,7 +268,6 @@ class AsyncLoop:
                 self._dispatch()  # the group's members start again at the close's (virtual) time
             if not outcomes:
                 break
-        return True
 
     # -- replies --------------------------------------------------------------------------
 
