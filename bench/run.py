@@ -70,7 +70,7 @@ SUITES = {
     "server-memory": Suite("Server peak memory vs buffer size K", "server_memory"),
     "simulation-scale": Suite("Scale in Flower's simulation engine (Ray)", "simulation_scale"),
     "secagg-cost": Suite(
-        "Secure aggregation cost (server add, client masking) vs plaintext",
+        "Secure aggregation cost per update, end to end (server) and against a local epoch (client)",
         "secagg_cost",
         quick=("--sizes", "100000,1000000"),
     ),

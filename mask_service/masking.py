@@ -57,6 +57,7 @@ SEED_BYTES = 32
 X25519_BYTES = 32
 NODE_CURVE = ec.SECP384R1
 SIGNATURE_HASH = hashes.SHA384
+HEX_DIGITS = frozenset("0123456789abcdef")
 
 # node-config keys (see docs/secure-aggregation.md)
 NODE_SIGNING_KEY = "secagg-signing-key"
@@ -99,7 +100,7 @@ def normalize_fingerprint(value: str) -> str:
     if text.startswith("sha256:"):
         text = text[len("sha256:") :]
     text = text.replace(":", "")
-    if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+    if len(text) != 64 or not set(text) <= HEX_DIGITS:
         raise ValueError(f"{value!r} is not a SHA-256 hex fingerprint (64 hex digits)")
     return text
 
