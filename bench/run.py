@@ -85,6 +85,10 @@ SUITES = {
         "concurrency 100 and 1,000",
         "paper_scale",
     ),
+    "compass-local": Suite(
+        "Compute-aware scheduling in a real local federation: FedBuff, FedCompass, compute-aware FedBuff, sync",
+        "compass_local",
+    ),
     "rf2-scale": Suite(
         "RF² at scale: the fairness cost of dropping stale updates, tiers independent vs tied to the data", "rf2_scale"
     ),
