@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,3 +79,28 @@ def median_or_none(values: Sequence[float | None]) -> float | None:
         return None
     middle = statistics.median(math.inf if v is None else v for v in values)
     return None if math.isinf(middle) else float(middle)
+
+
+def steps_by_tier(events: Iterable[dict[str, object]]) -> dict[str, float]:
+    """Mean local steps the scheduler assigned per tier to tasks planned from a measured speed:
+    the ``dispatch`` events that carry ``local_steps``, less each node's first (the server has
+    not timed it yet, so it gets Q_max whatever its tier)."""
+    steps: dict[str, list[int]] = defaultdict(list)
+    seen: set[object] = set()
+    for event in events:
+        if event.get("event") != EventKind.DISPATCH or "local_steps" not in event:
+            continue
+        if event.get("node") in seen:
+            steps[str(event.get("tier", "unknown"))].append(int(event["local_steps"]))  # type: ignore[call-overload]
+        seen.add(event.get("node"))
+    return {tier: statistics.fmean(values) for tier, values in sorted(steps.items())}
+
+
+def mean_group_size(events: Iterable[dict[str, object]]) -> float | None:
+    """Mean on-time members of the ``group-close`` events that aggregated something (None: none)."""
+    sizes = [
+        int(e["arrived"])  # type: ignore[call-overload]
+        for e in events
+        if e.get("event") == EventKind.GROUP_CLOSE and int(e["arrived"]) > 0  # type: ignore[call-overload]
+    ]
+    return statistics.fmean(sizes) if sizes else None

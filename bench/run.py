@@ -81,7 +81,13 @@ SUITES = {
     ),
     "load": Suite("Load: 50 SuperNodes for 10 minutes, nothing lost", "load"),
     "paper-scale": Suite(
-        "Paper scale on the virtual clock: FedBuff, FedAsync, sync at concurrency 100 and 1,000", "paper_scale"
+        "Paper scale on the virtual clock: FedBuff, FedCompass, compute-aware FedBuff, FedAsync, sync at "
+        "concurrency 100 and 1,000",
+        "paper_scale",
+    ),
+    "compass-local": Suite(
+        "Compute-aware scheduling in a real local federation: FedBuff, FedCompass, compute-aware FedBuff, sync",
+        "compass_local",
     ),
     "rf2-scale": Suite(
         "RF² at scale: the fairness cost of dropping stale updates, tiers independent vs tied to the data", "rf2_scale"

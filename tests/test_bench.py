@@ -8,7 +8,16 @@ from datetime import UTC, datetime
 import pytest
 
 from bench.federation import RunResult
-from bench.history import Reached, median_or_none, read_events, round_trips, step_times, time_to_target
+from bench.history import (
+    Reached,
+    mean_group_size,
+    median_or_none,
+    read_events,
+    round_trips,
+    step_times,
+    steps_by_tier,
+    time_to_target,
+)
 from bench.report import Section, markdown_table, ratio, render_benchmarks
 from bench.run import SUITES, existing_sections, merge
 from bench.server_memory import MemoryResult
@@ -223,3 +232,50 @@ def test_the_load_suite_calls_a_growing_serverapp_a_miss():
     growing = load_result([], rss=(100.0, 100.0, 100.0, 150, 150, 150, 200.0, 200.0, 200.0))
     assert growing.rss_growth() == 2.0
     assert "2.00× — missed" in report([growing])
+
+
+def test_steps_by_tier_leaves_out_each_nodes_untimed_first_task():
+    events = [
+        {"event": "dispatch", "node": 1, "tier": "unknown", "local_steps": 10},
+        {"event": "dispatch", "node": 2, "tier": "unknown", "local_steps": 10},
+        {"event": "dispatch", "node": 3, "tier": "high"},  # no plan: the run config's steps
+        {"event": "dispatch", "node": 1, "tier": "low", "local_steps": 2},
+        {"event": "dispatch", "node": 1, "tier": "low", "local_steps": 3},
+        {"event": "dispatch", "node": 2, "tier": "high", "local_steps": 10},
+    ]
+    assert steps_by_tier(events) == {"high": 10.0, "low": 2.5}
+
+
+def test_group_size_counts_the_closes_that_aggregated_something():
+    closes = [{"event": "group-close", "arrived": n, "late": 0} for n in (4, 0, 2)]
+    assert mean_group_size([*closes, {"event": "step", "version": 1}]) == 3.0
+    assert mean_group_size(HISTORY) is None
+
+
+def test_the_scheduled_strategies_goal_has_three_parts_each_met_or_missed():
+    from bench.paper_scale import Cell, scheduled_goal_rows
+
+    fedbuff = Cell(1000.0, 20.0, 9.0, {"high": 0.70, "low": 0.72})
+    good = Cell(900.0, 15.0, 3.0, {"high": 0.71, "low": 0.72})
+    assert [row[2:] for row in scheduled_goal_rows(100, "fedcompass", good, fedbuff)] == [
+        ["0.75×", "≤ 0.8×", "met"],
+        ["3.0 vs 9.0", "lower", "met"],
+        ["low +0.000", "≥ 0 in every tier", "met"],
+    ]
+    bad = Cell(None, None, 12.0, {"high": 0.69})
+    rows = scheduled_goal_rows(6, "fedcompass", bad, fedbuff, "wall-clock")
+    assert rows[0][1] == "fedcompass / FedBuff wall-clock"
+    assert [row[-1] for row in rows] == ["missed"] * 3  # not reached; staler; a tier not measured
+
+
+def test_paper_scale_gives_every_strategy_the_same_work_or_the_scheduled_range():
+    from bench.compass_local import config as local_config
+    from bench.federation import check_configs
+    from bench.paper_scale import COMPUTE_AWARE, Q_MAX, Q_MIN, STRATEGIES, config
+
+    check_configs(config(s, c, 1, 60.0) for s in STRATEGIES for c in (100, 1000))
+    check_configs(local_config(s, 1, 0.0) for s in ("fedbuff", "fedcompass", COMPUTE_AWARE, "sync"))
+    aware = config(COMPUTE_AWARE, 100, 1, 60.0)
+    assert 'strategy="fedbuff" compute-aware=true' in aware
+    assert f"local-steps={Q_MAX} compass-min-steps={Q_MIN} compass-max-steps={Q_MAX}" in aware
+    assert "compute-aware=false" in config("fedcompass", 100, 1, 60.0)

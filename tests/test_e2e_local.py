@@ -244,3 +244,50 @@ def test_a_200_client_simulation_runs_on_the_virtual_clock_with_its_tiers(tmp_pa
     assert summary["virtual_seconds"] == pytest.approx(max(e["time"] for e in events), abs=0.01)
     with np.load(run_dir / "checkpoint.npz") as checkpoint:
         assert int(checkpoint["version"]) == 20
+
+
+@pytest.mark.parametrize(
+    ("scheduling", "steps"), [('strategy="fedcompass"', 8), ('strategy="fedbuff" compute-aware=true', 12)]
+)
+def test_compute_aware_scheduling_gives_the_slow_tier_fewer_steps_in_a_real_local_federation(
+    tmp_path, no_leftover_processes, scheduling, steps
+):
+    """FedCompass and compute-aware FedBuff on real SuperNodes: the server times each node's
+    round trips and, once it has, plans the low tier (9.2× slower per step) fewer local steps
+    than the high tier; every task carries its plan and the run still learns.
+
+    0.5 s per emulated step makes a step's time, not Flower's per-message floor (seconds),
+    what the round trips measure. The server steps are enough for the low tier's first task
+    (3 steps, ~14 s) to come back and the node to be planned again."""
+    q_min, q_max = 1, 3
+    run_dir = tmp_path / "run"
+    federation = LocalFederation(
+        app_dir=ROOT,
+        run_dir=run_dir,
+        num_nodes=4,
+        tiers=["low", "mid", "high", "high"],
+        run_config=(
+            f"{scheduling} compass-min-steps={q_min} compass-max-steps={q_max} buffer-size=2 concurrency=4 "
+            f"max-server-steps={steps} eval-every={steps} emulated-step-seconds=0.5 write-plots=false metrics-port=0"
+        ),
+    )
+    summary = run_local(federation, out=sys.stdout)
+    assert summary["server_steps"] == steps
+    assert summary["final_accuracy"] > summary["initial_accuracy"] + 0.1
+
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    dispatches = [e for e in events if e["event"] == "dispatch"]
+    assert all(q_min <= e["local_steps"] <= q_max for e in dispatches)
+    first = {}
+    for e in dispatches:
+        first.setdefault(e["node"], e)
+    assert {e["local_steps"] for e in first.values()} == {q_max}  # no speed known yet: Q_max
+    timed: dict[str, list[int]] = {}  # a node's later tasks: planned from its measured speed
+    for e in dispatches:
+        if e is not first[e["node"]]:
+            timed.setdefault(e["tier"], []).append(e["local_steps"])
+    assert timed.get("low") and timed.get("high"), f"the low tier was never planned from its speed: {timed}"
+    assert np.mean(timed["low"]) < np.mean(timed["high"]), timed
+    if "fedcompass" in scheduling:
+        closes = [e for e in events if e["event"] == "group-close"]
+        assert closes and {e["reason"] for e in closes} <= {"complete", "timer"}
