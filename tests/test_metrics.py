@@ -39,7 +39,9 @@ def synthetic_events(
     mostly valid updates, sometimes invalid, TTL-expired, lost, crashed or from a node
     that left (retired, re-admitted 10 s later). Every third accepted update steps the
     model (its step norm shrinking as 2/√version), every second step is evaluated (overall and
-    per known tier), and about 1% of update norms are NaN.
+    per known tier), and about 1% of update norms are NaN. Like a compute-aware run, a task to a
+    node of known tier carries its local steps (high 8, mid 3, low 1), and every step closes an
+    arrival group (every fourth by its timer, with one member late).
     """
     rng = random.Random(seed)
     tiers = {n: ("high", "mid", "low")[n % 3] for n in range(nodes)}
@@ -61,6 +63,7 @@ def synthetic_events(
             version=version,
             bytes=71_720,
             in_flight=in_flight,
+            **({"local_steps": {"high": 8, "mid": 3, "low": 1}[known[node]]} if node in known else {}),
         )
 
     yield "eval", dict(time=0.0, version=0, loss=2.31, accuracy=0.08)
@@ -162,6 +165,17 @@ def synthetic_events(
                             **fairness,
                         ),
                     )
+                timer = version % 4 == 0
+                yield (
+                    "group-close",
+                    dict(
+                        time=round(now, 3),
+                        group=version,
+                        reason="timer" if timer else "complete",
+                        arrived=buffer_size - int(timer),
+                        late=int(timer),
+                    ),
+                )
                 yield (
                     "step",
                     dict(

@@ -19,6 +19,10 @@ from tests.test_prometheus import Prometheus, dashboard_problems, require_binary
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
+SCHEDULING_PANELS = frozenset(
+    {"Assigned local steps by tier (p50 / p90)", "Arrival groups: closes by reason, mean size"}
+)
+
 
 def test_a_live_run_feeds_every_dashboard_panel_and_writes_plots(tmp_path, no_leftover_processes):
     require_binary("prometheus")
@@ -59,7 +63,8 @@ def test_a_live_run_feeds_every_dashboard_panel_and_writes_plots(tmp_path, no_le
             timeout=180,
         )
 
-        problems = dashboard_problems(prometheus.query)
+        # a plain FedBuff run schedules nothing: those panels' data is checked by test_prometheus
+        problems = dashboard_problems(prometheus.query, without_data=SCHEDULING_PANELS)
         assert not problems, "\n".join(problems)
 
         scrape = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read()
