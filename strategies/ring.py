@@ -199,21 +199,8 @@ class RingCodec:
         Returns float64 arrays; pass ``weight_scale=codec.weight_scale`` to decode a buffer
         of quantised-weight sums into weight units.
         """
-        signed = to_signed(vector)
-        total = sum(_size(s) for s in shapes)
-        if signed.size != total:
-            raise ValueError(f"ring vector has {signed.size} coordinates, shapes need {total}")
-        values = np.empty(total, np.float64)
-        for part in slices(total):  # two in-cache divisions, exactly as the whole-array ones round
-            np.divide(signed[part], float(1 << self.scale_bits), out=values[part])
-            if weight_scale != 1:
-                values[part] /= float(weight_scale)
-        out, start = [], 0
-        for shape in shapes:
-            size = _size(shape)
-            out.append(values[start : start + size].reshape(shape))
-            start += size
-        return out
+        # a copy in native order, decoded where it lies: the only new array is the result
+        return self.decode_in_place(to_signed(vector).view(RING_DTYPE).copy(), shapes, weight_scale)
 
     def decode_in_place(self, vector: np.ndarray, shapes: Shapes, weight_scale: int = 1) -> list[np.ndarray]:
         """:meth:`decode` into ``vector``'s own memory: afterwards its bytes are the float64
