@@ -15,13 +15,9 @@ import pytest
 
 from fedbuff_ops.launcher import LocalFederation, free_port, run_local
 from tests.conftest import ROOT
-from tests.test_prometheus import Prometheus, dashboard_problems, require_binary
+from tests.test_prometheus import SCHEDULING_PANELS, Prometheus, dashboard_problems, require_binary
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
-
-SCHEDULING_PANELS = frozenset(
-    {"Assigned local steps by tier (p50 / p90)", "Arrival groups: closes by reason, mean size"}
-)
 
 
 def test_a_live_run_feeds_every_dashboard_panel_and_writes_plots(tmp_path, no_leftover_processes):

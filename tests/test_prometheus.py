@@ -243,6 +243,12 @@ def concrete(expr: str) -> str:
     return expr
 
 
+# the compute-aware scheduling row: a run without a scheduler (plain FedBuff) has nothing to show there
+SCHEDULING_PANELS = frozenset(
+    {"Assigned local steps by tier (p50 / p90)", "Arrival groups: closes by reason, mean size"}
+)
+
+
 def dashboard_problems(query: Callable[[str], dict], without_data: frozenset[str] = frozenset()) -> list[str]:
     """Each dashboard query (made concrete) that ``query`` answers with an error or no finite value
     (panels titled in ``without_data`` need only be valid: the run has nothing to show there)."""
