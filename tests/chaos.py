@@ -124,6 +124,12 @@ def pending(found: list[dict], node: int) -> bool:
     return bool(last) and last[-1] == "dispatch"
 
 
+def outstanding(found: list[dict], node: int) -> int:
+    """How many of ``node``'s tasks are in flight: every dispatch ends in one update, invalid or error."""
+    replies = ("update", "invalid", "error")
+    return sum((e["event"] == "dispatch") - (e["event"] in replies) for e in found if e.get("node") == node)
+
+
 def nodes_of_tier(found: list[dict], tier: str) -> set[int]:
     """Node ids the server has learned (from their replies) to be of ``tier``."""
     return {e["node"] for e in found if e["event"] == "update" and e["tier"] == tier}
