@@ -61,6 +61,7 @@ def main(grid: Grid, context: Context) -> None:
         run_dir = settings.resume_dir()
     else:
         run_dir = Path(settings.run_dir) if settings.run_dir else default_run_dir()
+        _refuse_used_run_dir(run_dir)
     recorder = RunRecorder(run_dir)
     recorder.write_config(settings.as_dict())
     log.info(
@@ -122,6 +123,17 @@ def _initial_weights(settings: RunSettings, model: nn.Module, data: FederatedDat
     except SettingsError as err:
         log.error("invalid run config: %s", err)
         raise
+
+
+def _refuse_used_run_dir(run_dir: Path) -> None:
+    """A fresh run never appends to another run's history: two runs in one metrics.jsonl read as one."""
+    history = run_dir / "metrics.jsonl"
+    if history.is_file() and history.stat().st_size > 0:
+        err = SettingsError(
+            f"run-dir {run_dir} already holds a run ({history.name}): give a new run-dir, or resume-from it"
+        )
+        log.error("invalid run config: %s", err)
+        raise err
 
 
 def _log_summary(result: RunResult, summary: dict[str, object]) -> None:

@@ -347,6 +347,19 @@ def test_the_server_app_resumes_a_run_folder_continuing_version_counters_and_eps
     assert [e["version"] for e in events if e["event"] == "step"] == list(range(1, 11))
 
 
+def test_a_fresh_run_into_a_folder_holding_another_run_is_refused_and_its_history_kept(tmp_path, caplog):
+    run_dir = tmp_path / "run"
+    run_server_app(
+        FakeGrid([1, 2, 3], lambda m: train_reply(m, half_step)), **{"max-server-steps": 2, "run-dir": str(run_dir)}
+    )
+    history = (run_dir / "metrics.jsonl").read_text()
+    grid = FakeGrid([1, 2, 3], lambda m: train_reply(m, half_step))
+    with caplog.at_level(logging.ERROR, logger="server_app.app"), pytest.raises(SettingsError, match="resume-from it"):
+        run_server_app(grid, **{"max-server-steps": 2, "run-dir": str(run_dir)})
+    assert "already holds a run" in caplog.text and not grid.pushed
+    assert (run_dir / "metrics.jsonl").read_text() == history
+
+
 def test_the_server_app_refuses_a_checkpoint_of_another_strategy(tmp_path):
     save(tmp_path / LATEST, a_state(strategy="fedasync", optimizer={}))
     with pytest.raises(CheckpointError, match="strategy 'fedasync'"):

@@ -206,6 +206,11 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
     )
     engine.start()
     try:
+        # podman's store outlives a session: a CI run killed mid-way leaves this project's run
+        # folders in its volumes, and a new stack must not read that run's history as its own
+        if stale := engine.leftovers():
+            print(f"[compose] removing what an interrupted earlier run left: {stale}", flush=True)
+            engine.remove_everything()
         up_started = time.monotonic()
         stack.run("up", "--detach", "--no-build", *BASE_SERVICES, timeout=600)
         wait_for(
