@@ -4,7 +4,8 @@ holds, and which device tier each client is.
 The launcher (tiers for the node configs), every ClientApp (its own rows) and the
 ServerApp (each tier's held-out data) call these with the same settings and get the same
 answer, because everything below is deterministic from ``seed``. Imports numpy only;
-``datasets`` / ``flwr-datasets`` load lazily inside :mod:`fedbuff.partitioners`.
+``datasets`` / ``flwr-datasets`` load lazily inside :mod:`fedbuff.partitioners`, and only where
+the split is not on disk yet (:mod:`fedbuff.partition_cache`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import TypedDict
 
 import numpy as np
 
-from fedbuff import datasets, partitioners
+from fedbuff import datasets, partition_cache, partitioners
 from fedbuff.datasets import FederatedData
 from fedbuff.settings import RunSettings
 
@@ -40,17 +41,39 @@ def _params(settings: RunSettings, data: FederatedData) -> _PartitionParams:
 
 
 def client_rows(settings: RunSettings, data: FederatedData, partition_id: int, num_partitions: int) -> np.ndarray:
-    """Training rows of client ``partition_id`` (``partitioner`` knob)."""
-    return partitioners.partition(
-        settings.partitioner, data.train.labels, num_partitions, partition_id, settings.seed, **_params(settings, data)
-    )
+    """Training rows of client ``partition_id`` (``partitioner`` knob), from the run's cached split."""
+    if settings.partitioner == "natural" or not 0 <= partition_id < num_partitions:
+        # natural: one id group is far cheaper than all of them; a wrong id: the partitioner's error
+        return partitioners.partition(
+            settings.partitioner,
+            data.train.labels,
+            num_partitions,
+            partition_id,
+            settings.seed,
+            **_params(settings, data),
+        )
+    return all_client_rows(settings, data, num_partitions)[partition_id]
 
 
 def all_client_rows(settings: RunSettings, data: FederatedData, num_partitions: int) -> list[np.ndarray]:
-    """Training rows of every client, in partition-id order."""
-    return partitioners.all_partitions(
-        settings.partitioner, data.train.labels, num_partitions, settings.seed, **_params(settings, data)
-    )
+    """Training rows of every client, in partition-id order (kept by :mod:`fedbuff.partition_cache`)."""
+    params = _params(settings, data)
+
+    def compute() -> list[np.ndarray]:
+        return partitioners.all_partitions(
+            settings.partitioner, data.train.labels, num_partitions, settings.seed, **params
+        )
+
+    if settings.partitioner == "natural" or num_partitions < 1:
+        return compute()
+    split = {
+        "partitioner": settings.partitioner,
+        "num_partitions": num_partitions,
+        "seed": settings.seed,
+        "alpha": params["alpha"],
+        "classes_per_partition": params["classes_per_partition"],
+    }
+    return partition_cache.cached_split(data.train.labels, split, num_partitions, compute)
 
 
 def client_tiers(settings: RunSettings, num_partitions: int, data: FederatedData | None = None) -> list[str]:

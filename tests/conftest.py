@@ -58,6 +58,12 @@ def flower_processes(marker: str) -> dict[int, str]:
     return found
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Data splits cached in a folder of the tests' own, shared by the workers, never ~/.cache."""
+    cache = Path(tempfile.gettempdir()) / f"fedbuff-tests-{os.getuid()}" / "partitions"
+    os.environ.setdefault("FEDBUFF_CACHE_DIR", str(cache))
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """End-to-end tests first: they run for minutes, so started early they overlap each other
     and the quick unit tests fill the workers' tails (make test's wall time, not its result)."""

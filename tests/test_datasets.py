@@ -6,6 +6,9 @@ with the reason, except under CI=true, where a missing package is a failure.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -25,6 +28,30 @@ def test_digits():
     data = D.load("digits", seed=42, test_fraction=0.2)
     assert data.train.features.shape == (1438, 64) and len(data.test) == 359
     assert data.num_classes == 10 and data.train_ids is None
+
+
+def test_the_digits_are_scikit_learns_read_without_importing_it(monkeypatch):
+    from sklearn.datasets import load_digits
+
+    import fedbuff.data
+
+    reference = load_digits()
+    pixels, target = fedbuff.data.load_digits_arrays()
+    assert np.array_equal(pixels, reference.data) and np.array_equal(target, reference.target)
+    monkeypatch.setattr(fedbuff.data, "digits_file", lambda: None)  # scikit-learn keeps it elsewhere
+    pixels, target = fedbuff.data.load_digits_arrays()
+    assert np.array_equal(pixels, reference.data) and np.array_equal(target, reference.target)
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, fedbuff.data; fedbuff.data.load_digits_arrays(); print('sklearn' in sys.modules)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert loaded.stdout.strip() == "False"
 
 
 def test_fashion_mnist():
