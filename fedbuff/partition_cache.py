@@ -75,7 +75,7 @@ def cached_split(
 def _read(path: Path, count: int, num_rows: int) -> list[np.ndarray] | None:
     try:
         with np.load(path, allow_pickle=False) as kept:
-            rows = [kept[f"p{i}"] for i in range(count)]
+            rows = [kept[f"arr_{i}"] for i in range(count)]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
         log.warning("partition cache %s is unreadable (%s); computing the split again", path, err)
         return None
@@ -97,7 +97,7 @@ def _write(path: Path, rows: list[np.ndarray]) -> None:
         return
     try:
         with os.fdopen(handle, "wb") as out:
-            np.savez(out, **{f"p{i}": r for i, r in enumerate(rows)})
+            np.savez(out, *rows)  # arr_0, arr_1, … in partition-id order
         os.replace(partial, path)
     except OSError as err:
         Path(partial).unlink(missing_ok=True)

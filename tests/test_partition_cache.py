@@ -60,7 +60,7 @@ def test_a_damaged_or_foreign_entry_is_computed_again_and_replaced(cache, data, 
     want = run_data.all_client_rows(settings, data, 4)
     (entry,) = cache.glob("*.npz")
     if damage == "foreign":  # rows that cannot belong to this data
-        np.savez(entry, **{f"p{i}": np.array([10**6 + i]) for i in range(4)})
+        np.savez(entry, *[np.array([10**6 + i]) for i in range(4)])
     else:
         entry.write_bytes(damage)
     got = run_data.all_client_rows(settings, data, 4)
