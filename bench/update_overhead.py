@@ -49,13 +49,22 @@ RATE_GOAL = 1.4
 COLD_START_GOAL_SECONDS = 0.5
 DEFAULT_TASKS = RunSettings().tasks_per_node  # the default configuration's queue depth
 ONE_STEP = "local-steps=1 emulated-step-seconds=0 eval-every=1000000"
+# what a trainer does at start besides its imports: load the run's data and its own partition's rows
+TRAINER_DATA = (
+    "from fedbuff import run_data; from fedbuff.settings import RunSettings; s = RunSettings(); "
+    "run_data.client_rows(s, run_data.load(s), 0, 4)"
+)
 IMPORTS = {
     "empty ClientApp (flwr, numpy)": ("import floor_app.client", FLOOR_APP),
     "our ClientApp, every message (thin: flwr, numpy, settings, protocol)": ("import client_app.app", ROOT),
     "our ClientApp per message without the trainer (+ torch)": ("import client_app.app, fedbuff.model", ROOT),
-    "the warm trainer, once per node and run (+ torch, data)": (
-        "import client_app.trainer, client_app.task, fedbuff.model, fedbuff.run_data, sklearn.datasets, "
-        "datasets, flwr_datasets.partitioner",
+    "the warm trainer's start, once per node and run (+ torch, the data, its split kept on disk)": (
+        f"import client_app.trainer, client_app.task, fedbuff.model; {TRAINER_DATA}",
+        ROOT,
+    ),
+    "the same, the split computed (the first trainer on a machine: + datasets, flwr-datasets)": (
+        f"import os; os.environ['FEDBUFF_CACHE_DIR'] = ''; import client_app.trainer, client_app.task, "
+        f"fedbuff.model; {TRAINER_DATA}",
         ROOT,
     ),
 }
