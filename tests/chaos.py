@@ -117,17 +117,9 @@ def sample(metrics: dict[tuple[str, frozenset], float], name: str, **labels: str
 
 
 def pending(found: list[dict], node: int) -> bool:
-    """Whether ``node`` has a task in flight: its last dispatch came after its last reply."""
-    last = [
-        e["event"] for e in found if e.get("node") == node and e["event"] in ("dispatch", "update", "invalid", "error")
-    ]
-    return bool(last) and last[-1] == "dispatch"
-
-
-def outstanding(found: list[dict], node: int) -> int:
-    """How many of ``node``'s tasks are in flight: every dispatch ends in one update, invalid or error."""
+    """Whether ``node`` has a task in flight: every dispatch ends in one update, invalid or error."""
     replies = ("update", "invalid", "error")
-    return sum((e["event"] == "dispatch") - (e["event"] in replies) for e in found if e.get("node") == node)
+    return sum((e["event"] == "dispatch") - (e["event"] in replies) for e in found if e.get("node") == node) > 0
 
 
 def nodes_of_tier(found: list[dict], tier: str) -> set[int]:
