@@ -116,6 +116,17 @@ def sample(metrics: dict[tuple[str, frozenset], float], name: str, **labels: str
     return metrics.get((name, frozenset(labels.items())))
 
 
+def buffer_fill(found: list[dict]) -> int:
+    """How many updates the server's buffer holds: the fill the last update left, unless a flush
+    (a step, refused or failed, empties the buffer) came after it. Dispatches change nothing."""
+    for event in reversed(found):
+        if event["event"] in ("step", "step-refused", "flush-failed"):
+            return 0
+        if event["event"] == "update":
+            return int(event.get("buffer_fill", 0))
+    return 0
+
+
 def pending(found: list[dict], node: int) -> bool:
     """Whether ``node`` has a task in flight: every dispatch ends in one update, invalid or error."""
     replies = ("update", "invalid", "error")

@@ -32,6 +32,7 @@ from fedbuff_ops.launcher import (
 )
 from tests import netns
 from tests.chaos import (
+    buffer_fill,
     end_run,
     events,
     nodes_of_tier,
@@ -69,9 +70,10 @@ def test_a_killed_serverapp_resumes_from_its_last_good_checkpoint_without_double
 
         def mid_buffer_after_two_checkpoints() -> bool:
             found = events(run_dir)
-            return len(step_versions(found)) >= 2 and found[-1]["event"] == "update" and found[-1]["buffer_fill"] > 0
+            return len(step_versions(found)) >= 2 and buffer_fill(found) > 0
 
-        wait_for(mid_buffer_after_two_checkpoints, 600, "version 2 and a part-filled buffer")
+        # the fill lasts from one update to the next, so look often
+        wait_for(mid_buffer_after_two_checkpoints, 600, "version 2 and a part-filled buffer", poll=0.05)
         (pid,) = serverapp_pids()
         os.kill(pid, signal.SIGKILL)
         first.kill()  # `flwr run --stream` would wait for a run that never finishes
