@@ -40,8 +40,8 @@ def cache_dir() -> Path | None:
     return Path(base) / "fedbuff"
 
 
-def split_key(labels: np.ndarray, params: Mapping[str, object]) -> str:
-    """A hash of the labels, the partitioner's parameters and ``flwr-datasets``' version."""
+def split_key(labels: np.ndarray, params: Mapping[str, object], count: int) -> str:
+    """A hash of the labels, the partitioner's parameters, the client count and ``flwr-datasets``' version."""
     try:
         library = importlib.metadata.version("flwr-datasets")
     except importlib.metadata.PackageNotFoundError:
@@ -50,6 +50,7 @@ def split_key(labels: np.ndarray, params: Mapping[str, object]) -> str:
     labels = np.ascontiguousarray(labels)
     digest.update(f" {labels.dtype.str} {labels.shape}".encode())
     digest.update(labels.tobytes())
+    digest.update(f" count={count}".encode())
     for name in sorted(params):
         digest.update(f" {name}={params[name]!r}".encode())
     return digest.hexdigest()[:32]
@@ -58,11 +59,14 @@ def split_key(labels: np.ndarray, params: Mapping[str, object]) -> str:
 def cached_split(
     labels: np.ndarray, params: Mapping[str, object], count: int, compute: Callable[[], list[np.ndarray]]
 ) -> list[np.ndarray]:
-    """The ``count`` row arrays of the split ``params`` describe: read if kept, else computed and kept."""
+    """The ``count`` row arrays of the split ``params`` describe: read if kept, else computed and kept.
+
+    ``params`` must name everything besides the labels and ``count`` that decides the rows.
+    """
     folder = cache_dir()
     if folder is None:
         return compute()
-    path = folder / f"{split_key(labels, params)}.npz"
+    path = folder / f"{split_key(labels, params, count)}.npz"
     if path.is_file():
         found = _read(path, count, len(labels))
         if found is not None:

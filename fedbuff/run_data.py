@@ -66,13 +66,9 @@ def all_client_rows(settings: RunSettings, data: FederatedData, num_partitions: 
 
     if settings.partitioner == "natural" or num_partitions < 1:
         return compute()
-    split = {
-        "partitioner": settings.partitioner,
-        "num_partitions": num_partitions,
-        "seed": settings.seed,
-        "alpha": params["alpha"],
-        "classes_per_partition": params["classes_per_partition"],
-    }
+    # the key is compute()'s own arguments, less the natural ids (only the natural partitioner reads them)
+    keywords = {name: value for name, value in params.items() if name != "natural_ids"}
+    split = {"partitioner": settings.partitioner, "seed": settings.seed, **keywords}
     return partition_cache.cached_split(data.train.labels, split, num_partitions, compute)
 
 
