@@ -22,7 +22,7 @@ from fedbuff import protocol
 from fedbuff.settings import RunSettings
 
 if TYPE_CHECKING:
-    from client_app.task import PartitionSource
+    from client_app.task import DataSource
 
 app = ClientApp()
 
@@ -46,23 +46,29 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Say which partition this node holds (the virtual clock asks each simulated node once)."""
-    return Message(protocol.identity_content(context.node_config), reply_to=msg)
+    """Say which partition this node holds and how many training examples (the virtual clock
+    asks each simulated node once)."""
+    from client_app.node import NodeProfile
+    from client_app.task import local_data
+
+    settings = RunSettings.from_run_config(context.run_config)
+    source = local_data if warm.in_flower_clientapp_process() else _simulated_data()
+    _task, data = source(context, settings, NodeProfile.from_node_config(context.node_config))
+    return Message(protocol.identity_content(context.node_config, len(data.train)), reply_to=msg)
 
 
 def train_here(content: RecordDict, context: Context) -> RecordDict:
     """The task trained in this process: torch and the partition are loaded for it (in the
     simulation engine, from the data its process has split already)."""
-    from client_app.task import local_partition, train_task
+    from client_app.task import local_data, train_task
 
-    source = local_partition if warm.in_flower_clientapp_process() else _simulated_partitions()
-    return train_task(content, context, source)
+    return train_task(content, context, local_data if warm.in_flower_clientapp_process() else _simulated_data())
 
 
 @functools.cache
-def _simulated_partitions() -> PartitionSource:
+def _simulated_data() -> DataSource:
     """Flower's simulation engine runs many virtual nodes in each of its worker processes: they
-    share one split of the data, made by the first of them (one per process, hence the cache)."""
-    from client_app.task import SharedPartitions
+    share one task, which splits a built-in data set once (one per process, hence the cache)."""
+    from client_app.task import SharedData
 
-    return SharedPartitions()
+    return SharedData()

@@ -1,6 +1,6 @@
 """Sample-level DP-SGD on the client's partition with Opacus (docs/privacy.md, section 2).
 
-Replaces :func:`fedbuff.model.train` when ``dp-sgd`` is on: per-example gradients are clipped
+Replaces :func:`fedbuff.training.train` when ``dp-sgd`` is on: per-example gradients are clipped
 to ``dp-max-grad-norm`` and Gaussian noise ``N(0, (σ·C)²)`` is added to their sum at every
 step; batches are Poisson-sampled, each example in each step with probability
 ``q = 1 / ⌈n / batch_size⌉`` (one over the number of batches of the partition: Opacus'
@@ -29,7 +29,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from fedbuff.task import Examples, Task
+from fedbuff.training import IncompatibleModelError, check_dp_compatible
 
 if TYPE_CHECKING:
     import torch
@@ -38,16 +39,14 @@ if TYPE_CHECKING:
 
     from fedbuff.settings import DPSGDOptions
 
+__all__ = ["DPSGDResult", "IncompatibleModelError", "epsilon_of", "train_dp_sgd"]
+
 History = list[tuple[float, float, int]]
 
 # ConfigRecord keys of the accountant history kept in context.state
 HISTORY_NOISE = "noise-multiplier"
 HISTORY_RATE = "sample-rate"
 HISTORY_STEPS = "steps"
-
-
-class IncompatibleModelError(ValueError):
-    """The model has layers Opacus cannot compute per-example gradients for."""
 
 
 @dataclass(frozen=True)
@@ -102,40 +101,6 @@ def epsilon_of(record: Mapping[str, Any] | None, delta: float) -> float:
     return float(accountant.get_epsilon(delta=delta))
 
 
-# -- model compatibility ---------------------------------------------------------------------
-
-
-def check_compatible(model: nn.Module) -> None:
-    """Raise :class:`IncompatibleModelError` naming every layer Opacus refuses.
-
-    Built from ``opacus.validators.ModuleValidator.validate``; the model is validated in
-    training mode (DP-SGD trains it).
-    """
-    from opacus.validators import ModuleValidator
-
-    was_training = model.training
-    model.train()
-    try:
-        errors = ModuleValidator.validate(model, strict=False)
-        if not errors:
-            return
-        offending = [
-            f"layer '{name or '<root>'}' ({type(module).__name__})"
-            for name, module in model.named_modules()
-            if type(module) in ModuleValidator.VALIDATORS and ModuleValidator.VALIDATORS[type(module)](module)
-        ]
-    finally:
-        model.train(was_training)
-    details = "; ".join(dict.fromkeys(str(e) for e in errors))
-    raise IncompatibleModelError(
-        "DP-SGD (dp-sgd = true) cannot train this model: Opacus needs per-example gradients "
-        f"and refuses {', '.join(offending) or 'the model'}: {details}. Replace the layer(s) "
-        "before training, e.g. `model = opacus.validators.ModuleValidator.fix(model)`, which "
-        "swaps BatchNorm for GroupNorm (per-example statistics do not mix examples), or build "
-        "the model with nn.GroupNorm / nn.LayerNorm instead."
-    )
-
-
 # -- training --------------------------------------------------------------------------------
 
 
@@ -145,9 +110,9 @@ def _os_seed() -> int:
 
 def train_dp_sgd(
     model: nn.Module,
-    features: np.ndarray,
-    labels: np.ndarray,
+    examples: Examples,
     *,
+    task: Task | None = None,
     options: DPSGDOptions,
     epochs: int,
     steps: int,
@@ -160,9 +125,11 @@ def train_dp_sgd(
 ) -> DPSGDResult:
     """DP-SGD (Opacus ``PrivacyEngine``, RDP accountant) on one partition; trains ``model`` in place.
 
-    Mirrors :func:`fedbuff.model.train`: ``epochs`` passes of ``⌈n / batch_size⌉`` Poisson-sampled
+    Mirrors :func:`fedbuff.training.train`: ``epochs`` passes of ``⌈n / batch_size⌉`` Poisson-sampled
     batches each (sample rate ``1 / ⌈n / batch_size⌉``), ``steps > 0`` caps the number of
-    batches; plain SGD with ``lr``. ``history`` is the accountant state returned by the previous
+    batches; plain SGD with ``lr``,
+    each batch through ``task``'s training step (default: a classification task's).
+    ``history`` is the accountant state returned by the previous
     message (``None`` for the first).
 
     ``sampling_seed`` and ``noise_seed`` exist for tests. Leave them ``None`` in a deployment:
@@ -177,16 +144,15 @@ def train_dp_sgd(
 
     if epochs < 1 or steps < 0 or batch_size < 1 or not lr > 0:
         raise ValueError("epochs >= 1, steps >= 0, batch_size >= 1 and lr > 0 are required")
-    if len(labels) == 0:
+    if len(examples) == 0:
         raise ValueError("DP-SGD needs a non-empty partition")
+    from fedbuff.training import as_tensor
+
     device = torch.device(device)
     restored = history_from_record(history)
-    check_compatible(model)
+    check_dp_compatible(model)
     model.to(device).train()
-
-    dataset = TensorDataset(
-        torch.from_numpy(np.asarray(features, dtype=np.float32)), torch.from_numpy(np.asarray(labels, dtype=np.int64))
-    )
+    dataset = TensorDataset(as_tensor(examples.inputs), as_tensor(examples.targets))
     sampling = torch.Generator().manual_seed(_os_seed() if sampling_seed is None else sampling_seed)
     loader = DataLoader(dataset, batch_size=min(batch_size, len(dataset)), generator=sampling)
     noise = torch.Generator(device=device).manual_seed(_os_seed() if noise_seed is None else noise_seed)
@@ -214,7 +180,9 @@ def train_dp_sgd(
     engine.accountant.history = list(restored)  # continue this client's composition
 
     try:
-        total_loss, counted, taken = _private_steps(dp_model, dp_optimizer, dp_loader, device, epochs, steps)
+        total_loss, counted, taken = _private_steps(
+            task or Task(), dp_model, dp_optimizer, dp_loader, device, epochs, steps
+        )
     finally:
         _detach_opacus(model, dp_model)
 
@@ -249,12 +217,9 @@ def _noise_multiplier(options: DPSGDOptions, sample_rate: float, planned_steps: 
 
 
 def _private_steps(
-    dp_model: nn.Module, dp_optimizer: Any, dp_loader: Any, device: torch.device, epochs: int, steps: int
+    task: Task, dp_model: nn.Module, dp_optimizer: Any, dp_loader: Any, device: torch.device, epochs: int, steps: int
 ) -> tuple[float, int, int]:
-    """Run the DP-SGD steps: (summed loss, batches it was summed over, steps taken)."""
-    from torch import nn
-
-    loss_fn = nn.CrossEntropyLoss()
+    """Run the DP-SGD steps with the task's step: (summed loss, batches it was summed over, steps taken)."""
     total_loss, counted, taken = 0.0, 0, 0
     with warnings.catch_warnings():
         # the first layer's input needs no gradient; Opacus' hooks work regardless
@@ -262,12 +227,9 @@ def _private_steps(
         for _ in range(epochs):
             for x, y in dp_loader:
                 x, y = x.to(device), y.to(device)
-                dp_optimizer.zero_grad(set_to_none=True)
                 # An empty Poisson batch is still a step (pure noise, counted by the
                 # accountant, as the analysis assumes); its loss is NaN and not averaged.
-                loss = loss_fn(dp_model(x), y)
-                loss.backward()
-                dp_optimizer.step()
+                loss = task.train_step(dp_model, x, y, dp_optimizer)
                 if len(y):
                     total_loss += float(loss.item())
                     counted += 1

@@ -1,11 +1,11 @@
-"""One training task of a node: train the received model on the node's partition, reply the delta.
+"""One training task of a node: train the received model on the node's data with the run's
+task (``fedbuff.task``), reply the delta.
 
 The same code runs in the node's warm trainer (``client_app.trainer``, the default) and, with
 ``warm-trainer=false``, inside Flower's per-message ClientApp process. What must outlive either
 process (the device clock's task count, the DP-SGD accountant, the fault cycle) lives in
-``context.state``; what is only expensive to rebuild (the partition) comes from a
-:data:`PartitionSource`: the trainer keeps it in memory, the per-message process in
-``context.state``.
+``context.state``; what is only expensive to rebuild (the task and the node's data) comes from a
+:data:`DataSource`: the trainer keeps it in memory, the per-message process in ``context.state``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, ConfigRecordValues, Context, RecordDict
@@ -23,99 +23,94 @@ from flwr.app import ArrayRecord, ConfigRecord, ConfigRecordValues, Context, Rec
 from client_app.node import REAL_DEVICE, NodeProfile
 from fedbuff import protocol
 from fedbuff.settings import RunSettings
-
-if TYPE_CHECKING:
-    from fedbuff.datasets import FederatedData
-    from fedbuff.model import ModelSpec
+from fedbuff.task import Examples, Node, NodeData, Task, TaskError, load_task
 
 log = logging.getLogger(__name__)
 
-Partition = tuple[np.ndarray, np.ndarray, "ModelSpec"]
-PartitionSource = Callable[[Context, RunSettings, NodeProfile], Partition]
+NodeTask = tuple[Task, NodeData]
+DataSource = Callable[[Context, RunSettings, NodeProfile], NodeTask]
 
-PARTITION_KEY = "partition"
-ROWS_KEY = "partition-rows"
-STATE_CACHE_BYTES = 16 * 2**20  # larger partitions are cached as row indices (see local_partition)
-DATA_SHAPE_KEY = "data-shape"
+TRAIN_KEY = "node-train-data"
+STATE_CACHE_BYTES = 16 * 2**20  # larger data are loaded again by each message (see local_data)
 CLOCK_KEY = "device-clock"
 DP_SGD_STATE = "dp-sgd-accountant"
 
 
-def local_partition(context: Context, settings: RunSettings, node: NodeProfile) -> Partition:
-    """This node's training data and the model it needs, cached in ``context.state`` across
-    the run's messages (the per-message path: each message is a fresh process).
+def node_of(context: Context, profile: NodeProfile) -> Node:
+    """The node as a task sees it: its whole node config, its partition and its tier."""
+    return Node(dict(context.node_config), profile.partition_id, profile.num_partitions, profile.device_tier)
 
-    A small partition is kept whole in ``context.state`` (later messages skip loading and
-    partitioning). A large one only as row indices, and later messages reload the dataset
-    file: Flower sends ``context.state`` back and forth with every message, and a 63 MB
-    Fashion-MNIST partition made that push fail ("ClientApp stopped responding").
+
+def load_node_data(task: Task, node: Node) -> NodeData:
+    """``task.load_data(node)``, checked; every failure is a :class:`TaskError` naming task and node."""
+    where = f"{task.name} on the node of partition {node.partition_id}"
+    try:
+        data = task.load_data(node)
+    except TaskError as err:
+        raise TaskError(f"{where}: {err}") from err
+    except Exception as err:  # the user's loader: its error, in one line
+        raise TaskError(f"{where}: load_data failed: {type(err).__name__}: {err}") from err
+    if not isinstance(data, NodeData):
+        raise TaskError(f"{where}: load_data returned {type(data).__name__}, not a NodeData")
+    if len(data.train) == 0:
+        raise TaskError(f"{where}: the node has no training examples")
+    return data
+
+
+def local_data(context: Context, settings: RunSettings, profile: NodeProfile) -> NodeTask:
+    """The task and this node's training data, cached in ``context.state`` across the run's
+    messages (the per-message path: each message is a fresh process).
+
+    Training data of numpy arrays up to :data:`STATE_CACHE_BYTES` are kept in ``context.state``
+    (later messages skip loading them); larger data are loaded again by every message: Flower
+    sends ``context.state`` back and forth with every message, and a 63 MB Fashion-MNIST
+    partition made that push fail ("ClientApp stopped responding").
     """
-    from fedbuff import run_data
-    from fedbuff.model import ModelSpec
-
-    shape = context.state.config_records.get(DATA_SHAPE_KEY)
-    if shape is not None:
-        # cast: the record is this function's own, written below with int sizes
-        spec = ModelSpec(cast(int, shape["num-features"]), cast(int, shape["num-classes"]), bool(shape["recurrent"]))
-        cached = context.state.array_records.get(PARTITION_KEY)
-        if cached is not None:
-            features, labels = cached.to_numpy_ndarrays()
-            return features, labels, spec
-        rows = context.state.array_records[ROWS_KEY].to_numpy_ndarrays()[0]
-        train = run_data.load(settings).train
-        return train.features[rows], train.labels[rows], spec
-    data = run_data.load(settings)
-    rows = run_data.client_rows(settings, data, node.partition_id, node.num_partitions)
-    features, labels = data.train.features[rows], data.train.labels[rows]
-    spec = ModelSpec.of(data)
-    if features.nbytes + labels.nbytes <= STATE_CACHE_BYTES:
-        context.state[PARTITION_KEY] = ArrayRecord([features, labels])
-    else:
-        context.state[ROWS_KEY] = ArrayRecord([rows])
-    context.state[DATA_SHAPE_KEY] = ConfigRecord(
-        {"num-features": spec.num_features, "num-classes": spec.num_classes, "recurrent": spec.recurrent}
-    )
-    return features, labels, spec
+    task = load_task(settings.task, context.run_config)
+    cached = context.state.array_records.get(TRAIN_KEY)
+    if cached is not None:
+        inputs, targets = cached.to_numpy_ndarrays()
+        return task, NodeData(Examples(inputs, targets))
+    data = load_node_data(task, node_of(context, profile))
+    inputs, targets = data.train.inputs, data.train.targets
+    arrays = isinstance(inputs, np.ndarray) and isinstance(targets, np.ndarray)
+    if arrays and inputs.nbytes + targets.nbytes <= STATE_CACHE_BYTES:
+        context.state[TRAIN_KEY] = ArrayRecord([inputs, targets])
+    return task, data
 
 
-class MemoryPartition:
-    """The partition held in this process's memory: loaded by the first task, then reused
-    (the warm trainer's source; ``context.state`` stays small)."""
+class MemoryData:
+    """The task and the node's data held in this process's memory: loaded by the first task,
+    then reused (the warm trainer's source; ``context.state`` stays small)."""
 
     def __init__(self) -> None:
-        self._partition: Partition | None = None
+        self._loaded: NodeTask | None = None
 
-    def __call__(self, context: Context, settings: RunSettings, node: NodeProfile) -> Partition:
-        if self._partition is None:
-            from fedbuff import run_data
-            from fedbuff.model import ModelSpec
-
-            data = run_data.load(settings)
-            rows = run_data.client_rows(settings, data, node.partition_id, node.num_partitions)
-            self._partition = data.train.features[rows], data.train.labels[rows], ModelSpec.of(data)
-        return self._partition
+    def __call__(self, context: Context, settings: RunSettings, profile: NodeProfile) -> NodeTask:
+        if self._loaded is None:
+            task = load_task(settings.task, context.run_config)
+            self._loaded = task, load_node_data(task, node_of(context, profile))
+        return self._loaded
 
 
-class SharedPartitions:
-    """Every partition of one run's data, split once and held in this process's memory: the
+class SharedData:
+    """One task per run and every node's data it loaded, held in this process's memory: the
     source for Flower's simulation engine, whose worker processes each train many virtual
-    nodes (1,000 nodes would otherwise load and split the dataset 1,000 times)."""
+    nodes (a built-in task then splits its data set once, not once per node)."""
 
     def __init__(self) -> None:
-        self._key: tuple[RunSettings, int] | None = None
-        self._split: tuple[FederatedData, list[np.ndarray]] | None = None
+        self._key: tuple[object, ...] | None = None
+        self._task: Task | None = None
+        self._data: dict[tuple[int, int], NodeData] = {}
 
-    def __call__(self, context: Context, settings: RunSettings, node: NodeProfile) -> Partition:
-        from fedbuff import run_data
-        from fedbuff.model import ModelSpec
-
-        key = (settings, node.num_partitions)  # a run's settings decide its data and split
-        if self._split is None or self._key != key:
-            data = run_data.load(settings)
-            self._key, self._split = key, (data, run_data.all_client_rows(settings, data, node.num_partitions))
-        data, rows = self._split
-        part = rows[node.partition_id]
-        return data.train.features[part], data.train.labels[part], ModelSpec.of(data)
+    def __call__(self, context: Context, settings: RunSettings, profile: NodeProfile) -> NodeTask:
+        key = (context.run_id, settings)  # a run's settings decide its task and data
+        if self._task is None or self._key != key:
+            self._key, self._task, self._data = key, load_task(settings.task, context.run_config), {}
+        node = (profile.partition_id, profile.num_partitions)
+        if node not in self._data:
+            self._data[node] = load_node_data(self._task, node_of(context, profile))
+        return self._task, self._data[node]
 
 
 def emulated_seconds(
@@ -140,37 +135,42 @@ def emulated_seconds(
     return clock.availability.finish_time(elapsed, busy) - elapsed
 
 
-def train_task(content: RecordDict, context: Context, partitions: PartitionSource = local_partition) -> RecordDict:
-    """Local SGD from the dispatched model; the reply's content, ``delta = dispatched - trained``.
+def train_task(content: RecordDict, context: Context, source: DataSource = local_data) -> RecordDict:
+    """Local training from the dispatched model; the reply's content, ``delta = dispatched - trained``.
 
     With ``reply="weights"`` in the message config (Flower's FedAvg baseline) the trained
     weights themselves are sent.
     """
     started = time.monotonic()
-    from fedbuff.model import build_model, get_weights, pick_device, set_weights
-    from fedbuff.model import train as train_model
+    from fedbuff.model import get_weights, pick_device, set_weights
+    from fedbuff.training import build_model
+    from fedbuff.training import train as train_model
 
     settings = RunSettings.from_run_config(context.run_config)
     node = NodeProfile.from_node_config(context.node_config)
-    features, labels, spec = partitions(context, settings, node)
+    task, data = source(context, settings, node)
+    examples = data.train
 
     dispatched = content.array_records[protocol.ARRAYS].to_numpy_ndarrays()
     config: Mapping[str, ConfigRecordValues] = content.config_records.get(protocol.CONFIG, {})
     version = protocol.task_version(config)
     reply_weights = protocol.wants_weights(config)
-    settings = _planned(settings, protocol.task_local_steps(config), len(labels))
-    model = build_model(settings.hidden_units, settings.seed, spec)
-    set_weights(model, dispatched)
+    settings = _planned(settings, protocol.task_local_steps(config), len(examples))
+    model = build_model(task, settings.seed)
+    try:
+        set_weights(model, dispatched)
+    except (ValueError, RuntimeError) as err:
+        raise TaskError(f"{task.name}: the dispatched model does not fit this node's model: {err}") from err
     device = pick_device()
     train_started = time.monotonic()
     privacy_metrics: dict[str, float] = {}
     if settings.dp_sgd:
-        loss, batches, privacy_metrics = _train_dp_sgd(model, features, labels, settings, context, device)
+        loss, batches, privacy_metrics = _train_dp_sgd(task, model, examples, settings, context, device)
     else:
         loss, batches = train_model(
+            task,
             model,
-            features,
-            labels,
+            examples,
             epochs=settings.local_epochs,
             steps=settings.local_steps,
             batch_size=settings.batch_size,
@@ -204,7 +204,7 @@ def train_task(content: RecordDict, context: Context, partitions: PartitionSourc
         protocol.NUM_PARTITIONS: node.num_partitions,
     }
     metrics = {
-        protocol.NUM_EXAMPLES: len(labels),
+        protocol.NUM_EXAMPLES: len(examples),
         protocol.TRAIN_LOSS: loss,
         protocol.TRAIN_SECONDS: train_seconds,
         protocol.TASK_SECONDS: time.monotonic() - started,
@@ -223,7 +223,7 @@ def _planned(settings: RunSettings, steps: int | None, examples: int) -> RunSett
 
 
 def _train_dp_sgd(
-    model, features: np.ndarray, labels: np.ndarray, settings: RunSettings, context: Context, device
+    task: Task, model, examples: Examples, settings: RunSettings, context: Context, device
 ) -> tuple[float, int, dict[str, float]]:
     """Opacus DP-SGD; this node's accountant history lives in ``context.state`` across messages."""
     from client_app.dp_sgd import train_dp_sgd
@@ -231,8 +231,8 @@ def _train_dp_sgd(
     history = context.state.config_records.get(DP_SGD_STATE)
     result = train_dp_sgd(
         model,
-        features,
-        labels,
+        examples,
+        task=task,
         options=settings,
         epochs=settings.local_epochs,
         steps=settings.local_steps,

@@ -2,7 +2,7 @@
 
 Flower 1.41 starts a fresh ClientApp process per message; this process is what that one hands
 its task to (``client_app.warm`` starts it with the node's first message). It imports torch once,
-keeps the node's partition in memory and owns the device (a CUDA context is made once), and
+keeps the run's task and the node's data in memory and owns the device (a CUDA context is made once), and
 runs :func:`client_app.task.train_task` for every request on its Unix socket.
 
 It serves only its own user (the socket lives in a 0700 directory, and the peer's uid is checked
@@ -35,6 +35,7 @@ from flwr.app import Context
 
 from client_app import trainer_protocol as protocol
 from client_app.warm import process_leaving
+from fedbuff.task import TaskError
 
 log = logging.getLogger("client_app.trainer")
 
@@ -60,10 +61,10 @@ class TrainerServer:
     """Accepts one connection at a time and answers its train request."""
 
     def __init__(self, config: TrainerConfig) -> None:
-        from client_app.task import MemoryPartition
+        from client_app.task import MemoryData
 
         self.config = config
-        self._partition = MemoryPartition()
+        self._data = MemoryData()
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(str(config.socket_path))
         os.chmod(config.socket_path, 0o600)
@@ -142,7 +143,10 @@ class TrainerServer:
         started = time.monotonic()
         log.info("task %d started", self.tasks)
         try:
-            content = train_task(request.content, context, self._partition)
+            content = train_task(request.content, context, self._data)
+        except TaskError as err:  # the user's task said what is wrong: one line, no traceback
+            log.error("task %d failed: %s", self.tasks, err)
+            return protocol.TrainResponse(context.state, error=str(err))
         except Exception as err:  # the task fails, the trainer stays: the ClientApp reports it
             log.exception("task %d failed", self.tasks)
             return protocol.TrainResponse(context.state, error=f"{type(err).__name__}: {err}")

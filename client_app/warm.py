@@ -2,7 +2,8 @@
 it the task, and give Flower back the reply and the context state.
 
 A trainer is keyed by what must never be mixed: the node id, the run id and the installed app
-(Flower installs each FAB in a directory named by its hash), so a new run or new code always
+(Flower installs each FAB in a directory named by its hash; for a task of the user's app, the
+folder its module is imported from), so a new run or new code always
 gets a new trainer and two SuperNodes on one host never share one. Its Unix socket lives in a
 directory only this user can enter (:func:`trainer_directory`). A per-node lock, held from
 connect to reply, makes one ClientApp at a time start or use the trainer and keeps an idle
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib.util
 import logging
 import os
 import select
@@ -112,14 +114,34 @@ class TrainerAddress:
         return self.directory / f"{self.key}.log"
 
 
+def task_home(reference: str) -> Path | None:
+    """The folder a ``module:object`` task is imported from (the installed app's, where Flower
+    put it on ``sys.path``), so that the trainer imports the same code; None for a built-in task
+    or one that cannot be found (the trainer then reports the import error itself)."""
+    module, sep, _ = reference.partition(":")
+    if not sep or not module:
+        return None
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin:
+        return None
+    home = Path(spec.origin).resolve().parent
+    depth = module.count(".") + (Path(spec.origin).name == "__init__.py")
+    return home.parents[depth - 1] if depth else home
+
+
 @dataclass(frozen=True)
 class TrainerLaunch:
-    """How to start a trainer: the app it runs, the process it watches, how long it idles."""
+    """How to start a trainer: the app it runs (its task's folder), the engine's folder, the
+    process it watches, how long it idles."""
 
     app_dir: Path
     idle_seconds: float
     parent_pid: int
     runtime_api: str = ""
+    engine_dir: Path | None = None
 
     def argv(self, address: TrainerAddress, context: Context) -> list[str]:
         return [
@@ -163,9 +185,10 @@ def train(
     A trainer started here leaves when ``parent_pid`` exits (default: this process's parent,
     the SuperExec that starts a ClientApp per message).
     """
-    app_dir = Path(__file__).resolve().parents[1]
+    engine_dir = Path(__file__).resolve().parents[1]
+    app_dir = task_home(str(context.run_config.get("task", ""))) or engine_dir
     address = TrainerAddress.of(context, app_dir, trainer_directory())
-    launch = TrainerLaunch(app_dir, idle_seconds, parent_pid or os.getppid(), runtime_api_address())
+    launch = TrainerLaunch(app_dir, idle_seconds, parent_pid or os.getppid(), runtime_api_address(), engine_dir)
     request = protocol.TrainRequest(
         context.run_id, context.node_id, context.run_config, context.node_config, content, context.state
     )
@@ -206,7 +229,11 @@ def _start(address: TrainerAddress, launch: TrainerLaunch, context: Context, dea
     """Start a detached trainer (its own session: it outlives this process) and wait for it."""
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(launch.app_dir), os.environ.get("PYTHONPATH", "")])),
+        "PYTHONPATH": os.pathsep.join(
+            dict.fromkeys(
+                filter(None, [str(launch.app_dir), str(launch.engine_dir or ""), os.environ.get("PYTHONPATH", "")])
+            )
+        ),
     }
     fd = os.open(address.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:

@@ -47,18 +47,22 @@ class CharRNN(nn.Module):
         return self.head(output[:, -1])
 
 
+def make_model(hidden_units: int, spec: ModelSpec = ModelSpec()) -> nn.Module:
+    """A small MLP (or, for character ids, :class:`CharRNN`), initialised from torch's generator."""
+    if spec.recurrent:
+        return CharRNN(spec.num_classes, hidden_units)
+    return nn.Sequential(
+        nn.Linear(spec.num_features, hidden_units),
+        nn.ReLU(),
+        nn.Linear(hidden_units, spec.num_classes),
+    )
+
+
 def build_model(hidden_units: int, seed: int, spec: ModelSpec = ModelSpec()) -> nn.Module:
-    """A small MLP (or, for character ids, :class:`CharRNN`), initialised from ``seed``."""
+    """:func:`make_model` initialised from ``seed`` (torch's global generator is restored after)."""
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
-    if spec.recurrent:
-        model: nn.Module = CharRNN(spec.num_classes, hidden_units)
-    else:
-        model = nn.Sequential(
-            nn.Linear(spec.num_features, hidden_units),
-            nn.ReLU(),
-            nn.Linear(hidden_units, spec.num_classes),
-        )
+    model = make_model(hidden_units, spec)
     torch.random.set_rng_state(generator_state)
     return model
 
@@ -98,53 +102,30 @@ def train(
     seed: int,
     device: torch.device,
 ) -> tuple[float, int]:
-    """Plain SGD on one partition; ``steps > 0`` caps the number of batches.
-
-    The update is written out rather than using ``torch.optim.SGD``: constructing a
-    torch optimizer costs ~0.9 s of imports, paid by every ClientApp process.
+    """Classification training on arrays, as a built-in task trains (:func:`fedbuff.training.train`).
 
     Returns the mean training loss and the number of batches taken.
     """
-    model.to(device).train()
-    x = torch.from_numpy(features).to(device)
-    y = torch.from_numpy(labels).to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    loss_fn = nn.CrossEntropyLoss()
-    generator = torch.Generator().manual_seed(seed)
-    total_loss, taken = 0.0, 0
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=generator).to(device)
-        for start in range(0, len(x), batch_size):
-            batch = order[start : start + batch_size]
-            loss = loss_fn(model(x[batch]), y[batch])
-            grads = torch.autograd.grad(loss, params)
-            with torch.no_grad():
-                for param, grad in zip(params, grads):
-                    param.sub_(grad, alpha=lr)
-            total_loss += float(loss.item())
-            taken += 1
-            if steps and taken >= steps:
-                return total_loss / taken, taken
-    return total_loss / max(taken, 1), taken
+    from fedbuff.task import Examples, Task
+    from fedbuff.training import train as train_task
 
-
-EVAL_BATCH = 4096  # rows per forward pass in evaluation (bounds memory for the recurrent model)
-
-
-@torch.no_grad()
-def evaluate_rows(model: nn.Module, features: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
-    """Mean cross-entropy on a held-out set, and whether each row was predicted right (CPU)."""
-    model.cpu().eval()
-    total_loss, correct = 0.0, []
-    for start in range(0, len(labels), EVAL_BATCH):
-        logits = model(torch.from_numpy(features[start : start + EVAL_BATCH]))
-        target = torch.from_numpy(labels[start : start + EVAL_BATCH])
-        total_loss += nn.functional.cross_entropy(logits, target, reduction="sum").item()
-        correct.append((logits.argmax(dim=1) == target).numpy())
-    return total_loss / max(len(labels), 1), np.concatenate(correct) if correct else np.zeros(0, bool)
+    return train_task(
+        Task(),
+        model,
+        Examples(features, labels),
+        epochs=epochs,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        device=device,
+    )
 
 
 def evaluate(model: nn.Module, features: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """Cross-entropy loss and accuracy on a held-out set (CPU)."""
-    loss, correct = evaluate_rows(model, features, labels)
-    return float(loss), float(correct.mean()) if len(correct) else 0.0
+    from fedbuff.task import Examples, Task
+    from fedbuff.training import evaluate as evaluate_task
+
+    metrics = evaluate_task(Task(), model, Examples(features, labels))
+    return metrics.get("loss", 0.0), metrics.get("accuracy", 0.0)

@@ -124,20 +124,24 @@ def reply_content(
     return RecordDict(records)
 
 
-def identity_content(node_config: Mapping[str, object]) -> RecordDict:
-    """A node query's answer: the partition id and count of the node's config."""
+def identity_content(node_config: Mapping[str, object], num_examples: int) -> RecordDict:
+    """A node query's answer: the partition id and count of the node's config, and how many
+    training examples the node holds (the virtual clock's batches per task come from it)."""
     partition, count = node_config.get(PARTITION_ID), node_config.get(NUM_PARTITIONS)
     if not (isinstance(partition, int) and isinstance(count, int) and 0 <= partition < count):
         raise ValueError(f"node config has no valid {PARTITION_ID} / {NUM_PARTITIONS}: {partition!r} / {count!r}")
-    return RecordDict({DEVICE: ConfigRecord({PARTITION_ID: partition, NUM_PARTITIONS: count})})
+    return RecordDict(
+        {DEVICE: ConfigRecord({PARTITION_ID: partition, NUM_PARTITIONS: count, NUM_EXAMPLES: num_examples})}
+    )
 
 
-def read_identity(content: RecordDict) -> tuple[int, int] | None:
-    """``(partition id, partition count)`` of a node query's answer; None if it is malformed."""
+def read_identity(content: RecordDict) -> tuple[int, int, int] | None:
+    """``(partition id, partition count, training examples)`` of a node query's answer; None if malformed."""
     record = content.config_records.get(DEVICE)
     if record is None:
         return None
-    partition, count = record.get(PARTITION_ID), record.get(NUM_PARTITIONS)
-    if isinstance(partition, int) and isinstance(count, int) and 0 <= partition < count:
-        return partition, count
+    partition, count, examples = record.get(PARTITION_ID), record.get(NUM_PARTITIONS), record.get(NUM_EXAMPLES)
+    known = isinstance(partition, int) and isinstance(count, int) and 0 <= partition < count
+    if known and isinstance(examples, int) and not isinstance(examples, bool) and examples >= 0:
+        return partition, count, examples  # type: ignore[return-value]
     return None

@@ -1,7 +1,8 @@
 """The data of one run as its settings describe it: which dataset, which rows each client
 holds, and which device tier each client is.
 
-The launcher (tiers for the node configs), every ClientApp (its own rows) and the
+These serve the built-in tasks (:mod:`fedbuff.builtin_tasks`, whose knobs are the settings
+here). The launcher (tiers for the node configs), every node (its own rows) and the
 ServerApp (each tier's held-out data) call these with the same settings and get the same
 answer, because everything below is deterministic from ``seed``. Imports numpy only;
 ``datasets`` / ``flwr-datasets`` load lazily inside :mod:`fedbuff.partitioners`, and only where
@@ -10,13 +11,15 @@ the split is not on disk yet (:mod:`fedbuff.partition_cache`).
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 
 from fedbuff import datasets, partition_cache, partitioners
 from fedbuff.datasets import FederatedData
-from fedbuff.settings import RunSettings
+
+if TYPE_CHECKING:
+    from fedbuff.builtin_tasks import BundledOptions as RunSettings
 
 
 def load(settings: RunSettings) -> FederatedData:

@@ -17,9 +17,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from fedbuff.datasets import DATASETS
 from fedbuff.device_model import DeviceModel
-from fedbuff.partitioners import DEFAULT_TIER_MIX, PARTITIONERS, parse_tier_mix
+from fedbuff.partitioners import DEFAULT_TIER_MIX, parse_tier_mix
+from fedbuff.task import check_reference
 from strategies import StrategyOptions
 from strategies.dp import UserDPOptions, check_user_dp, distributed_share_std
 from strategies.errors import SettingsError
@@ -27,7 +27,22 @@ from strategies.registry import flush_size, spec_of, with_capability
 from strategies.ring import RingCodec
 
 DEVICE_TIERS = ("high", "mid", "low")
-NATURAL_ID_DATASETS = ("shakespeare",)  # datasets whose rows carry a writer / speaking role
+
+
+def options_from_run_config(cls: Any, run_config: Mapping[str, object]) -> Any:
+    """An options dataclass ``cls`` from a run config: field ``a_b`` takes key ``a-b``; keys it
+    has no field for are ignored (other components' knobs); ``__post_init__`` checks the values."""
+    # Any: a run config holds whatever the user wrote; __post_init__ checks every value's type.
+    values: dict[str, Any] = {}
+    for field in fields(cls):
+        key = field.name.replace("_", "-")
+        if key in run_config:
+            value = run_config[key]
+            # TOML writes 1 for 1.0: widen ints where the knob is a float.
+            if isinstance(field.default, float) and type(value) is int:
+                value = float(value)
+            values[field.name] = value
+    return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -96,19 +111,14 @@ class RunSettings(StrategyOptions, UserDPOptions, DPSGDOptions):
     local_steps: int = 0
     batch_size: int = 32
     client_lr: float = 0.5
-    hidden_units: int = 64
     # the node's warm trainer (client_app.trainer, docs/architecture.md)
     warm_trainer: bool = True
     warm_trainer_idle_seconds: float = 120.0
-    # data (fedbuff.datasets, fedbuff.partitioners; docs/heterogeneity.md)
-    dataset: str = "digits"
-    partitioner: str = "dirichlet"
-    dirichlet_alpha: float = 1.0
-    classes_per_partition: int = 2
+    # the task: a built-in one or module:object in the app (fedbuff.task; docs/tasks.md)
+    task: str = "digits"
+    # tier assignment and seed (fedbuff.partitioners; docs/heterogeneity.md)
     tier_mix: str = DEFAULT_TIER_MIX
-    tier_strength: float = 0.0
     seed: int = 42
-    test_fraction: float = 0.2
     # device-tier emulation (fedbuff.device_model)
     tier_speed_ratios: str = "high=1.0,mid=3.3,low=9.2"
     emulated_step_seconds: float = 0.05
@@ -162,10 +172,10 @@ class RunSettings(StrategyOptions, UserDPOptions, DPSGDOptions):
             self._at_least("local_steps", 0)
             self._at_least("batch_size", 1)
             self._at_least("client_lr", 0, strict=True)
-            self._at_least("hidden_units", 1)
             self._within("warm_trainer_idle_seconds", "(0, 86400]", 0 < self.warm_trainer_idle_seconds <= 86400)
-            self._check_data()
-            self._within("test_fraction", "(0, 1)", 0 < self.test_fraction < 1)
+            if (why := check_reference(self.task)) is not None:
+                self._fail("task", why or "a string")
+            parse_tier_mix(self.tier_mix)
             self._at_least("emulated_step_seconds", 0)
             self.device_model()
             self._at_least("warmup_steps", 0)
@@ -198,22 +208,6 @@ class RunSettings(StrategyOptions, UserDPOptions, DPSGDOptions):
         except ValueError as err:  # the device model's and the partitioners' own parse errors
             raise SettingsError(str(err)) from err
 
-    def _check_data(self) -> None:
-        """Dataset, partitioner and tier-assignment knobs; combinations that cannot work."""
-        self._one_of("dataset", DATASETS)
-        self._one_of("partitioner", PARTITIONERS)
-        self._at_least("dirichlet_alpha", 0, strict=True)
-        self._at_least("classes_per_partition", 1)
-        self._at_least("tier_strength", 0)
-        parse_tier_mix(self.tier_mix)
-        if self.partitioner == "natural" and self.dataset not in NATURAL_ID_DATASETS:
-            self._fail(
-                "partitioner",
-                f"not 'natural' with dataset {self.dataset!r} (natural ids exist for {NATURAL_ID_DATASETS})",
-            )
-        if self.dp_sgd and self.dataset == "shakespeare":
-            self._fail("dataset", "an image dataset with dp-sgd=true (Opacus needs DPLSTM for the recurrent model)")
-
     def device_model(self) -> DeviceModel:
         """The emulated device model these knobs describe (validated at start-up)."""
         return DeviceModel.from_knobs(
@@ -243,17 +237,7 @@ class RunSettings(StrategyOptions, UserDPOptions, DPSGDOptions):
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, object]) -> RunSettings:
         """Build settings from a run config; unknown keys are ignored (other apps' knobs)."""
-        # Any: a run config holds whatever the user wrote; __post_init__ checks every value's type.
-        values: dict[str, Any] = {}
-        for field in fields(cls):
-            key = field.name.replace("_", "-")
-            if key in run_config:
-                value = run_config[key]
-                # TOML writes 1 for 1.0: widen ints where the knob is a float.
-                if isinstance(field.default, float) and type(value) is int:
-                    value = float(value)
-                values[field.name] = value
-        return cls(**values)
+        return options_from_run_config(cls, run_config)
 
     @property
     def flush_size(self) -> int:

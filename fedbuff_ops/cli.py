@@ -25,6 +25,7 @@ from fedbuff_ops.launcher import (
     resume_config,
     run_local,
     run_settings,
+    task_tiers,
 )
 from server_app.records import default_run_dir
 
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                 app_dir=args.app_dir,
                 run_dir=default_run_dir(args.runs_dir),
                 num_nodes=args.nodes,
-                tiers=_tiers(args.tiers, args.nodes, run_config),
+                tiers=_tiers(args.tiers, args.nodes, run_config, args.app_dir),
                 run_config=run_config,
                 simulation=args.simulation,
                 secagg=args.secagg,
@@ -160,7 +161,7 @@ def resume_federation(
         record = recorded
     else:
         count = nodes if nodes is not None else (recorded.num_nodes if recorded else 6)
-        chosen = _tiers(tiers or "auto", count, run_config)
+        chosen = _tiers(tiers or "auto", count, run_config, app_dir)
         node_tiers = tuple(chosen[i % len(chosen)] for i in range(count))
         kept = {i: extra for i, extra in (recorded.node_overrides.items() if recorded else ()) if i < count}
         record = FederationRecord(node_tiers, kept, recorded.simulation if recorded else False, secagg)
@@ -181,12 +182,13 @@ def resume_federation(
     )
 
 
-def _tiers(option: str, num_nodes: int, run_config: str) -> list[str]:
-    """The nodes' tiers from ``--tiers`` (see its help); tier-correlated data needs ``mix``."""
-    correlated = run_settings(run_config).partitioner == "tier-correlated"
-    if option == "mix" or (option == "auto" and correlated):
-        return planned_tiers(num_nodes, run_config)
-    if correlated:
+def _tiers(option: str, num_nodes: int, run_config: str, app_dir: Path) -> list[str]:
+    """The nodes' tiers from ``--tiers`` (see its help); a task that ties tiers to its data
+    (partitioner=tier-correlated) needs ``mix``."""
+    tied = task_tiers(num_nodes, run_config, app_dir)
+    if option == "mix" or (option == "auto" and tied is not None):
+        return tied if tied is not None else planned_tiers(num_nodes, run_config, app_dir)
+    if tied is not None:
         raise LaunchError("partitioner=tier-correlated decides each node's tier: use --tiers mix (or auto)")
     return [t.strip() for t in ("low,mid,high" if option == "auto" else option).split(",") if t.strip()]
 

@@ -33,12 +33,15 @@ from pathlib import Path
 from typing import IO, Any
 
 from fedbuff.settings import DEVICE_TIERS, RunSettings, SettingsError
+from fedbuff.task import Task, TaskError
 from fedbuff_ops.app_copy import copy_app
+from fedbuff_ops.app_task import app_defaults, app_task, check_task
 from fedbuff_ops.federation_record import FederationRecord
 from fedbuff_ops.process_tree import descendants
 from strategies.registry import spec_of
 
 CONNECTION = "fedbuff-local"
+PROJECT_DIR = Path(__file__).resolve().parents[1]  # this project, itself a Flower app
 BINARIES = ("flower-superlink", "flower-supernode", "flwr")
 READY_TIMEOUT_SECONDS = 60.0
 # How often a SuperNode's SuperExec looks for a task to start a ClientApp for (Flower's default:
@@ -157,8 +160,9 @@ class LocalFederation:
             raise LaunchError(f"unknown device tier(s) {bad}; choose from {(*DEVICE_TIERS, 'real')}")
         if self.secagg and self.simulation:
             raise LaunchError("--secagg needs real SuperNodes (each with its own signing key), not --simulation")
-        if {"strategy", "buffer-size"} <= known:
-            check_buffer_can_fill(run_settings(self.run_config), self.num_nodes)
+        if {"strategy", "buffer-size", "task"} <= known:  # an app of this engine
+            check_buffer_can_fill(run_settings(self.run_config, self.app_dir), self.num_nodes)
+            run_task(self.run_config, self.app_dir, check=True)
 
     @property
     def logs(self) -> Path:
@@ -198,14 +202,7 @@ class LocalFederation:
 def app_config_keys(app_dir: Path) -> set[str]:
     """The run-config keys the app at ``app_dir`` declares (``[tool.flwr.app.config]``, flattened
     as the SuperLink checks them); empty if it declares none or has no readable pyproject.toml."""
-    from flwr.common.config import flatten_dict
-
-    try:
-        with open(app_dir / "pyproject.toml", "rb") as source:
-            declared = tomllib.load(source).get("tool", {}).get("flwr", {}).get("app", {}).get("config")
-    except (OSError, tomllib.TOMLDecodeError):
-        return set()
-    return set(flatten_dict(declared)) if isinstance(declared, dict) else set()
+    return set(app_defaults(app_dir))
 
 
 def check_known_keys(config: Mapping[str, object], known: set[str], app_dir: Path) -> None:
@@ -236,27 +233,63 @@ def check_buffer_can_fill(settings: RunSettings, num_nodes: int) -> None:
     )
 
 
-def run_settings(run_config: str) -> RunSettings:
-    """The settings a run with these ``-c`` overrides gets (pyproject defaults equal
-    ``RunSettings()``'s, a test keeps them so); a :class:`RunConfigError` if they cannot work."""
-    config = parse_run_config([run_config])
+def full_config(run_config: str, app_dir: Path | None = None) -> RunConfig:
+    """The run config a run gets: the app's declared defaults (this project's when ``app_dir``
+    is None), then the ``-c`` overrides."""
+    return {**app_defaults(app_dir or PROJECT_DIR), **parse_run_config([run_config])}
+
+
+def run_settings(run_config: str, app_dir: Path | None = None) -> RunSettings:
+    """The settings a run of the app at ``app_dir`` with these ``-c`` overrides gets; a
+    :class:`RunConfigError` if they cannot work."""
     try:
-        return RunSettings.from_run_config(config)
+        return RunSettings.from_run_config(full_config(run_config, app_dir))
     except SettingsError as err:
         raise RunConfigError(f"run config: {err}") from err
 
 
-def planned_tiers(num_nodes: int, run_config: str) -> list[str]:
-    """Each node's device tier as the run's settings assign them: the ``tier-mix`` quotas,
-    tied to each node's labels under ``partitioner=tier-correlated`` (``fedbuff.run_data``)."""
-    from fedbuff import run_data
+def run_task(run_config: str, app_dir: Path | None = None, check: bool = False) -> Task:
+    """The run's task, imported from the app as Flower will; with ``check`` its model is built
+    (and checked for DP-SGD) too. A task that cannot work is a :class:`RunConfigError`."""
+    from fedbuff.datasets import DatasetUnavailable
+
+    config = full_config(run_config, app_dir)
+    settings = run_settings(run_config, app_dir)
+    try:
+        if check:
+            return check_task(app_dir or PROJECT_DIR, config, settings)
+        return app_task(app_dir or PROJECT_DIR, config)
+    except (TaskError, SettingsError) as err:
+        raise RunConfigError(f"run config: {err}") from err
+    except DatasetUnavailable as err:
+        raise LaunchError(str(err)) from err
+
+
+def task_tiers(num_nodes: int, run_config: str, app_dir: Path | None = None) -> list[str] | None:
+    """Each node's device tier where the task ties tiers to its data (a built-in task with
+    ``partitioner=tier-correlated``), else None."""
     from fedbuff.datasets import DatasetUnavailable
     from fedbuff.partitioners import PartitionError
 
+    task = run_task(run_config, app_dir)
     try:
-        return run_data.client_tiers(run_settings(run_config), num_nodes)
+        return task.node_tiers(num_nodes)
     except (DatasetUnavailable, PartitionError) as err:
         raise LaunchError(str(err)) from err
+
+
+def planned_tiers(num_nodes: int, run_config: str, app_dir: Path | None = None) -> list[str]:
+    """Each node's device tier as the run assigns them: the task's own where it ties tiers to
+    its data, else the ``tier-mix`` quotas (seeded, independent of the data)."""
+    import numpy as np
+
+    from fedbuff.partitioners import partition_tiers
+
+    tiers = task_tiers(num_nodes, run_config, app_dir)
+    if tiers is not None:
+        return tiers
+    settings = run_settings(run_config, app_dir)
+    return partition_tiers("iid", np.zeros(0), num_nodes, settings.seed, tier_mix=settings.tier_mix)
 
 
 def find_binary(name: str) -> str:

@@ -26,7 +26,7 @@ from strategies.registry import spec_of
 if TYPE_CHECKING:
     from torch import nn
 
-    from fedbuff.datasets import FederatedData
+    from fedbuff.task import CentralData, Task
     from server_app.evaluation import CentralEvaluator
     from server_app.privacy import PrivacyBudget
 
@@ -43,19 +43,17 @@ def main(grid: Grid, context: Context) -> None:
     except SettingsError as err:
         log.error("invalid run config: %s", err)
         raise
-    from fedbuff import run_data
-    from fedbuff.model import ModelSpec, build_model, get_weights
+    from fedbuff.model import get_weights
     from server_app.evaluation import CentralEvaluator, TierHoldout
 
-    data = run_data.load(settings)
-    model = build_model(settings.hidden_units, settings.seed, ModelSpec.of(data))
+    task, model, central = _task(settings, context)
     resumed = _load_checkpoint(settings)
     if resumed is not None:  # the checkpoint's model replaces these weights
         initial, start = get_weights(model), f"resumed from {settings.resume_from}"
     else:
-        initial, start = _initial_weights(settings, model, data)
-    holdout = TierHoldout(settings, data)
-    evaluator = CentralEvaluator(model, data, holdout)
+        initial, start = _initial_weights(settings, task, model, central)
+    holdout = TierHoldout(central)
+    evaluator = CentralEvaluator(task, model, central, holdout)
 
     if resumed is not None:
         run_dir = settings.resume_dir()
@@ -65,10 +63,10 @@ def main(grid: Grid, context: Context) -> None:
     recorder = RunRecorder(run_dir)
     recorder.write_config(settings.as_dict())
     log.info(
-        "%s on %s (%s partitions): concurrency %d, buffer %d, max %d server steps; start: %s; run folder %s",
+        "%s on %s (%s): concurrency %d, buffer %d, max %d server steps; start: %s; run folder %s",
         settings.strategy,
-        settings.dataset,
-        settings.partitioner,
+        task.name,
+        "central evaluation" if central is not None else "no central data",
         settings.concurrency,
         settings.buffer_size,
         settings.max_server_steps,
@@ -83,9 +81,9 @@ def main(grid: Grid, context: Context) -> None:
     try:
         if resumed is not None:
             _resume(settings, resumed, budget, events)
-        # every partition is a subset of the training split: no honest client claims more
-        max_examples = num_examples_limit(settings.max_num_examples, len(data.train.labels))
-        clock = _clock(grid, settings, data, initial)
+        # a node holds at most what the task says one can: no honest client claims more
+        max_examples = num_examples_limit(settings.max_num_examples, central.max_examples if central else None)
+        clock = _clock(grid, settings, task, initial)
         result = _train(
             grid,
             settings,
@@ -114,12 +112,35 @@ def main(grid: Grid, context: Context) -> None:
     _log_summary(result, summary)
 
 
-def _initial_weights(settings: RunSettings, model: nn.Module, data: FederatedData) -> tuple[list[np.ndarray], str]:
+def _task(settings: RunSettings, context: Context) -> tuple[Task, nn.Module, CentralData | None]:
+    """The run's task, its seeded model and the data the server may hold; a task that cannot
+    work (it fails to import, builds no model, or DP-SGD cannot train its model) stops the run
+    before any node trains, in one line."""
+    from fedbuff.task import TaskError, load_task
+    from fedbuff.training import build_model, check_dp_compatible
+
+    try:
+        task = load_task(settings.task, context.run_config)
+        model = build_model(task, settings.seed)
+        if settings.dp_sgd:
+            check_dp_compatible(model)
+        central = task.central_data()
+        if settings.target_accuracy and (central is None or "accuracy" not in [m.name for m in task.metrics]):
+            raise TaskError(f"{task.name}: target-accuracy needs central held-out data and an accuracy metric")
+    except (TaskError, SettingsError) as err:
+        log.error("invalid task: %s", err)
+        raise
+    return task, model, central
+
+
+def _initial_weights(
+    settings: RunSettings, task: Task, model: nn.Module, central: CentralData | None
+) -> tuple[list[np.ndarray], str]:
     """The fresh run's starting model (random, pre-trained or warmed up) and how it was made."""
     from server_app.pretrain import initial_weights
 
     try:
-        return initial_weights(settings, model, data)
+        return initial_weights(settings, model, central, task)
     except SettingsError as err:
         log.error("invalid run config: %s", err)
         raise
@@ -138,11 +159,11 @@ def _refuse_used_run_dir(run_dir: Path) -> None:
 
 def _log_summary(result: RunResult, summary: dict[str, object]) -> None:
     log.info(
-        "SUMMARY | %s | accuracy %.3f -> %.3f | %d server steps | updates accepted %d, refused %d | "
+        "SUMMARY | %s | %s -> %s | %d server steps | updates accepted %d, refused %d | "
         "staleness mean %.2f max %d | %.1fs",
         result.reason,
-        summary["initial_accuracy"],
-        summary["final_accuracy"],
+        result.evaluations[0].describe(),
+        result.evaluations[-1].describe(),
         result.version,
         result.stats.accepted,
         result.stats.refused,
@@ -241,14 +262,14 @@ def _train(
     return RunResult(reason, loop.evaluations, loop.stats, loop.strategy.model, loop.strategy.version, virtual)
 
 
-def _clock(grid: Grid, settings: RunSettings, data: FederatedData, initial: list[np.ndarray]) -> Clock | None:
+def _clock(grid: Grid, settings: RunSettings, task: Task, initial: list[np.ndarray]) -> Clock | None:
     """The virtual clock when ``virtual-clock`` is on (it asks every node its partition once)."""
     if not settings.virtual_clock:
         return None
     from server_app.virtual import VirtualClockError, virtual_clock
 
     try:
-        return virtual_clock(grid, settings, data, initial)
+        return virtual_clock(grid, settings, task, initial)
     except VirtualClockError as err:
         log.error("%s", err)
         raise
@@ -362,11 +383,12 @@ def _summary(settings: RunSettings, result: RunResult, wall_seconds: float, run_
         "stop_reason": result.reason,
         "strategy": settings.strategy,
         "server_steps": result.version,
+        "task": settings.task,
+        "initial_metrics": dict(first.metrics),
+        "final_metrics": dict(last.metrics),
         "initial_accuracy": first.accuracy,
         "final_accuracy": last.accuracy,
         "final_loss": last.loss,
-        "dataset": settings.dataset,
-        "partitioner": settings.partitioner,
         "accuracy_by_tier": dict(last.accuracy_by_tier),
         "accuracy_gap": largest_gap(last.accuracy_by_tier),
         "wall_seconds": round(wall_seconds, 2),

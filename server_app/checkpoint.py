@@ -191,12 +191,21 @@ def _entries(state: ServerState) -> dict[str, np.ndarray]:
         "layers": len(state.model),
         "accountant": state.accountant,
         "stats": _stats_dict(state.stats),
-        "evaluations": [[e.version, e.loss, e.accuracy] for e in state.evaluations],
+        "evaluations": [[e.version, dict(e.metrics)] for e in state.evaluations],
         "in_flight": state.in_flight,
         "buffer_fill": state.buffer_fill,
     }
     entries["meta"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
     return entries
+
+
+def _evaluation(entry: list) -> Evaluation:
+    """``[version, {metric: value}]``; checkpoints written before tasks had metrics hold
+    ``[version, loss, accuracy]``."""
+    if len(entry) == 3:
+        return Evaluation(int(entry[0]), {"loss": float(entry[1]), "accuracy": float(entry[2])})
+    version, metrics = entry
+    return Evaluation(int(version), {str(k): float(v) for k, v in metrics.items()})
 
 
 def _state(entries: dict[str, np.ndarray]) -> ServerState:
@@ -215,7 +224,7 @@ def _state(entries: dict[str, np.ndarray]) -> ServerState:
         optimizer=optimizer,
         accountant=meta["accountant"],
         stats=_stats_from(meta["stats"]),
-        evaluations=[Evaluation(int(v), float(loss), float(acc)) for v, loss, acc in meta["evaluations"]],
+        evaluations=[_evaluation(entry) for entry in meta["evaluations"]],
         in_flight=int(meta["in_flight"]),
         buffer_fill=int(meta["buffer_fill"]),
     )

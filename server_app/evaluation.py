@@ -1,28 +1,21 @@
-"""Central evaluation on the server's held-out split: overall, and on each device tier's
-own held-out data (the fairness report, docs/heterogeneity.md).
+"""Central evaluation: the task's metrics on the held-out data the server may hold (the task's
+:class:`~fedbuff.task.CentralData`), overall and, for accuracy, on each device tier's own
+held-out data (the fairness report, docs/heterogeneity.md).
 
-A tier's own held-out data:
-
-- with ``partitioner=natural`` (writers / speaking roles): the held-out rows of the ids its
-  clients hold;
-- otherwise: the held-out rows weighted so that their labels follow the tier's pooled
-  training label distribution, i.e. per-class accuracy averaged with the tier's class
-  shares (the expected accuracy on fresh data drawn like the tier's).
-
-The server learns which partition has which tier from replies (``update`` events carry
-the reporting node's tier, partition id and partition count) and recomputes the
-partitions from the seed, as every ClientApp does. Tiers whose nodes never got an update
-accepted have no held-out data yet and are left out.
+Which held-out rows are a tier's is the task's to say (``CentralData.tier_weights``); the server
+learns which partition has which tier from replies (``update`` events carry the reporting node's
+tier, partition id and partition count). Tiers whose nodes never got an update accepted have no
+held-out data yet and are left out. A task without central data (a deployment: the server holds
+no data) is evaluated by nobody here: its evaluations carry no metrics.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
-from fedbuff import run_data
-from fedbuff.datasets import FederatedData
-from fedbuff.partitioners import label_histogram
-from fedbuff.settings import RunSettings
+from fedbuff.task import CentralData, Task
 from server_app.events import EventKind
 from server_app.stats import TIER_LABELS
 
@@ -30,13 +23,11 @@ from server_app.stats import TIER_LABELS
 class TierHoldout:
     """Per-tier weights over the held-out rows; an event sink that learns the tiers."""
 
-    def __init__(self, settings: RunSettings, data: FederatedData) -> None:
-        self.settings = settings
-        self.data = data
+    def __init__(self, central: CentralData | None) -> None:
+        self.central = central
         self._tier_of: dict[int, str] = {}
         self._num_partitions: int | None = None
-        self._rows: list[np.ndarray] | None = None
-        self._weights: dict[str, np.ndarray] | None = None
+        self._weights: Mapping[str, np.ndarray] | None = None
 
     def event(self, kind: EventKind, **fields: object) -> None:
         """Learn ``partition -> tier`` from ``update`` events; ignore everything else."""
@@ -46,15 +37,21 @@ class TierHoldout:
         if tier not in TIER_LABELS or not isinstance(part, int) or not isinstance(count, int):
             return
         if count != self._num_partitions:  # a different federation layout: start over
-            self._num_partitions, self._rows, self._tier_of = count, None, {}
+            self._num_partitions, self._tier_of = count, {}
         if self._tier_of.get(part) != tier:
             self._tier_of[part] = tier
             self._weights = None
 
-    def weights(self) -> dict[str, np.ndarray]:
+    def weights(self) -> Mapping[str, np.ndarray]:
         """Each known tier's weight per held-out row (not normalised; rows of other tiers 0)."""
         if self._weights is None:
-            self._weights = self._compute() if self._tier_of else {}
+            known = self.central is not None and self.central.tier_weights is not None and self._tier_of
+            assert self._num_partitions is not None or not known
+            self._weights = (
+                self.central.tier_weights(dict(self._tier_of), self._num_partitions)  # type: ignore[union-attr,misc,arg-type]
+                if known
+                else {}
+            )
         return self._weights
 
     def accuracy_by_tier(self, correct: np.ndarray) -> dict[str, float]:
@@ -62,44 +59,29 @@ class TierHoldout:
         correct = np.asarray(correct, dtype=float)
         return {tier: float(w @ correct / w.sum()) for tier, w in self.weights().items()}
 
-    def _compute(self) -> dict[str, np.ndarray]:
-        assert self._num_partitions is not None
-        if self._rows is None:
-            self._rows = run_data.all_client_rows(self.settings, self.data, self._num_partitions)
-        test = self.data.test
-        out = {}
-        for tier in sorted(set(self._tier_of.values())):
-            rows = np.concatenate([self._rows[p] for p, t in self._tier_of.items() if t == tier])
-            if self.settings.partitioner == "natural":
-                assert self.data.train_ids is not None and self.data.test_ids is not None
-                weight = np.isin(self.data.test_ids, np.unique(self.data.train_ids[rows])).astype(float)
-            else:
-                share = label_histogram(self.data.train.labels[rows], self.data.num_classes)
-                held_out = np.bincount(test.labels, minlength=self.data.num_classes).astype(float)
-                per_class = np.divide(share, held_out, out=np.zeros_like(share), where=held_out > 0)
-                weight = per_class[test.labels]
-            if weight.sum() > 0:
-                out[tier] = weight
-        return out
-
 
 class CentralEvaluator:
-    """Evaluates arrays on the held-out split; remembers the last model's per-row
-    correctness so that :meth:`accuracy_by_tier` costs no second forward pass."""
+    """Evaluates arrays on the task's central held-out data; remembers the last model's
+    per-row accuracy so that :meth:`accuracy_by_tier` costs no second forward pass."""
 
-    def __init__(self, model, data: FederatedData, holdout: TierHoldout | None = None) -> None:
+    def __init__(self, task: Task, model, central: CentralData | None, holdout: TierHoldout | None = None) -> None:
+        self.task = task
         self.model = model
-        self.test = data.test
+        self.central = central
         self.holdout = holdout
         self._correct: np.ndarray | None = None
 
-    def __call__(self, arrays: list[np.ndarray]) -> tuple[float, float]:
-        """Loss and accuracy of ``arrays`` on the whole held-out split."""
-        from fedbuff.model import evaluate_rows, set_weights
+    def __call__(self, arrays: list[np.ndarray]) -> dict[str, float]:
+        """The task's metrics of ``arrays`` on the central held-out data ({} without any)."""
+        if self.central is None:
+            return {}
+        from fedbuff.model import set_weights
+        from fedbuff.training import evaluate_rows, mean_metrics
 
         set_weights(self.model, arrays)
-        loss, self._correct = evaluate_rows(self.model, self.test.features, self.test.labels)
-        return float(loss), float(self._correct.mean()) if len(self._correct) else 0.0
+        rows = evaluate_rows(self.task, self.model, self.central.test)
+        self._correct = rows.get("accuracy")
+        return mean_metrics(rows)
 
     def accuracy_by_tier(self) -> dict[str, float]:
         """Accuracy of the model last passed to ``__call__`` on each known tier's held-out data."""

@@ -22,8 +22,10 @@ fields:
   (L2 norm of the step taken)
 - ``step-refused``: version (the model's, unchanged), reason (``guard.STEP_GUARD_REASONS``),
   step_norm (absent when non-finite): the step guard dropped a buffer
-- ``eval``: version, loss, accuracy; accuracy_by_tier (``{tier: accuracy}`` on each tier's
-  own held-out data) and accuracy_gap (largest difference, null with one tier) once tiers are known
+- ``eval``: version, metrics (``{name: value}``: the task's metrics on the server's held-out
+  data; empty when the server holds none), loss and accuracy (where the task has them);
+  accuracy_by_tier (``{tier: accuracy}`` on each tier's own held-out data) and accuracy_gap
+  (largest difference, null with one tier) once tiers are known
 - ``node``: node, tier, state (admitted | left | retired | backed-off), online
 - ``privacy``: epsilon, delta (user-level DP spent so far, after each released flush)
 - ``resume``: version, accepted, discarded_buffered, abandoned_in_flight (a resumed run)
@@ -125,8 +127,9 @@ class StepRefusedEvent(TypedDict):
 class EvalEvent(TypedDict):
     time: float
     version: int
-    loss: float
-    accuracy: float
+    metrics: dict[str, float]
+    loss: NotRequired[float]
+    accuracy: NotRequired[float]
     accuracy_by_tier: NotRequired[dict[str, float]]
     accuracy_gap: NotRequired[float | None]
 

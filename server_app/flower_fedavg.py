@@ -21,11 +21,11 @@ from flwr.serverapp import Grid
 from fedbuff import protocol
 from fedbuff.settings import RunSettings
 from server_app.events import EventKind, EventSink
-from server_app.loop import ERROR_REASONS, OTHER_ERROR, Evaluation, RunResult
+from server_app.loop import ERROR_REASONS, OTHER_ERROR, Evaluation, RunResult, eval_fields
 from server_app.stats import RunStats, tier_label
 
 log = logging.getLogger(__name__)
-Evaluator = Callable[[list[np.ndarray]], tuple[float, float]]
+Evaluator = Callable[[list[np.ndarray]], Mapping[str, float]]
 
 
 class CountingGrid:
@@ -100,16 +100,10 @@ def run_flower_fedavg(
     evaluations: list[Evaluation] = []
 
     def central(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        loss, accuracy = evaluate(arrays.to_numpy_ndarrays())
-        evaluations.append(Evaluation(server_round, loss, accuracy))
-        events.event(
-            EventKind.EVAL,
-            version=server_round,
-            loss=loss,
-            accuracy=accuracy,
-            time=round(time.monotonic() - started, 3),
-        )
-        return MetricRecord({"loss": loss, "accuracy": accuracy})
+        evaluation = Evaluation(server_round, dict(evaluate(arrays.to_numpy_ndarrays())))
+        evaluations.append(evaluation)
+        events.event(EventKind.EVAL, time=round(time.monotonic() - started, 3), **eval_fields(evaluation))
+        return MetricRecord(dict(evaluation.metrics))
 
     online = max(1, len(list(grid.get_node_ids())))
     cohort = min(settings.concurrency, online)

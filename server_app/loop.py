@@ -34,7 +34,7 @@ from strategies.registry import spec_of
 
 log = logging.getLogger(__name__)
 
-Evaluator = Callable[[list[np.ndarray]], tuple[float, float]]
+Evaluator = Callable[[list[np.ndarray]], Mapping[str, float]]  # the task's metrics of a model
 TierEvaluator = Callable[[], Mapping[str, float]]  # per-tier accuracy of the model last evaluated
 Validator = Callable[[RecordDict], ValidUpdate | Rejection]
 
@@ -67,13 +67,27 @@ class Task:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Central evaluation of one model version on the server's held-out split, and (when
-    known) on each device tier's own held-out data."""
+    """Central evaluation of one model version: the task's metrics on the server's held-out
+    data (none when the server holds no data), and, when known, accuracy on each device tier's
+    own held-out data."""
 
     version: int
-    loss: float
-    accuracy: float
+    metrics: Mapping[str, float] = field(default_factory=dict)
     accuracy_by_tier: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.metrics.get("accuracy")
+
+    @property
+    def loss(self) -> float | None:
+        return self.metrics.get("loss")
+
+    def describe(self) -> str:
+        """``accuracy 0.912 loss 0.310 (v5)``, or that nothing was evaluated centrally."""
+        if not self.metrics:
+            return "no central evaluation"
+        return " ".join(f"{name} {value:.3f}" for name, value in self.metrics.items()) + f" (v{self.version})"
 
 
 @dataclass(frozen=True)
@@ -432,11 +446,9 @@ class AsyncLoop:
             self._evaluate_now()
         latest = self.evaluations[-1]
         log.info(
-            "step %3d | acc %.3f (v%d) | staleness mean %.2f max %d | in-flight %d | "
-            "accepted %d refused %d errors %d | %.0fs",
+            "step %3d | %s | staleness mean %.2f max %d | in-flight %d | accepted %d refused %d errors %d | %.0fs",
             version,
-            latest.accuracy,
-            latest.version,
+            latest.describe(),
             self.stats.staleness_mean(),
             self.stats.staleness_max(),
             len(self.tasks),
@@ -458,12 +470,11 @@ class AsyncLoop:
         self.on_step(self)
 
     def _evaluate_now(self) -> Evaluation:
-        loss, accuracy = self.evaluate(self.strategy.model)
-        by_tier = dict(self.evaluate_tiers())
-        evaluation = Evaluation(self.strategy.version, loss, accuracy, by_tier)
+        metrics = dict(self.evaluate(self.strategy.model))
+        by_tier = dict(self.evaluate_tiers()) if metrics else {}
+        evaluation = Evaluation(self.strategy.version, metrics, by_tier)
         self.evaluations.append(evaluation)
-        fairness = {"accuracy_by_tier": by_tier, "accuracy_gap": largest_gap(by_tier)} if by_tier else {}
-        self._emit(EventKind.EVAL, version=evaluation.version, loss=loss, accuracy=accuracy, **fairness)
+        self._emit(EventKind.EVAL, **eval_fields(evaluation))
         return evaluation
 
     def _node_changed(self, node_id: int, state: str, online: int) -> None:
@@ -484,11 +495,21 @@ class AsyncLoop:
         if self.strategy.version >= settings.max_server_steps:
             return f"max-server-steps ({settings.max_server_steps}) reached"
         latest = self.evaluations[-1]
-        if settings.target_accuracy and latest.accuracy >= settings.target_accuracy:
+        if settings.target_accuracy and latest.accuracy is not None and latest.accuracy >= settings.target_accuracy:
             return f"target-accuracy {settings.target_accuracy} reached at version {latest.version}"
         if self.elapsed >= settings.max_wall_seconds:
             return f"max-wall-seconds ({settings.max_wall_seconds:.0f}) reached"
         return None
+
+
+def eval_fields(evaluation: Evaluation) -> dict[str, object]:
+    """An ``eval`` event's fields: the version, every metric, and ``loss`` / ``accuracy`` and the
+    per-tier report where the task has them (schema in ``server_app.events``)."""
+    fields: dict[str, object] = {"version": evaluation.version, "metrics": dict(evaluation.metrics)}
+    fields.update({name: evaluation.metrics[name] for name in ("loss", "accuracy") if name in evaluation.metrics})
+    if by_tier := evaluation.accuracy_by_tier:
+        fields.update(accuracy_by_tier=dict(by_tier), accuracy_gap=largest_gap(by_tier))
+    return fields
 
 
 def _partition(device: Mapping[str, str | int]) -> dict[str, int]:

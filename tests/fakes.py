@@ -85,6 +85,6 @@ def half_step(arrays: list[np.ndarray]) -> list[np.ndarray]:
     return [(a - 1.0) * 0.5 for a in arrays]
 
 
-def distance_accuracy(arrays: list[np.ndarray]) -> tuple[float, float]:
+def distance_accuracy(arrays: list[np.ndarray]) -> dict[str, float]:
     """An evaluator for the fakes: accuracy 1 - mean distance to the all-ones optimum."""
-    return 0.0, float(max(0.0, 1.0 - np.abs(arrays[0] - 1.0).mean()))
+    return {"loss": 0.0, "accuracy": float(max(0.0, 1.0 - np.abs(arrays[0] - 1.0).mean()))}
