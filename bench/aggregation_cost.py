@@ -51,7 +51,7 @@ def ours_per_update(parameters: int, updates: int) -> float:
     settings = echo_settings(BUFFER_SIZE, BUFFER_SIZE, updates)
     strategy = build_strategy(settings, model, settings.concurrency)
     grid = EchoGrid(range(1, BUFFER_SIZE + 1), canned_reply(model))
-    loop = AsyncLoop(grid, strategy, settings, lambda arrays: (0.0, 0.0), NoEvents())  # type: ignore[arg-type]
+    loop = AsyncLoop(grid, strategy, settings, lambda arrays: {}, NoEvents())
     with serverapp_identity():
         started = time.process_time()
         loop.run()

@@ -49,7 +49,7 @@ def time_to_target(events: Iterable[dict[str, object]], target: float) -> Reache
         kind = event.get("event")
         if kind == EventKind.UPDATE:
             trips += 1
-        elif kind == EventKind.EVAL and float(event["accuracy"]) >= target:  # type: ignore[arg-type]
+        elif kind == EventKind.EVAL and float(event.get("accuracy", -1.0)) >= target:  # type: ignore[arg-type]
             return Reached(float(event["time"]), int(event["version"]), trips)  # type: ignore[arg-type]
     return None
 

@@ -63,7 +63,7 @@ def child(parameters: int, buffer_size: int) -> MemoryResult:
     settings = echo_settings(buffer_size, nodes, updates)
     strategy = build_strategy(settings, model_of(parameters), nodes)  # the strategy keeps its own copy
     grid = EchoGrid(range(1, nodes + 1), canned_reply(model_of(parameters)))
-    loop = AsyncLoop(grid, strategy, settings, lambda arrays: (0.0, 0.0), NoEvents())  # type: ignore[arg-type]
+    loop = AsyncLoop(grid, strategy, settings, lambda arrays: {}, NoEvents())
     with serverapp_identity():
         loop.run()
     return MemoryResult(baseline, status_kib("VmHWM"), loop.stats.accepted)

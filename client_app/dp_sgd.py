@@ -29,8 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fedbuff.task import Examples, Task
-from fedbuff.training import IncompatibleModelError, check_dp_compatible
+from fedbuff.task import Examples, IncompatibleModelError, Task
 
 if TYPE_CHECKING:
     import torch
@@ -146,7 +145,7 @@ def train_dp_sgd(
         raise ValueError("epochs >= 1, steps >= 0, batch_size >= 1 and lr > 0 are required")
     if len(examples) == 0:
         raise ValueError("DP-SGD needs a non-empty partition")
-    from fedbuff.training import as_tensor
+    from fedbuff.training import as_tensor, check_dp_compatible
 
     device = torch.device(device)
     restored = history_from_record(history)

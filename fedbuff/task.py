@@ -36,6 +36,10 @@ class TaskError(RuntimeError):
     """A task cannot be loaded or gave the engine something it cannot use; one line, naming the task."""
 
 
+class IncompatibleModelError(TaskError, ValueError):
+    """DP-SGD cannot train the task's model: Opacus refuses one of its layers (the message names it)."""
+
+
 @dataclass(frozen=True)
 class Examples:
     """Inputs and targets in memory, one example per entry of the first dimension (numpy arrays

@@ -14,13 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedbuff.task import Examples, Task, TaskError
+from fedbuff.task import Examples, IncompatibleModelError, Task, TaskError
 
 EVAL_BATCH = 4096  # examples per forward pass in evaluation (bounds memory)
-
-
-class IncompatibleModelError(TaskError):
-    """The model has layers Opacus cannot compute per-example gradients for."""
 
 
 class PlainSGD:

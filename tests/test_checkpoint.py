@@ -61,7 +61,10 @@ def a_state(version=3, **overrides) -> ServerState:
         optimizer=strategy.optimizer.state_dict(),
         accountant=accountant.state_dict(),
         stats=stats,
-        evaluations=[Evaluation(0, 2.3, 0.1), Evaluation(version, 1.2, 0.6)],
+        evaluations=[
+            Evaluation(0, {"loss": 2.3, "accuracy": 0.1}),
+            Evaluation(version, {"loss": 1.2, "accuracy": 0.6}),
+        ],
         in_flight=2,
         buffer_fill=1,
     )

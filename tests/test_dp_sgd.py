@@ -21,6 +21,7 @@ from fedbuff import partitioners
 from fedbuff.data import load_digits_split
 from fedbuff.model import build_model, evaluate, get_weights, set_weights
 from fedbuff.settings import DPSGDOptions, SettingsError
+from fedbuff.task import Examples
 from tests.conftest import ROOT
 
 
@@ -35,8 +36,7 @@ def partition():
 def run(model, features, labels, options, *, history=None, seed=0, epochs=1, steps=0):
     return train_dp_sgd(
         model,
-        features,
-        labels,
+        Examples(features, labels),
         options=options,
         epochs=epochs,
         steps=steps,
@@ -95,7 +95,7 @@ def test_same_seeds_same_model_and_os_seeded_by_default(partition):
     a, b, c = (build_model(hidden_units=8, seed=0) for _ in range(3))
     run(a, features, labels, options, seed=5, steps=3)
     run(b, features, labels, options, seed=5, steps=3)
-    train_dp_sgd(c, features, labels, options=options, epochs=1, steps=3, batch_size=32, lr=0.5)
+    train_dp_sgd(c, Examples(features, labels), options=options, epochs=1, steps=3, batch_size=32, lr=0.5)
     for x, y, z in zip(get_weights(a), get_weights(b), get_weights(c)):
         np.testing.assert_array_equal(x, y)
         assert not np.array_equal(x, z)  # unseeded noise is not the fixed default torch seed

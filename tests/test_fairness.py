@@ -9,6 +9,7 @@ import pytest
 
 from fedbuff import partitioners as P
 from fedbuff import run_data
+from fedbuff.builtin_tasks import BundledOptions, BundledTask
 from fedbuff.datasets import DatasetUnavailable
 from fedbuff.settings import RunSettings, SettingsError
 from fedbuff_ops.fairness import FairnessComparison, report
@@ -19,6 +20,7 @@ from server_app.stats import RunStats, largest_gap
 from tests.conftest import unavailable
 
 CORRELATED = dict(partitioner="tier-correlated", dirichlet_alpha=0.3, tier_strength=100.0)
+CORRELATED_CONFIG = {"partitioner": "tier-correlated", "dirichlet-alpha": 0.3, "tier-strength": 100.0}
 
 
 def shakespeare_or_skip(max_roles: int):
@@ -31,11 +33,11 @@ def shakespeare_or_skip(max_roles: int):
 
 @pytest.fixture(scope="module")
 def digits():
-    return run_data.load(RunSettings())
+    return run_data.load(BundledOptions())
 
 
 def test_every_client_gets_its_partition_and_the_launcher_its_tier(digits):
-    settings = RunSettings(**CORRELATED)
+    settings = BundledOptions(**CORRELATED)
     rows = run_data.all_client_rows(settings, digits, 6)
     assert all(np.array_equal(r, run_data.client_rows(settings, digits, p, 6)) for p, r in enumerate(rows))
     tiers = planned_tiers(6, 'partitioner="tier-correlated" dirichlet-alpha=0.3 tier-strength=100')
@@ -49,33 +51,32 @@ def test_every_client_gets_its_partition_and_the_launcher_its_tier(digits):
 
 
 @pytest.mark.parametrize("cache_bytes", [16 * 2**20, 0])
-def test_a_clientapp_caches_its_partition_whole_or_as_rows(monkeypatch, digits, cache_bytes):
-    """Small partitions travel in context.state; large ones (Fashion-MNIST's 63 MB broke
-    Flower's state push) as row indices, the data reloaded from its file."""
+def test_a_clientapp_caches_small_node_data_in_its_state(monkeypatch, digits, cache_bytes):
+    """Small data travel in context.state; large ones (Fashion-MNIST's 63 MB broke Flower's
+    state push) are loaded again by every message."""
     from flwr.app import Context, RecordDict
 
     from client_app import task as client
     from client_app.node import NodeProfile
 
     monkeypatch.setattr(client, "STATE_CACHE_BYTES", cache_bytes)
-    settings = RunSettings(**CORRELATED)
+    settings = RunSettings()
     node = NodeProfile(partition_id=1, num_partitions=6, device_tier="low")
-    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
-    first = client.local_partition(context, settings, node)
-    assert (client.PARTITION_KEY in context.state.array_records) == bool(cache_bytes)
-    assert (client.ROWS_KEY in context.state.array_records) == (not cache_bytes)
-    again = client.local_partition(context, settings, node)
-    rows = run_data.client_rows(settings, digits, 1, 6)
-    for got in (first, again):
-        assert np.array_equal(got[0], digits.train.features[rows])
-        assert np.array_equal(got[1], digits.train.labels[rows])
-        assert got[2] == first[2] and got[2].num_features == 64 and not got[2].recurrent
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config=CORRELATED_CONFIG)
+    first = client.local_data(context, settings, node)
+    assert (client.TRAIN_KEY in context.state.array_records) == bool(cache_bytes)
+    again = client.local_data(context, settings, node)
+    rows = run_data.client_rows(BundledOptions(**CORRELATED), digits, 1, 6)
+    for task, data in (first, again):
+        assert task.name == "task digits"
+        assert np.array_equal(data.train.inputs, digits.train.features[rows])
+        assert np.array_equal(data.train.targets, digits.train.labels[rows])
 
 
 def test_tier_holdout_weights_follow_each_tiers_labels(digits):
-    settings = RunSettings(**CORRELATED)
+    settings = BundledOptions(**CORRELATED)
     rows = run_data.all_client_rows(settings, digits, 6)
-    holdout = TierHoldout(settings, digits)
+    holdout = TierHoldout(BundledTask("digits", CORRELATED_CONFIG).central_data())
     assert holdout.weights() == {}
     tiers = planned_tiers(6, 'partitioner="tier-correlated" dirichlet-alpha=0.3 tier-strength=100')
     for p, tier in enumerate(tiers):
@@ -104,25 +105,34 @@ def test_tier_holdout_weights_follow_each_tiers_labels(digits):
 
 def test_natural_partitions_hold_out_their_own_roles():
     data = shakespeare_or_skip(max_roles=30)
-    settings = RunSettings(dataset="shakespeare", partitioner="natural")
-    holdout = TierHoldout(settings, data)
+    settings = BundledOptions(dataset="shakespeare", partitioner="natural")
+    task = BundledTask("shakespeare", {"partitioner": "natural"})
+    task._data = data  # the 30 roles loaded above, not the whole corpus
+    holdout = TierHoldout(task.central_data())
     holdout.event("update", tier="low", partition=0, partitions=5)
     rows = run_data.all_client_rows(settings, data, 5)
     roles = set(data.train_ids[rows[0]])
     w = holdout.weights()["low"]
     assert set(data.test_ids[w > 0]) == roles and set(np.unique(w)) == {0.0, 1.0}
+    # the node's own held-out split is its roles' held-out rows
+    from fedbuff.task import Node
+
+    held_out = task.load_data(Node({}, 0, 5)).test
+    assert held_out is not None and len(held_out) == int(w.sum())
 
 
 def test_central_evaluator_reuses_the_last_forward_pass(digits):
     from fedbuff.model import ModelSpec, build_model, evaluate, get_weights
 
-    settings = RunSettings()
+    task = BundledTask("digits", {})
     model = build_model(8, 0, ModelSpec.of(digits))
-    holdout = TierHoldout(settings, digits)
-    evaluator = CentralEvaluator(model, digits, holdout)
+    holdout = TierHoldout(task.central_data())
+    evaluator = CentralEvaluator(task, model, task.central_data(), holdout)
     assert evaluator.accuracy_by_tier() == {}
-    loss, accuracy = evaluator(get_weights(model))
-    assert (loss, accuracy) == pytest.approx(evaluate(model, digits.test.features, digits.test.labels))
+    metrics = evaluator(get_weights(model))
+    assert (metrics["loss"], metrics["accuracy"]) == pytest.approx(
+        evaluate(model, digits.test.features, digits.test.labels)
+    )
     holdout.event("update", tier="mid", partition=0, partitions=1)  # one client holds every row
     correct = model(__import__("torch").from_numpy(digits.test.features)).argmax(1).numpy() == digits.test.labels
     per_class = np.array([correct[digits.test.labels == c].mean() for c in range(10)])
@@ -183,10 +193,11 @@ def test_warm_up_and_initial_weights_start_from_a_trained_model(digits, tmp_path
     def fresh(hidden: int = 16):
         return build_model(hidden, 42, ModelSpec.of(digits))
 
-    random, how = initial_weights(RunSettings(hidden_units=16), fresh(), digits)
+    central = BundledTask("digits", {}).central_data()
+    random, how = initial_weights(RunSettings(), fresh(), central)
     assert how == "random (seed 42)"
-    settings = RunSettings(hidden_units=16, warmup_steps=60, warmup_fraction=0.2)
-    warm, how = initial_weights(settings, fresh(), digits)
+    settings = RunSettings(warmup_steps=60, warmup_fraction=0.2)
+    warm, how = initial_weights(settings, fresh(), central)
     assert how == "warm-up (60 steps on 288 proxy rows)"
     assert np.array_equal(proxy_rows(settings, 1438), proxy_rows(settings, 1438))
     model = fresh()
@@ -197,28 +208,42 @@ def test_warm_up_and_initial_weights_start_from_a_trained_model(digits, tmp_path
     assert accuracy["warm"] > accuracy["random"] + 0.3
 
     CheckpointWriter(tmp_path).write(ServerState(warm, 7, "fedbuff"))
-    loaded, how = initial_weights(RunSettings(hidden_units=16, initial_weights=str(tmp_path)), fresh(), digits)
+    loaded, how = initial_weights(RunSettings(initial_weights=str(tmp_path)), fresh(), central)
     assert all(np.array_equal(a, b) for a, b in zip(loaded, warm)) and "version 7" in how
-    with pytest.raises(SettingsError, match=r"initial-weights: .* hidden-units"):
-        initial_weights(RunSettings(hidden_units=8, initial_weights=str(tmp_path)), fresh(8), digits)
+    with pytest.raises(SettingsError, match=r"initial-weights: .* \(same task and model"):
+        initial_weights(RunSettings(initial_weights=str(tmp_path)), fresh(8), central)
     with pytest.raises(SettingsError, match="initial-weights"):
-        initial_weights(RunSettings(initial_weights=str(tmp_path / "nope")), fresh(64), digits)
+        initial_weights(RunSettings(initial_weights=str(tmp_path / "nope")), fresh(64), central)
+    # a task that gives the server no proxy data cannot be warmed up, said in one line
+    with pytest.raises(SettingsError, match="warmup-steps needs a task with proxy data"):
+        initial_weights(settings, fresh(), None)
 
 
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({"dataset": "cifar"}, "dataset must be one of"),
         ({"partitioner": "random"}, "partitioner must be one of"),
-        ({"partitioner": "natural"}, "partitioner must be not 'natural' with dataset 'digits'"),
-        ({"tier-strength": -1.0}, "tier-strength must be >= 0"),
+        ({"partitioner": "natural"}, "partitioner must be not 'natural' with task 'digits'"),
+        ({"tier-strength": -1.0}, "tier-strength must be a number >= 0"),
+        ({"test-fraction": 1.0}, r"test-fraction must be in \(0, 1\)"),
+        ({"hidden-units": 0}, "hidden-units must be an integer >= 1"),
+    ],
+)
+def test_builtin_task_knobs_fail_at_start_up_naming_the_key(config, message):
+    with pytest.raises(SettingsError, match=message):
+        BundledTask("digits", config)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"task": "cifar"}, "task must be a built-in task"),
         ({"tier-mix": "low=1,mid=1"}, "tier-mix"),
         ({"task-jitter": "gamma"}, "task-jitter"),
         ({"availability": "onoff:online=10"}, "availability"),
         ({"link-mbps": "high=1"}, "link-mbps"),
         ({"warmup-fraction": 1.0}, r"warmup-fraction must be in \(0, 1\)"),
         ({"warmup-steps": 5, "initial-weights": "runs/x"}, "warmup-steps must be 0 when initial-weights"),
-        ({"dataset": "shakespeare", "dp-sgd": True}, "dataset must be an image dataset with dp-sgd"),
     ],
 )
 def test_heterogeneity_knobs_fail_at_start_up_naming_the_key(config, message):

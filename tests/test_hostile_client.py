@@ -42,7 +42,7 @@ def test_every_lie_of_the_hostile_client_app_is_refused_clipped_or_dropped_and_t
         settings,
         honest.evaluator(),
         RunRecorder(tmp_path),
-        max_num_examples=len(honest.data.train.labels),
+        max_num_examples=honest.task.central_data().max_examples,
     )
     loop.run()
     events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

@@ -66,7 +66,7 @@ def synthetic_events(
             **({"local_steps": {"high": 8, "mid": 3, "low": 1}[known[node]]} if node in known else {}),
         )
 
-    yield "eval", dict(time=0.0, version=0, loss=2.31, accuracy=0.08)
+    yield "eval", dict(time=0.0, version=0, metrics={"loss": 2.31, "accuracy": 0.08}, loss=2.31, accuracy=0.08)
     for node in range(nodes):
         yield "node", dict(time=0.0, node=node, tier="unknown", state="admitted", online=node + 1)
     for node in range(nodes):
@@ -160,6 +160,7 @@ def synthetic_events(
                         dict(
                             time=round(now, 3),
                             version=version,
+                            metrics={"loss": round(2.3 * (1 - accuracy) + 0.1, 6), "accuracy": round(accuracy, 6)},
                             loss=round(2.3 * (1 - accuracy) + 0.1, 6),
                             accuracy=round(accuracy, 6),
                             **fairness,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fedbuff import partition_cache, run_data
-from fedbuff.settings import RunSettings
+from fedbuff.builtin_tasks import BundledOptions
 
 PARTITIONERS = ["iid", "dirichlet", "pathological", "tier-correlated"]
 
@@ -23,10 +23,10 @@ def cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def data():
-    return run_data.load(RunSettings())
+    return run_data.load(BundledOptions())
 
 
-def computed(settings: RunSettings, data, num_partitions: int) -> list[np.ndarray]:
+def computed(settings: BundledOptions, data, num_partitions: int) -> list[np.ndarray]:
     params = {"alpha": settings.dirichlet_alpha, "classes_per_partition": settings.classes_per_partition}
     from fedbuff import partitioners
 
@@ -35,7 +35,7 @@ def computed(settings: RunSettings, data, num_partitions: int) -> list[np.ndarra
 
 @pytest.mark.parametrize("partitioner", PARTITIONERS)
 def test_kept_rows_are_the_computed_rows_for_every_client(cache, data, partitioner):
-    settings = RunSettings(partitioner=partitioner, seed=7)
+    settings = BundledOptions(partitioner=partitioner, seed=7)
     reference = computed(settings, data, 5)
     first = run_data.all_client_rows(settings, data, 5)
     assert len(list(cache.glob("*.npz"))) == 1
@@ -45,18 +45,18 @@ def test_kept_rows_are_the_computed_rows_for_every_client(cache, data, partition
 
 
 def test_anything_that_decides_the_rows_is_another_entry(cache, data):
-    base = RunSettings(partitioner="dirichlet")
+    base = BundledOptions(partitioner="dirichlet")
     rows = {}
-    for variant in (base, RunSettings(partitioner="dirichlet", seed=1), RunSettings(dirichlet_alpha=0.3)):
+    for variant in (base, BundledOptions(partitioner="dirichlet", seed=1), BundledOptions(dirichlet_alpha=0.3)):
         rows[variant] = run_data.all_client_rows(variant, data, 4)
     run_data.all_client_rows(base, data, 3)
     assert len(list(cache.glob("*.npz"))) == 4
-    assert not all(np.array_equal(a, b) for a, b in zip(rows[base], rows[RunSettings(seed=1)], strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(rows[base], rows[BundledOptions(seed=1)], strict=True))
 
 
 @pytest.mark.parametrize("damage", [b"", b"not a zip file", "foreign"])
 def test_a_damaged_or_foreign_entry_is_computed_again_and_replaced(cache, data, damage, caplog):
-    settings = RunSettings()
+    settings = BundledOptions()
     want = run_data.all_client_rows(settings, data, 4)
     (entry,) = cache.glob("*.npz")
     if damage == "foreign":  # rows that cannot belong to this data
@@ -73,18 +73,18 @@ def test_an_unwritable_or_switched_off_cache_only_costs_the_saving(tmp_path, mon
     blocked = tmp_path / "file"
     blocked.write_text("")
     monkeypatch.setenv(partition_cache.CACHE_DIR_ENV, str(blocked / "cache"))  # under a file: not creatable
-    want = run_data.all_client_rows(RunSettings(), data, 4)
+    want = run_data.all_client_rows(BundledOptions(), data, 4)
     monkeypatch.setenv(partition_cache.CACHE_DIR_ENV, "")
     assert partition_cache.cache_dir() is None
-    got = run_data.all_client_rows(RunSettings(), data, 4)
+    got = run_data.all_client_rows(BundledOptions(), data, 4)
     assert all(np.array_equal(a, b) for a, b in zip(want, got, strict=True))
 
 
 def test_a_kept_split_spares_a_trainer_the_datasets_import(cache, data):
-    run_data.all_client_rows(RunSettings(), data, 4)
+    run_data.all_client_rows(BundledOptions(), data, 4)
     script = (
-        "import sys; from fedbuff import run_data; from fedbuff.settings import RunSettings; s = RunSettings(); "
-        "run_data.client_rows(s, run_data.load(s), 2, 4); print('datasets' in sys.modules)"
+        "import sys; from fedbuff import run_data; from fedbuff.builtin_tasks import BundledOptions; "
+        "s = BundledOptions(); run_data.client_rows(s, run_data.load(s), 2, 4); print('datasets' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 from flwr.app import Message
 
-from fedbuff import protocol, run_data
+from fedbuff import protocol
 from fedbuff.device_model import DeviceModel, Jitter
 from fedbuff.settings import RunSettings, SettingsError
+from fedbuff.task import load_task
+from fedbuff_ops.launcher import planned_tiers
 from server_app.clock import VirtualClock, VirtualNode
 from server_app.loop import AsyncLoop
 from server_app.records import RunRecorder
@@ -128,21 +130,21 @@ class QueryGrid:
             if partition is None:
                 continue
             config = {"partition-id": partition, "num-partitions": 3}
-            reply = Message(protocol.identity_content(config), reply_to=msg)
+            reply = Message(protocol.identity_content(config, 100 + 10 * partition), reply_to=msg)
             reply.metadata.__dict__["_src_node_id"] = msg.metadata.dst_node_id
             replies.append(reply)
         return replies
 
 
 def test_the_clock_gives_each_node_the_tier_and_batches_of_its_partition_and_silent_nodes_no_work():
-    settings = RunSettings(partitioner="iid", tier_mix="high=0.34,mid=0.33,low=0.33", local_epochs=1, batch_size=32)
-    data = run_data.load(settings)
-    clock = virtual_clock(QueryGrid({11: 2, 12: 0, 13: None}), settings, data, INITIAL, timeout=5.0)
-    tiers = run_data.client_tiers(settings, 3)
-    sizes = [len(rows) for rows in run_data.all_client_rows(settings, data, 3)]
+    settings = RunSettings(tier_mix="high=0.34,mid=0.33,low=0.33", local_epochs=1, batch_size=32)
+    task = load_task("digits", {"partitioner": "iid"})
+    clock = virtual_clock(QueryGrid({11: 2, 12: 0, 13: None}), settings, task, INITIAL, timeout=5.0)
+    tiers = planned_tiers(3, 'tier-mix="high=0.34,mid=0.33,low=0.33" partitioner="iid"')
+    # the batches come from the example count each node says it holds
     assert clock.nodes == {
-        11: VirtualNode(2, tiers[2], batches_per_task(settings, sizes[2])),
-        12: VirtualNode(0, tiers[0], batches_per_task(settings, sizes[0])),
+        11: VirtualNode(2, tiers[2], batches_per_task(settings, 120)),
+        12: VirtualNode(0, tiers[0], batches_per_task(settings, 100)),
     }
     assert clock.times(11) and not clock.times(13)
     # the duration is the device model's: ratio × batches × emulated-step-seconds, no jitter
@@ -151,6 +153,5 @@ def test_the_clock_gives_each_node_the_tier_and_batches_of_its_partition_and_sil
 
 
 def test_a_federation_whose_nodes_all_stay_silent_is_refused_in_one_line():
-    settings = RunSettings(partitioner="iid")
     with pytest.raises(VirtualClockError, match="none of the 1 node"):
-        virtual_clock(QueryGrid({11: None}), settings, run_data.load(settings), INITIAL, timeout=1.0)
+        virtual_clock(QueryGrid({11: None}), RunSettings(), load_task("digits", {}), INITIAL, timeout=1.0)
