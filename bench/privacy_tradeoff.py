@@ -1,7 +1,7 @@
 """Accuracy against user-level ε on digits: a real local federation per noise multiplier.
 
 Run: .venv/bin/python bench/privacy_tradeoff.py [--sigmas 0,0.3,1,3] [--steps 12]
-Prints a Markdown table (σ, ε at δ, final accuracy, server steps) for README's Privacy section,
+Prints a Markdown table (σ, ε at δ, final accuracy, server steps) for docs/privacy.md, "Accuracy against ε",
 and plots accuracy against ε.
 """
 
