@@ -40,7 +40,7 @@ TARGET = 0.70
 BUFFER_SIZE = 10
 MAX_TRIPS = 30_000
 EVAL_EVERY_TRIPS = 100  # evaluation cadence in client trips, the same for every strategy
-DATA = 'dataset="fashion-mnist" partitioner="dirichlet" dirichlet-alpha=0.3 task-jitter="lognormal"'
+DATA = 'task="fashion-mnist" partitioner="dirichlet" dirichlet-alpha=0.3 task-jitter="lognormal"'
 # Local steps per task: one epoch capped at Q_MAX, or scheduled within [Q_MIN, Q_MAX]. Ten steps
 # at client-lr 0.5 on these Dirichlet(0.3) partitions stall FedBuff near 0.4 accuracy (client drift).
 Q_MIN, Q_MAX = 1, 4

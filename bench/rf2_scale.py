@@ -32,7 +32,7 @@ STRENGTHS = {"independent": 0, "tier-correlated": 100}
 
 def rf2_config(strength: int, max_staleness: int, seed: int) -> str:
     return (
-        f'virtual-clock=true dataset="fashion-mnist" partitioner="tier-correlated" dirichlet-alpha=0.3 '
+        f'virtual-clock=true task="fashion-mnist" partitioner="tier-correlated" dirichlet-alpha=0.3 '
         f'task-jitter="lognormal" {RF2_TIERS} tier-strength={strength} max-staleness={max_staleness} '
         f'strategy="fedbuff" buffer-size={BUFFER_SIZE} concurrency=100 seed={seed} '
         f"max-server-steps={RF2_STEPS} eval-every={RF2_STEPS}"

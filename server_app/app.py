@@ -61,7 +61,8 @@ def main(grid: Grid, context: Context) -> None:
         run_dir = Path(settings.run_dir) if settings.run_dir else default_run_dir()
         _refuse_used_run_dir(run_dir)
     recorder = RunRecorder(run_dir)
-    recorder.write_config(settings.as_dict())
+    # the whole run config: the engine's settings and the task's own knobs (a resume needs both)
+    recorder.write_config({**dict(context.run_config), **settings.as_dict()})
     log.info(
         "%s on %s (%s): concurrency %d, buffer %d, max %d server steps; start: %s; run folder %s",
         settings.strategy,

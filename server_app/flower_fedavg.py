@@ -21,7 +21,7 @@ from flwr.serverapp import Grid
 from fedbuff import protocol
 from fedbuff.settings import RunSettings
 from server_app.events import EventKind, EventSink
-from server_app.loop import ERROR_REASONS, OTHER_ERROR, Evaluation, RunResult, eval_fields
+from server_app.loop import ERROR_REASONS, OTHER_ERROR, Evaluation, RunResult, eval_fields, target_reached
 from server_app.stats import RunStats, tier_label
 
 log = logging.getLogger(__name__)
@@ -100,9 +100,16 @@ def run_flower_fedavg(
     evaluations: list[Evaluation] = []
 
     def central(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        evaluation = Evaluation(server_round, dict(evaluate(arrays.to_numpy_ndarrays())))
+        """Evaluate the round's model; stop Flower's rounds at the target or the wall-time limit."""
+        model = arrays.to_numpy_ndarrays()
+        evaluation = Evaluation(server_round, dict(evaluate(model)))
         evaluations.append(evaluation)
         events.event(EventKind.EVAL, time=round(time.monotonic() - started, 3), **eval_fields(evaluation))
+        reason = target_reached(settings, evaluation)
+        if reason is None and time.monotonic() - started >= settings.max_wall_seconds:
+            reason = f"max-wall-seconds ({settings.max_wall_seconds:.0f}) reached"
+        if reason is not None:
+            raise _RoundsStopped(reason, model, server_round)
         return MetricRecord(dict(evaluation.metrics))
 
     online = max(1, len(list(grid.get_node_ids())))
@@ -113,13 +120,29 @@ def run_flower_fedavg(
         min_train_nodes=cohort,
         min_available_nodes=cohort,
     )
-    result = strategy.start(
-        CountingGrid(grid, stats, events, started, max_examples),  # type: ignore[arg-type]
-        ArrayRecord(initial),
-        num_rounds=settings.max_server_steps,
-        timeout=settings.task_ttl_seconds,
-        train_config=ConfigRecord({protocol.REPLY: protocol.REPLY_WEIGHTS}),
-        evaluate_fn=central,
-    )
-    reason = f"max-server-steps ({settings.max_server_steps} rounds) reached"
-    return RunResult(reason, evaluations, stats, result.arrays.to_numpy_ndarrays(), settings.max_server_steps)
+    try:
+        result = strategy.start(
+            CountingGrid(grid, stats, events, started, max_examples),  # type: ignore[arg-type]
+            ArrayRecord(initial),
+            num_rounds=settings.max_server_steps,
+            timeout=settings.task_ttl_seconds,
+            train_config=ConfigRecord({protocol.REPLY: protocol.REPLY_WEIGHTS}),
+            evaluate_fn=central,
+        )
+    except _RoundsStopped as stop:
+        reason, model, rounds = stop.reason, stop.model, stop.round
+    else:
+        reason = f"max-server-steps ({settings.max_server_steps} rounds) reached"
+        model, rounds = result.arrays.to_numpy_ndarrays(), settings.max_server_steps
+    log.info("stopping: %s", reason)
+    events.event(EventKind.STOP, time=round(time.monotonic() - started, 3), reason=reason, in_flight=0)
+    return RunResult(reason, evaluations, stats, model, rounds)
+
+
+class _RoundsStopped(Exception):
+    """Raised from the evaluation callback to end Flower's rounds early (its ``start`` has no
+    stop condition but the round count): why, the round's model, and the round."""
+
+    def __init__(self, reason: str, model: list[np.ndarray], server_round: int) -> None:
+        super().__init__(reason)
+        self.reason, self.model, self.round = reason, model, server_round

@@ -494,12 +494,19 @@ class AsyncLoop:
             return reason
         if self.strategy.version >= settings.max_server_steps:
             return f"max-server-steps ({settings.max_server_steps}) reached"
-        latest = self.evaluations[-1]
-        if settings.target_accuracy and latest.accuracy is not None and latest.accuracy >= settings.target_accuracy:
-            return f"target-accuracy {settings.target_accuracy} reached at version {latest.version}"
+        if (reason := target_reached(settings, self.evaluations[-1])) is not None:
+            return reason
         if self.elapsed >= settings.max_wall_seconds:
             return f"max-wall-seconds ({settings.max_wall_seconds:.0f}) reached"
         return None
+
+
+def target_reached(settings: RunSettings, evaluation: Evaluation) -> str | None:
+    """Why the run stops at ``evaluation``, if it reached the target (every strategy asks this)."""
+    accuracy = evaluation.accuracy
+    if settings.target_accuracy and accuracy is not None and accuracy >= settings.target_accuracy:
+        return f"target-accuracy {settings.target_accuracy} reached at version {evaluation.version}"
+    return None
 
 
 def eval_fields(evaluation: Evaluation) -> dict[str, object]:

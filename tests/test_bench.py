@@ -135,9 +135,9 @@ def test_flower_fedavg_runs_fixed_rounds_and_the_others_stop_at_the_target():
     scenario = Scenario(target=0.8, fedavg_rounds=8)
     assert "max-server-steps=8 " in scenario.config("flower-fedavg", 1)
     assert "target-accuracy=0.8" in scenario.config("fedbuff", 2) and "seed=2" in scenario.config("fedbuff", 2)
-    assert "dataset" not in scenario.config("fedbuff", 1)
+    assert "task=" not in scenario.config("fedbuff", 1)
     fashion = Scenario(dataset="fashion-mnist").config("sync", 1)
-    assert 'dataset="fashion-mnist" partitioner="dirichlet"' in fashion
+    assert 'task="fashion-mnist" partitioner="dirichlet"' in fashion
 
 
 def test_a_strategy_variant_is_the_strategy_with_one_more_knob():
