@@ -95,6 +95,9 @@ class RunSettings(StrategyOptions, UserDPOptions, DPSGDOptions):
     tasks_per_node: int = 1
     max_server_steps: int = 30
     target_accuracy: float = 0.0
+    # a target on any metric the task declares (higher or lower is better, as the task says)
+    target_metric: str = ""
+    target_value: float = 0.0
     max_wall_seconds: float = 900.0
     eval_every: int = 5
     task_ttl_seconds: float = 120.0
@@ -159,6 +162,9 @@ class RunSettings(StrategyOptions, UserDPOptions, DPSGDOptions):
             self._at_least("tasks_per_node", 1)
             self._at_least("max_server_steps", 1)
             self._within("target_accuracy", "[0, 1]", 0 <= self.target_accuracy <= 1)
+            if self.target_metric and self.target_accuracy:
+                self._fail("target_metric", "empty when target-accuracy is set (one target)")
+            self._within("target_value", "finite", math.isfinite(self.target_value))
             self._at_least("max_wall_seconds", 0, strict=True)
             self._at_least("eval_every", 1)
             self._at_least("task_ttl_seconds", 0, strict=True)

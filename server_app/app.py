@@ -15,7 +15,7 @@ from fedbuff.settings import RunSettings, SettingsError
 from server_app.checkpoint import CheckpointError, CheckpointWriter, ServerState, load_latest, snapshot
 from server_app.clock import Clock, VirtualClock
 from server_app.events import EventKind, EventSink, Fanout
-from server_app.loop import AsyncLoop, RunResult
+from server_app.loop import AsyncLoop, RunResult, Target
 from server_app.metrics import MetricsConfig, MetricsExporter
 from server_app.records import RunRecorder, default_run_dir
 from server_app.stats import largest_gap
@@ -46,7 +46,7 @@ def main(grid: Grid, context: Context) -> None:
     from fedbuff.model import get_weights
     from server_app.evaluation import CentralEvaluator, TierHoldout
 
-    task, model, central = _task(settings, context)
+    task, model, central, target = _task(settings, context)
     resumed = _load_checkpoint(settings)
     if resumed is not None:  # the checkpoint's model replaces these weights
         initial, start = get_weights(model), f"resumed from {settings.resume_from}"
@@ -97,6 +97,7 @@ def main(grid: Grid, context: Context) -> None:
             checkpoints,
             max_examples,
             clock,
+            target,
         )
         summary = _summary(settings, result, time.monotonic() - started, run_dir)
         summary["initial_model"] = start
@@ -113,7 +114,7 @@ def main(grid: Grid, context: Context) -> None:
     _log_summary(result, summary)
 
 
-def _task(settings: RunSettings, context: Context) -> tuple[Task, nn.Module, CentralData | None]:
+def _task(settings: RunSettings, context: Context) -> tuple[Task, nn.Module, CentralData | None, Target | None]:
     """The run's task, its seeded model and the data the server may hold; a task that cannot
     work (it fails to import, builds no model, or DP-SGD cannot train its model) stops the run
     before any node trains, in one line."""
@@ -126,12 +127,13 @@ def _task(settings: RunSettings, context: Context) -> tuple[Task, nn.Module, Cen
         if settings.dp_sgd:
             check_dp_compatible(model)
         central = task.central_data()
-        if settings.target_accuracy and (central is None or "accuracy" not in [m.name for m in task.metrics]):
-            raise TaskError(f"{task.name}: target-accuracy needs central held-out data and an accuracy metric")
+        target = Target.of(settings, task.metrics)
+        if target is not None and central is None:
+            raise TaskError(f"{task.name}: {target.knob} needs central held-out data (the task has none)")
     except (TaskError, SettingsError) as err:
         log.error("invalid task: %s", err)
         raise
-    return task, model, central
+    return task, model, central, target
 
 
 def _initial_weights(
@@ -186,13 +188,14 @@ def _train(
     checkpoints: CheckpointWriter,
     max_examples: int,
     clock: Clock | None = None,
+    target: Target | None = None,
 ) -> RunResult:
     """Run the chosen strategy, checkpointing on the cadence and at the end. A reply claiming
     more than ``max_examples`` examples is refused; ``clock`` is the loop's (default: wall)."""
     if spec_of(settings.strategy).run_by_flower:
         from server_app.flower_fedavg import run_flower_fedavg
 
-        result = run_flower_fedavg(grid, settings, initial, evaluate, events, max_examples)
+        result = run_flower_fedavg(grid, settings, initial, evaluate, events, max_examples, target)
         checkpoints.write(
             ServerState(
                 result.model, result.version, settings.strategy, stats=result.stats, evaluations=result.evaluations
@@ -235,6 +238,7 @@ def _train(
             on_step=on_step,
             evaluate_tiers=evaluate.accuracy_by_tier,
             clock=clock,
+            target=target,
         )
     else:
         strategy = build_strategy(settings, initial, settings.concurrency, privacy)
@@ -249,6 +253,7 @@ def _train(
             evaluate_tiers=evaluate.accuracy_by_tier,
             max_num_examples=max_examples,
             clock=clock,
+            target=target,
         )
     _continue(loop, resumed)
     try:

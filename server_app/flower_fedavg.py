@@ -21,7 +21,7 @@ from flwr.serverapp import Grid
 from fedbuff import protocol
 from fedbuff.settings import RunSettings
 from server_app.events import EventKind, EventSink
-from server_app.loop import ERROR_REASONS, OTHER_ERROR, Evaluation, RunResult, eval_fields, target_reached
+from server_app.loop import ERROR_REASONS, OTHER_ERROR, Evaluation, RunResult, Target, eval_fields
 from server_app.stats import RunStats, tier_label
 
 log = logging.getLogger(__name__)
@@ -90,9 +90,11 @@ def run_flower_fedavg(
     evaluate: Evaluator,
     events: EventSink,
     max_examples: int,
+    target: Target | None = None,
 ) -> RunResult:
     """``max-server-steps`` rounds of Flower's FedAvg over ``concurrency`` sampled nodes; replies
-    claiming more than ``max_examples`` examples never reach it."""
+    claiming more than ``max_examples`` examples never reach it; the rounds end early at
+    ``target`` or ``max-wall-seconds``."""
     from flwr.serverapp.strategy import FedAvg
 
     started = time.monotonic()
@@ -105,7 +107,7 @@ def run_flower_fedavg(
         evaluation = Evaluation(server_round, dict(evaluate(model)))
         evaluations.append(evaluation)
         events.event(EventKind.EVAL, time=round(time.monotonic() - started, 3), **eval_fields(evaluation))
-        reason = target_reached(settings, evaluation)
+        reason = target.reached(evaluation) if target is not None else None
         if reason is None and time.monotonic() - started >= settings.max_wall_seconds:
             reason = f"max-wall-seconds ({settings.max_wall_seconds:.0f}) reached"
         if reason is not None:

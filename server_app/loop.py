@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import cast
@@ -22,7 +22,9 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from fedbuff import protocol
-from fedbuff.settings import RunSettings
+from fedbuff.settings import RunSettings, SettingsError
+from fedbuff.task import Metric
+from fedbuff.task import Task as TaskAPI
 from server_app.clock import Clock, WallClock
 from server_app.events import EventKind, EventSink
 from server_app.nodes import NodePool
@@ -119,6 +121,7 @@ class AsyncLoop:
         evaluate_tiers: TierEvaluator | None = None,
         max_num_examples: int | None = None,
         clock: Clock | None = None,
+        target: Target | None = None,
     ) -> None:
         """``validate`` checks each reply (default: a plaintext delta shaped like the model,
         claiming at most ``max_num_examples`` examples, default ``settings.max_num_examples``);
@@ -126,7 +129,8 @@ class AsyncLoop:
         ``stop_when`` is one more stop condition (e.g. the privacy budget): a reason or None;
         ``on_step`` runs after every server step (e.g. the checkpoint cadence);
         ``evaluate_tiers`` gives per-tier accuracy of the model ``evaluate`` saw last;
-        ``clock`` decides when a reply counts as arrived (default: the wall clock).
+        ``clock`` decides when a reply counts as arrived (default: the wall clock);
+        ``target`` is the run's target (default: the settings' with a classification task's metrics).
 
         A resumed run sets ``stats`` and ``evaluations`` to the checkpoint's before :meth:`run`."""
         self.grid = grid
@@ -145,6 +149,7 @@ class AsyncLoop:
         self.stop_when = stop_when or (lambda: None)
         self.on_step = on_step or (lambda loop: None)
         self.evaluate_tiers = evaluate_tiers or (lambda: {})
+        self.target = target or Target.of(settings)
         self.clock = clock or WallClock()
         self.nodes = NodePool(
             grid,
@@ -494,19 +499,47 @@ class AsyncLoop:
             return reason
         if self.strategy.version >= settings.max_server_steps:
             return f"max-server-steps ({settings.max_server_steps}) reached"
-        if (reason := target_reached(settings, self.evaluations[-1])) is not None:
+        if self.target is not None and (reason := self.target.reached(self.evaluations[-1])) is not None:
             return reason
         if self.elapsed >= settings.max_wall_seconds:
             return f"max-wall-seconds ({settings.max_wall_seconds:.0f}) reached"
         return None
 
 
-def target_reached(settings: RunSettings, evaluation: Evaluation) -> str | None:
-    """Why the run stops at ``evaluation``, if it reached the target (every strategy asks this)."""
-    accuracy = evaluation.accuracy
-    if settings.target_accuracy and accuracy is not None and accuracy >= settings.target_accuracy:
-        return f"target-accuracy {settings.target_accuracy} reached at version {evaluation.version}"
-    return None
+@dataclass(frozen=True)
+class Target:
+    """A stop condition on one of the task's metrics: reached once an evaluation has it at or
+    past ``value`` (``>=`` where higher is better, ``<=`` where lower is). Every strategy asks it."""
+
+    metric: str
+    value: float
+    higher_is_better: bool = True
+    knob: str = "target-metric"  # how the run config set it: target-accuracy is the shorthand
+
+    @classmethod
+    def of(cls, settings: RunSettings, metrics: Sequence[Metric] = TaskAPI.metrics) -> Target | None:
+        """The run's target (None: none), its direction from the task's ``metrics``; a
+        :class:`SettingsError` for a metric the task does not declare."""
+        if settings.target_accuracy:
+            name, value, knob = "accuracy", settings.target_accuracy, "target-accuracy"
+        elif settings.target_metric:
+            name, value, knob = settings.target_metric, settings.target_value, "target-metric"
+        else:
+            return None
+        declared = {metric.name: metric for metric in metrics}
+        if name not in declared:
+            raise SettingsError(f"{knob}: the task has no metric {name!r}; it evaluates {sorted(declared)}")
+        return cls(name, value, declared[name].higher_is_better, knob)
+
+    def reached(self, evaluation: Evaluation) -> str | None:
+        """Why the run stops at ``evaluation`` (None while the target is not reached)."""
+        got = evaluation.metrics.get(self.metric)
+        if got is None or not (got >= self.value if self.higher_is_better else got <= self.value):
+            return None
+        if self.knob == "target-accuracy":
+            return f"target-accuracy {self.value} reached at version {evaluation.version}"
+        direction = ">=" if self.higher_is_better else "<="
+        return f"target {self.metric} {direction} {self.value:g} reached at version {evaluation.version} ({got:.4g})"
 
 
 def eval_fields(evaluation: Evaluation) -> dict[str, object]:

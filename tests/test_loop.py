@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from flwr.common.constant import ErrorCode
 
-from fedbuff.settings import RunSettings
+from fedbuff.settings import RunSettings, SettingsError
+from fedbuff.task import Metric
 from server_app.events import shape_errors
-from server_app.loop import AsyncLoop
+from server_app.loop import AsyncLoop, Target
 from server_app.nodes import NodePool
 from server_app.records import RunRecorder
 from strategies import build_strategy
@@ -107,6 +108,37 @@ def test_stops_at_target_accuracy_and_says_so(tmp_path):
     assert reason.startswith("target-accuracy 0.7")
     assert loop.evaluations[-1].accuracy >= 0.7
     assert loop.strategy.version < 100
+
+
+def test_a_target_on_a_lower_is_better_metric_stops_the_run(tmp_path):
+    """A loss-like target: the run stops once the metric falls to the value, as the task says."""
+    settings = RunSettings(
+        concurrency=3, buffer_size=2, max_server_steps=100, eval_every=1, target_metric="distance", target_value=0.1
+    )
+    target = Target.of(settings, [Metric("distance", higher_is_better=False)])
+    assert target == Target("distance", 0.1, higher_is_better=False)
+
+    def distance(arrays):
+        return {"distance": float(np.abs(arrays[0] - 1.0).mean())}
+
+    grid = FakeGrid([1, 2, 3], lambda msg: train_reply(msg, half_step))
+    strategy = build_strategy(settings, INITIAL, settings.concurrency)
+    loop = AsyncLoop(grid, strategy, settings, distance, events=RunRecorder(tmp_path), target=target)
+    reason = loop.run()
+    assert reason.startswith("target distance <= 0.1 reached at version")
+    assert loop.evaluations[-1].metrics["distance"] <= 0.1 < loop.evaluations[-2].metrics["distance"]
+    assert loop.strategy.version < 100
+
+
+def test_a_target_names_a_metric_of_the_task_and_only_one_target_at_a_time():
+    with pytest.raises(
+        SettingsError, match=r"target-metric: the task has no metric 'f1'; it evaluates \['accuracy', 'loss'\]"
+    ):
+        Target.of(RunSettings(target_metric="f1", target_value=0.9))
+    with pytest.raises(SettingsError, match="target-metric must be empty when target-accuracy is set"):
+        RunSettings(target_metric="loss", target_accuracy=0.8)
+    assert Target.of(RunSettings()) is None
+    assert Target.of(RunSettings(target_metric="loss", target_value=0.5)) == Target("loss", 0.5, False)
 
 
 def test_stops_at_wall_time_when_no_node_ever_answers(tmp_path):

@@ -110,9 +110,7 @@ def test_the_engine_trains_with_the_tasks_loss_and_evaluates_its_own_metric(user
     model = build_model(task, 0)
     data = task.load_data(Node({}, 0, 1)).train
     before = evaluate(task, model, data)
-    _, steps = train(
-        task, model, data, epochs=5, steps=0, batch_size=20, lr=0.05, seed=0, device=torch.device("cpu")
-    )
+    _, steps = train(task, model, data, epochs=5, steps=0, batch_size=20, lr=0.05, seed=0, device=torch.device("cpu"))
     after = evaluate(task, model, data)
     assert steps == 50 and set(after) == {"mae"}
     assert after["mae"] < before["mae"] / 4
