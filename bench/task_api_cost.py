@@ -40,7 +40,8 @@ node = {"partition-id": 1, "num-partitions": 6, "device-tier": "real"}
 context = Context(run_id=1, node_id=1, node_config=node, state=RecordDict(), run_config=config)
 
 def content(model, version):
-    return RecordDict({protocol.ARRAYS: ArrayRecord(model), protocol.CONFIG: ConfigRecord({protocol.SERVER_VERSION: version})})
+    config = ConfigRecord({protocol.SERVER_VERSION: version})
+    return RecordDict({protocol.ARRAYS: ArrayRecord(model), protocol.CONFIG: config})
 
 from fedbuff.model import ModelSpec, build_model, get_weights
 
