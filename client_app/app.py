@@ -44,6 +44,27 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate the received model on this node's held-out split; reply its metrics only."""
+    settings = RunSettings.from_run_config(context.run_config)
+    if settings.warm_trainer and warm.in_flower_clientapp_process():
+        deadline = msg.metadata.created_at + msg.metadata.ttl
+        content = warm.train(
+            msg.content,
+            context,
+            settings.warm_trainer_idle_seconds,
+            deadline=min(deadline, time.time() + settings.task_ttl_seconds),
+            kind="evaluate",
+        )
+    else:
+        from client_app.task import evaluate_task, local_data
+
+        source = local_data if warm.in_flower_clientapp_process() else _simulated_data()
+        content = evaluate_task(msg.content, context, source)
+    return Message(content, reply_to=msg)
+
+
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Say which partition this node holds and how many training examples (the virtual clock

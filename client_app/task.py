@@ -31,6 +31,7 @@ NodeTask = tuple[Task, NodeData]
 DataSource = Callable[[Context, RunSettings, NodeProfile], NodeTask]
 
 TRAIN_KEY = "node-train-data"
+TEST_KEY = "node-test-data"
 STATE_CACHE_BYTES = 16 * 2**20  # larger data are loaded again by each message (see local_data)
 CLOCK_KEY = "device-clock"
 DP_SGD_STATE = "dp-sgd-accountant"
@@ -69,13 +70,15 @@ def local_data(context: Context, settings: RunSettings, profile: NodeProfile) ->
     task = load_task(settings.task, context.run_config)
     cached = context.state.array_records.get(TRAIN_KEY)
     if cached is not None:
-        inputs, targets = cached.to_numpy_ndarrays()
-        return task, NodeData(Examples(inputs, targets))
+        held_out = context.state.array_records.get(TEST_KEY)
+        test = Examples(*held_out.to_numpy_ndarrays()) if held_out is not None else None
+        return task, NodeData(Examples(*cached.to_numpy_ndarrays()), test)
     data = load_node_data(task, node_of(context, profile))
-    inputs, targets = data.train.inputs, data.train.targets
-    arrays = isinstance(inputs, np.ndarray) and isinstance(targets, np.ndarray)
-    if arrays and inputs.nbytes + targets.nbytes <= STATE_CACHE_BYTES:
-        context.state[TRAIN_KEY] = ArrayRecord([inputs, targets])
+    splits = [(TRAIN_KEY, data.train), *([(TEST_KEY, data.test)] if data.test is not None else [])]
+    arrays = all(isinstance(part, np.ndarray) for _, split in splits for part in (split.inputs, split.targets))
+    if arrays and sum(split.inputs.nbytes + split.targets.nbytes for _, split in splits) <= STATE_CACHE_BYTES:
+        for key, split in splits:
+            context.state[key] = ArrayRecord([split.inputs, split.targets])
     return task, data
 
 
@@ -211,6 +214,29 @@ def train_task(content: RecordDict, context: Context, source: DataSource = local
         **privacy_metrics,
     }
     return protocol.reply_content(update, metrics, device_record, envelope)
+
+
+def evaluate_task(content: RecordDict, context: Context, source: DataSource = local_data) -> RecordDict:
+    """Federated evaluation: the dispatched model's metrics on this node's held-out split (the
+    task's ``example_metrics``, averaged); the reply carries metrics and the node's tier only."""
+    from fedbuff.model import set_weights
+    from fedbuff.training import build_model, evaluate_rows, mean_metrics
+
+    settings = RunSettings.from_run_config(context.run_config)
+    node = NodeProfile.from_node_config(context.node_config)
+    task, data = source(context, settings, node)
+    if data.test is None or len(data.test) == 0:
+        raise TaskError(
+            f"{task.name} on the node of partition {node.partition_id}: no held-out split to evaluate "
+            "(load_data returned NodeData without test examples)"
+        )
+    model = build_model(task, settings.seed)
+    try:
+        set_weights(model, content.array_records[protocol.ARRAYS].to_numpy_ndarrays())
+    except (ValueError, RuntimeError) as err:
+        raise TaskError(f"{task.name}: the dispatched model does not fit this node's model: {err}") from err
+    metrics = mean_metrics(evaluate_rows(task, model, data.test))
+    return protocol.evaluation_content(len(data.test), metrics, node.device_tier)
 
 
 def _planned(settings: RunSettings, steps: int | None, examples: int) -> RunSettings:

@@ -126,7 +126,7 @@ class TrainerServer:
             log.warning("could not deliver task %d's result: %s", self.tasks, err)
 
     def _train(self, request: protocol.TrainRequest) -> protocol.TrainResponse:
-        from client_app.task import train_task
+        from client_app.task import evaluate_task, train_task
 
         if (request.run_id, request.node_id) != (self.config.run_id, self.config.node_id):
             return protocol.TrainResponse(
@@ -143,7 +143,8 @@ class TrainerServer:
         started = time.monotonic()
         log.info("task %d started", self.tasks)
         try:
-            content = train_task(request.content, context, self._data)
+            run = evaluate_task if request.kind == "evaluate" else train_task
+            content = run(request.content, context, self._data)
         except TaskError as err:  # the user's task said what is wrong: one line, no traceback
             log.error("task %d failed: %s", self.tasks, err)
             return protocol.TrainResponse(context.state, error=str(err))

@@ -39,9 +39,13 @@ class ConnectionClosed(ProtocolError):
     """The peer closed the connection before a whole frame arrived (a trainer that died)."""
 
 
+REQUEST_KINDS = ("train", "evaluate")  # what a request asks: train the model, or evaluate it
+
+
 @dataclass(frozen=True)
 class TrainRequest:
-    """One task for the trainer: the message content and the node's context."""
+    """One task for the trainer: the message content, the node's context, and what to do with
+    the model (``kind``: train it, or evaluate it on the node's held-out split)."""
 
     run_id: int
     node_id: int
@@ -49,6 +53,7 @@ class TrainRequest:
     node_config: UserConfig
     content: RecordDict
     state: RecordDict
+    kind: str = "train"
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,7 @@ class TrainResponse:
 def send_request(sock: socket.socket, request: TrainRequest) -> None:
     """Write ``request`` as one frame."""
     header = {
-        "kind": "train",
+        "kind": request.kind,
         "run-id": request.run_id,
         "node-id": request.node_id,
         "run-config": dict(request.run_config),
@@ -77,8 +82,8 @@ def send_request(sock: socket.socket, request: TrainRequest) -> None:
 def read_request(sock: socket.socket) -> TrainRequest:
     """Read one request frame."""
     header, blobs = _read_frame(sock)
-    if header.get("kind") != "train" or len(blobs) != 2:
-        raise ProtocolError(f"expected a train request with 2 records, got {header.get('kind')!r}")
+    if header.get("kind") not in REQUEST_KINDS or len(blobs) != 2:
+        raise ProtocolError(f"expected a train or evaluate request with 2 records, got {header.get('kind')!r}")
     try:
         return TrainRequest(
             int(header["run-id"]),
@@ -87,6 +92,7 @@ def read_request(sock: socket.socket) -> TrainRequest:
             dict(header["node-config"]),
             _records(blobs[0]),
             _records(blobs[1]),
+            str(header["kind"]),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise ProtocolError(f"malformed train request header: {err}") from err

@@ -176,9 +176,15 @@ def runtime_api_address(argv: Sequence[str] = sys.argv) -> str:
 
 
 def train(
-    content: RecordDict, context: Context, idle_seconds: float, deadline: float, parent_pid: int | None = None
+    content: RecordDict,
+    context: Context,
+    idle_seconds: float,
+    deadline: float,
+    parent_pid: int | None = None,
+    kind: str = "train",
 ) -> RecordDict:
-    """Have the node's trainer train ``content``; ``context.state`` takes the trainer's state.
+    """Have the node's trainer train ``content`` (or evaluate it: ``kind="evaluate"``);
+    ``context.state`` takes the trainer's state.
 
     ``deadline`` (epoch seconds) is when the task's TTL runs out: a trainer that has not
     answered by then is killed, and the task fails with :class:`TrainerError`, never a hang.
@@ -190,7 +196,7 @@ def train(
     address = TrainerAddress.of(context, app_dir, trainer_directory())
     launch = TrainerLaunch(app_dir, idle_seconds, parent_pid or os.getppid(), runtime_api_address(), engine_dir)
     request = protocol.TrainRequest(
-        context.run_id, context.node_id, context.run_config, context.node_config, content, context.state
+        context.run_id, context.node_id, context.run_config, context.node_config, content, context.state, kind
     )
     with open(address.lock, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

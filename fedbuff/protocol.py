@@ -124,6 +124,17 @@ def reply_content(
     return RecordDict(records)
 
 
+def evaluation_content(num_examples: int, metrics: Mapping[str, float], device_tier: str) -> RecordDict:
+    """An evaluate reply: the held-out example count and the task's metrics (means over those
+    examples), and the node's tier; no arrays, nothing about any single example."""
+    return RecordDict(
+        {
+            METRICS: MetricRecord({NUM_EXAMPLES: num_examples, **metrics}),
+            DEVICE: ConfigRecord({DEVICE_TIER: device_tier}),
+        }
+    )
+
+
 def identity_content(node_config: Mapping[str, object], num_examples: int) -> RecordDict:
     """A node query's answer: the partition id and count of the node's config, and how many
     training examples the node holds (the virtual clock's batches per task come from it)."""

@@ -27,6 +27,7 @@ from strategies.registry import flush_size, spec_of, with_capability
 from strategies.ring import RingCodec
 
 DEVICE_TIERS = ("high", "mid", "low")
+FEDERATED_EVAL_MODES = ("auto", "on", "off")
 
 
 def options_from_run_config(cls: Any, run_config: Mapping[str, object]) -> Any:
@@ -100,6 +101,9 @@ class RunSettings(StrategyOptions, UserDPOptions, DPSGDOptions):
     target_value: float = 0.0
     max_wall_seconds: float = 900.0
     eval_every: int = 5
+    # federated evaluation (server_app.federated_eval): auto = when the server holds no data
+    federated_eval: str = "auto"
+    federated_eval_fraction: float = 0.34
     task_ttl_seconds: float = 120.0
     max_update_norm: float = 1000.0
     max_update_bytes: int = 0
@@ -167,6 +171,8 @@ class RunSettings(StrategyOptions, UserDPOptions, DPSGDOptions):
             self._within("target_value", "finite", math.isfinite(self.target_value))
             self._at_least("max_wall_seconds", 0, strict=True)
             self._at_least("eval_every", 1)
+            self._one_of("federated_eval", FEDERATED_EVAL_MODES)
+            self._within("federated_eval_fraction", "(0, 1]", 0 < self.federated_eval_fraction <= 1)
             self._at_least("task_ttl_seconds", 0, strict=True)
             self._at_least("max_update_norm", 0)
             self._at_least("max_update_bytes", 0)
@@ -244,6 +250,10 @@ class RunSettings(StrategyOptions, UserDPOptions, DPSGDOptions):
     def from_run_config(cls, run_config: Mapping[str, object]) -> RunSettings:
         """Build settings from a run config; unknown keys are ignored (other apps' knobs)."""
         return options_from_run_config(cls, run_config)
+
+    def federated_eval_on(self, server_holds_data: bool) -> bool:
+        """Whether the run evaluates on the nodes: ``auto`` does exactly when the server holds no data."""
+        return self.federated_eval == "on" or (self.federated_eval == "auto" and not server_holds_data)
 
     @property
     def flush_size(self) -> int:

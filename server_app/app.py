@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
     from fedbuff.task import CentralData, Task
     from server_app.evaluation import CentralEvaluator
+    from server_app.federated_eval import FederatedEvaluator
     from server_app.privacy import PrivacyBudget
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ def main(grid: Grid, context: Context) -> None:
         # a node holds at most what the task says one can: no honest client claims more
         max_examples = num_examples_limit(settings.max_num_examples, central.max_examples if central else None)
         clock = _clock(grid, settings, task, initial)
+        federated = _federated(grid, settings, task, central, max_examples)
         result = _train(
             grid,
             settings,
@@ -98,8 +100,11 @@ def main(grid: Grid, context: Context) -> None:
             max_examples,
             clock,
             target,
+            federated,
         )
         summary = _summary(settings, result, time.monotonic() - started, run_dir)
+        if federated is not None:
+            summary["federated_eval_failed"] = dict(federated.failures)
         summary["initial_model"] = start
         if budget is not None:
             summary["user_dp_epsilon"] = budget.accountant.epsilon()
@@ -128,8 +133,11 @@ def _task(settings: RunSettings, context: Context) -> tuple[Task, nn.Module, Cen
             check_dp_compatible(model)
         central = task.central_data()
         target = Target.of(settings, task.metrics)
-        if target is not None and central is None:
-            raise TaskError(f"{task.name}: {target.knob} needs central held-out data (the task has none)")
+        if target is not None and central is None and not settings.federated_eval_on(False):
+            raise TaskError(
+                f"{task.name}: {target.knob} needs an evaluation: the task gives the server no data "
+                "and federated-eval is off"
+            )
     except (TaskError, SettingsError) as err:
         log.error("invalid task: %s", err)
         raise
@@ -189,13 +197,14 @@ def _train(
     max_examples: int,
     clock: Clock | None = None,
     target: Target | None = None,
+    federated: FederatedEvaluator | None = None,
 ) -> RunResult:
     """Run the chosen strategy, checkpointing on the cadence and at the end. A reply claiming
     more than ``max_examples`` examples is refused; ``clock`` is the loop's (default: wall)."""
     if spec_of(settings.strategy).run_by_flower:
         from server_app.flower_fedavg import run_flower_fedavg
 
-        result = run_flower_fedavg(grid, settings, initial, evaluate, events, max_examples, target)
+        result = run_flower_fedavg(grid, settings, initial, evaluate, events, max_examples, target, federated)
         checkpoints.write(
             ServerState(
                 result.model, result.version, settings.strategy, stats=result.stats, evaluations=result.evaluations
@@ -239,6 +248,7 @@ def _train(
             evaluate_tiers=evaluate.accuracy_by_tier,
             clock=clock,
             target=target,
+            federated=federated,
         )
     else:
         strategy = build_strategy(settings, initial, settings.concurrency, privacy)
@@ -254,6 +264,7 @@ def _train(
             max_num_examples=max_examples,
             clock=clock,
             target=target,
+            federated=federated,
         )
     _continue(loop, resumed)
     try:
@@ -266,6 +277,19 @@ def _train(
             secure.client.close()
     virtual = loop.clock.now() if isinstance(loop.clock, VirtualClock) else None
     return RunResult(reason, loop.evaluations, loop.stats, loop.strategy.model, loop.strategy.version, virtual)
+
+
+def _federated(
+    grid: Grid, settings: RunSettings, task: Task, central: CentralData | None, max_examples: int
+) -> FederatedEvaluator | None:
+    """Federated evaluation, when ``federated-eval`` asks for it (``auto``: the server holds no data)."""
+    if not settings.federated_eval_on(central is not None):
+        return None
+    from server_app.federated_eval import FederatedEvaluator
+
+    return FederatedEvaluator(
+        grid, task.metrics, settings.federated_eval_fraction, settings.task_ttl_seconds, max_examples
+    )
 
 
 def _clock(grid: Grid, settings: RunSettings, task: Task, initial: list[np.ndarray]) -> Clock | None:
@@ -392,11 +416,13 @@ def _summary(settings: RunSettings, result: RunResult, wall_seconds: float, run_
         "task": settings.task,
         "initial_metrics": dict(first.metrics),
         "final_metrics": dict(last.metrics),
+        "final_federated_metrics": dict(last.federated),
+        "federated_metrics_by_tier": {tier: dict(m) for tier, m in last.federated_by_tier.items()},
         "initial_accuracy": first.accuracy,
         "final_accuracy": last.accuracy,
         "final_loss": last.loss,
-        "accuracy_by_tier": dict(last.accuracy_by_tier),
-        "accuracy_gap": largest_gap(last.accuracy_by_tier),
+        "accuracy_by_tier": dict(last.tier_accuracy),
+        "accuracy_gap": largest_gap(last.tier_accuracy),
         "wall_seconds": round(wall_seconds, 2),
         **({} if result.virtual_seconds is None else {"virtual_seconds": round(result.virtual_seconds, 2)}),
         "run_dir": str(run_dir.resolve()),

@@ -26,6 +26,10 @@ fields:
   data; empty when the server holds none), loss and accuracy (where the task has them);
   accuracy_by_tier (``{tier: accuracy}`` on each tier's own held-out data) and accuracy_gap
   (largest difference, null with one tier) once tiers are known
+- ``federated-eval``: version, metrics (``{name: value}``, example-weighted means over the nodes
+  that answered, each on its own held-out split), metrics_by_tier (``{tier: {name: value}}``),
+  nodes (answered), examples (held-out examples behind the means), failed (asked and not
+  answered in time, or an error or invalid reply): one federated evaluation, once complete
 - ``node``: node, tier, state (admitted | left | retired | backed-off), online
 - ``privacy``: epsilon, delta (user-level DP spent so far, after each released flush)
 - ``resume``: version, accepted, discarded_buffered, abandoned_in_flight (a resumed run)
@@ -59,6 +63,7 @@ class EventKind(enum.StrEnum):
     STOP = "stop"
     FLUSH_FAILED = "flush-failed"
     GROUP_CLOSE = "group-close"
+    FEDERATED_EVAL = "federated-eval"
 
 
 class DispatchEvent(TypedDict):
@@ -175,6 +180,16 @@ class GroupCloseEvent(TypedDict):
     late: int
 
 
+class FederatedEvalEvent(TypedDict):
+    time: float
+    version: int
+    metrics: dict[str, float]
+    metrics_by_tier: dict[str, dict[str, float]]
+    nodes: int
+    examples: int
+    failed: int
+
+
 # One shape per kind: the fields it always has (``__required_keys__``) and may have.
 SHAPES: Mapping[EventKind, type] = {
     EventKind.DISPATCH: DispatchEvent,
@@ -190,6 +205,7 @@ SHAPES: Mapping[EventKind, type] = {
     EventKind.STOP: StopEvent,
     EventKind.FLUSH_FAILED: FlushFailedEvent,
     EventKind.GROUP_CLOSE: GroupCloseEvent,
+    EventKind.FEDERATED_EVAL: FederatedEvalEvent,
 }
 
 

@@ -15,12 +15,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, ConfigRecordValues, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, ConfigRecordValues, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
 
 from fedbuff import protocol
 from fedbuff.settings import RunSettings
 from server_app.events import EventKind, EventSink
+from server_app.federated_eval import FederatedEvaluator
 from server_app.loop import ERROR_REASONS, OTHER_ERROR, Evaluation, RunResult, Target, eval_fields
 from server_app.stats import RunStats, tier_label
 
@@ -44,6 +45,10 @@ class CountingGrid:
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         messages = list(messages)
+        if messages and all(m.metadata.message_type == MessageType.EVALUATE for m in messages):
+            # federated evaluation: not updates; an incredible example count is held back all the same
+            replies = self._grid.send_and_receive(messages, timeout=timeout)
+            return [r for r in replies if r.has_error() or self._credible(r)]
         self._stats.dispatched += len(messages)
         replies = list(self._grid.send_and_receive(messages, timeout=timeout))
         now = round(time.monotonic() - self._started, 3)
@@ -91,20 +96,44 @@ def run_flower_fedavg(
     events: EventSink,
     max_examples: int,
     target: Target | None = None,
+    federated: FederatedEvaluator | None = None,
 ) -> RunResult:
     """``max-server-steps`` rounds of Flower's FedAvg over ``concurrency`` sampled nodes; replies
     claiming more than ``max_examples`` examples never reach it; the rounds end early at
-    ``target`` or ``max-wall-seconds``."""
+    ``target`` or ``max-wall-seconds``. With ``federated``, Flower's own federated evaluation
+    (``fraction_evaluate``) runs on that share of the nodes each round and is reported as ours."""
     from flwr.serverapp.strategy import FedAvg
 
     started = time.monotonic()
     stats = RunStats()
     evaluations: list[Evaluation] = []
+    federated_rounds: dict[int, dict[str, float]] = {}
+
+    class RecordingFedAvg(FedAvg):
+        """Flower's FedAvg, keeping each round's aggregated federated evaluation."""
+
+        def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+            replies = list(replies)
+            metrics = super().aggregate_evaluate(server_round, replies)
+            if metrics is not None:
+                values = {k: float(v) for k, v in metrics.items() if k != protocol.NUM_EXAMPLES}  # type: ignore[arg-type]
+                federated_rounds[server_round] = values
+                events.event(
+                    EventKind.FEDERATED_EVAL,
+                    time=round(time.monotonic() - started, 3),
+                    version=server_round,
+                    metrics=values,
+                    metrics_by_tier={},
+                    nodes=sum(not r.has_error() for r in replies),
+                    examples=0,
+                    failed=sum(r.has_error() for r in replies),
+                )
+            return metrics
 
     def central(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         """Evaluate the round's model; stop Flower's rounds at the target or the wall-time limit."""
         model = arrays.to_numpy_ndarrays()
-        evaluation = Evaluation(server_round, dict(evaluate(model)))
+        evaluation = Evaluation(server_round, dict(evaluate(model)), federated=federated_rounds.get(server_round, {}))
         evaluations.append(evaluation)
         events.event(EventKind.EVAL, time=round(time.monotonic() - started, 3), **eval_fields(evaluation))
         reason = target.reached(evaluation) if target is not None else None
@@ -116,9 +145,10 @@ def run_flower_fedavg(
 
     online = max(1, len(list(grid.get_node_ids())))
     cohort = min(settings.concurrency, online)
-    strategy = FedAvg(
+    strategy = RecordingFedAvg(
         fraction_train=min(1.0, settings.concurrency / online),
-        fraction_evaluate=0.0,
+        fraction_evaluate=federated.fraction if federated is not None else 0.0,
+        min_evaluate_nodes=1,
         min_train_nodes=cohort,
         min_available_nodes=cohort,
     )

@@ -12,7 +12,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import cast
 
@@ -27,6 +27,7 @@ from fedbuff.task import Metric
 from fedbuff.task import Task as TaskAPI
 from server_app.clock import Clock, WallClock
 from server_app.events import EventKind, EventSink
+from server_app.federated_eval import FederatedEvaluator, FederatedResult
 from server_app.nodes import NodePool
 from server_app.stats import RunStats, largest_gap, tier_label
 from server_app.validation import Rejection, ValidUpdate, update_byte_limit, validate_reply
@@ -53,6 +54,7 @@ OTHER_ERROR = "other-error"  # an error code the loop has no name for
 CLIENT_FAULTS = ("client-raised", "client-crashed", "client-load-failed", OTHER_ERROR)
 LOST_GRACE_SECONDS = 30.0  # a task this long past its TTL with no reply at all is written off
 IDLE_SLEEP_SECONDS = 0.1
+FEDERATED_GRACE_SECONDS = 5.0  # at the end, past the TTL, a missing evaluate reply is written off
 
 
 @dataclass(frozen=True)
@@ -76,20 +78,37 @@ class Evaluation:
     version: int
     metrics: Mapping[str, float] = field(default_factory=dict)
     accuracy_by_tier: Mapping[str, float] = field(default_factory=dict)
+    # federated evaluation of the same version on the nodes' own held-out data (when it ran)
+    federated: Mapping[str, float] = field(default_factory=dict)
+    federated_by_tier: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+    @property
+    def quality(self) -> Mapping[str, float]:
+        """The metrics the run reports for this version: central where the server evaluated,
+        else federated."""
+        return self.metrics or self.federated
 
     @property
     def accuracy(self) -> float | None:
-        return self.metrics.get("accuracy")
+        return self.quality.get("accuracy")
 
     @property
     def loss(self) -> float | None:
-        return self.metrics.get("loss")
+        return self.quality.get("loss")
+
+    @property
+    def tier_accuracy(self) -> Mapping[str, float]:
+        """Accuracy per tier: on each tier's held-out data centrally, else federated."""
+        if self.accuracy_by_tier or self.metrics:
+            return self.accuracy_by_tier
+        return {tier: m["accuracy"] for tier, m in self.federated_by_tier.items() if "accuracy" in m}
 
     def describe(self) -> str:
-        """``accuracy 0.912 loss 0.310 (v5)``, or that nothing was evaluated centrally."""
-        if not self.metrics:
-            return "no central evaluation"
-        return " ".join(f"{name} {value:.3f}" for name, value in self.metrics.items()) + f" (v{self.version})"
+        """``accuracy 0.912 loss 0.310 (v5)`` (``federated …`` from the nodes), or that nothing was evaluated."""
+        if not self.quality:
+            return "not evaluated yet" if not self.metrics else "no metrics"
+        source = "" if self.metrics else "federated "
+        return source + " ".join(f"{name} {value:.3f}" for name, value in self.quality.items()) + f" (v{self.version})"
 
 
 @dataclass(frozen=True)
@@ -122,6 +141,7 @@ class AsyncLoop:
         max_num_examples: int | None = None,
         clock: Clock | None = None,
         target: Target | None = None,
+        federated: FederatedEvaluator | None = None,
     ) -> None:
         """``validate`` checks each reply (default: a plaintext delta shaped like the model,
         claiming at most ``max_num_examples`` examples, default ``settings.max_num_examples``);
@@ -130,7 +150,8 @@ class AsyncLoop:
         ``on_step`` runs after every server step (e.g. the checkpoint cadence);
         ``evaluate_tiers`` gives per-tier accuracy of the model ``evaluate`` saw last;
         ``clock`` decides when a reply counts as arrived (default: the wall clock);
-        ``target`` is the run's target (default: the settings' with a classification task's metrics).
+        ``target`` is the run's target (default: the settings' with a classification task's metrics);
+        ``federated`` evaluates each evaluated version on the nodes too (federated evaluation).
 
         A resumed run sets ``stats`` and ``evaluations`` to the checkpoint's before :meth:`run`."""
         self.grid = grid
@@ -150,6 +171,9 @@ class AsyncLoop:
         self.on_step = on_step or (lambda loop: None)
         self.evaluate_tiers = evaluate_tiers or (lambda: {})
         self.target = target or Target.of(settings)
+        self.federated = federated
+        if federated is not None:
+            federated.on_result = self.federated_result
         self.clock = clock or WallClock()
         self.nodes = NodePool(
             grid,
@@ -178,8 +202,7 @@ class AsyncLoop:
         while (reason := self._stop_reason()) is None:
             self.nodes.refresh(self.clock.now())
             self._dispatch()
-            waiting = self.clock.waiting(self.tasks)
-            replies = list(self.grid.pull_messages(waiting)) if waiting else []
+            replies = self._pull()
             self.clock.arrived(replies)
             applied = 0
             while True:
@@ -199,6 +222,9 @@ class AsyncLoop:
                 time.sleep(IDLE_SLEEP_SECONDS)
         if self.evaluations[-1].version != self.strategy.version:
             self._evaluate_now()
+        if self.federated is not None:  # the last model's evaluation, waited for up to its TTL
+            self.federated.start_due(self.nodes.online, Counter(task.node_id for task in self.tasks.values()))
+            self.federated.wait(self.settings.task_ttl_seconds + FEDERATED_GRACE_SECONDS)
         log.info("stopping: %s (%d task(s) in flight abandoned)", reason, len(self.tasks))
         self._emit(EventKind.STOP, reason=reason, in_flight=len(self.tasks))
         return reason
@@ -209,6 +235,19 @@ class AsyncLoop:
         return time.monotonic() - self._started
 
     # -- dispatch -------------------------------------------------------------------------
+
+    def _pull(self) -> list[Message]:
+        """The train replies that have arrived; evaluate replies go to federated evaluation."""
+        waiting = self.clock.waiting(self.tasks)
+        if self.federated is None:
+            return list(self.grid.pull_messages(waiting)) if waiting else []
+        self.federated.start_due(self.nodes.online, Counter(task.node_id for task in self.tasks.values()))
+        evaluating = set(self.federated.waiting())
+        ids = [*waiting, *evaluating]
+        replies = list(self.grid.pull_messages(ids)) if ids else []
+        self.federated.take(r for r in replies if r.metadata.reply_to_message_id in evaluating)
+        self.federated.write_off_late()
+        return [r for r in replies if r.metadata.reply_to_message_id not in evaluating]
 
     def _dispatch(self) -> None:
         free = self.settings.concurrency - len(self.tasks)
@@ -449,7 +488,7 @@ class AsyncLoop:
         version = self.strategy.version
         if version % self.settings.eval_every == 0:
             self._evaluate_now()
-        latest = self.evaluations[-1]
+        latest = self.latest_quality()
         log.info(
             "step %3d | %s | staleness mean %.2f max %d | in-flight %d | accepted %d refused %d errors %d | %.0fs",
             version,
@@ -480,7 +519,31 @@ class AsyncLoop:
         evaluation = Evaluation(self.strategy.version, metrics, by_tier)
         self.evaluations.append(evaluation)
         self._emit(EventKind.EVAL, **eval_fields(evaluation))
+        if self.federated is not None:
+            self.federated.request(self.strategy.version, self._task_content(self.strategy.version))
         return evaluation
+
+    def federated_result(self, result: FederatedResult) -> None:
+        """A finished federated evaluation: kept with its version's evaluation, published, logged."""
+        for index in range(len(self.evaluations) - 1, -1, -1):
+            if self.evaluations[index].version == result.version:
+                self.evaluations[index] = replace(
+                    self.evaluations[index], federated=result.metrics, federated_by_tier=result.metrics_by_tier
+                )
+                break
+        self._emit(EventKind.FEDERATED_EVAL, **result.fields())
+        log.info(
+            "federated evaluation of v%d on %d node(s), %d example(s): %s%s",
+            result.version,
+            result.nodes,
+            result.examples,
+            " ".join(f"{name} {value:.3f}" for name, value in result.metrics.items()) or "no replies",
+            f" ({result.failed} failed)" if result.failed else "",
+        )
+
+    def latest_quality(self) -> Evaluation:
+        """The newest evaluation that has metrics (central or federated), else the newest."""
+        return next((e for e in reversed(self.evaluations) if e.quality), self.evaluations[-1])
 
     def _node_changed(self, node_id: int, state: str, online: int) -> None:
         self._emit(EventKind.NODE, node=node_id, state=state, online=online)
@@ -499,7 +562,7 @@ class AsyncLoop:
             return reason
         if self.strategy.version >= settings.max_server_steps:
             return f"max-server-steps ({settings.max_server_steps}) reached"
-        if self.target is not None and (reason := self.target.reached(self.evaluations[-1])) is not None:
+        if self.target is not None and (reason := self.target.reached(self.latest_quality())) is not None:
             return reason
         if self.elapsed >= settings.max_wall_seconds:
             return f"max-wall-seconds ({settings.max_wall_seconds:.0f}) reached"
@@ -533,13 +596,17 @@ class Target:
 
     def reached(self, evaluation: Evaluation) -> str | None:
         """Why the run stops at ``evaluation`` (None while the target is not reached)."""
-        got = evaluation.metrics.get(self.metric)
+        got = evaluation.quality.get(self.metric)
         if got is None or not (got >= self.value if self.higher_is_better else got <= self.value):
             return None
+        where = "" if evaluation.metrics else " (federated evaluation)"
         if self.knob == "target-accuracy":
-            return f"target-accuracy {self.value} reached at version {evaluation.version}"
+            return f"target-accuracy {self.value} reached at version {evaluation.version}{where}"
         direction = ">=" if self.higher_is_better else "<="
-        return f"target {self.metric} {direction} {self.value:g} reached at version {evaluation.version} ({got:.4g})"
+        return (
+            f"target {self.metric} {direction} {self.value:g} reached at version {evaluation.version}"
+            f" ({got:.4g}){where}"
+        )
 
 
 def eval_fields(evaluation: Evaluation) -> dict[str, object]:

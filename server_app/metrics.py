@@ -73,6 +73,7 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 9464
 TIERS = (*TIER_LABELS, "unknown")
 DEVICE_KINDS = ("cuda", "mps", "cpu", "unknown")
+MAX_METRIC_LABELS = 16  # distinct task metric names exported (the task declares a few)
 UPDATE_OUTCOMES = tuple(outcome.value for outcome in Outcome)
 OUTCOMES = (*UPDATE_OUTCOMES, "invalid", "error")
 INVALID_REASONS = (*REJECTION_REASONS, "other")
@@ -160,6 +161,7 @@ class MetricsExporter:
         self._in_flight: dict[object, list[str]] = {}  # node → tiers of its tasks in flight (FIFO)
         self._node_tier: dict[object, str] = {}  # connected node → its tier label
         self._warned = False
+        self._metric_names: set[str] = set()
         self._handlers: Mapping[EventKind, Callable[[Mapping[str, Any]], None]] = {
             EventKind.DISPATCH: self._on_dispatch,
             EventKind.UPDATE: self._on_update,
@@ -167,6 +169,7 @@ class MetricsExporter:
             EventKind.ERROR: self._on_error,
             EventKind.STEP: self._on_step,
             EventKind.EVAL: self._on_eval,
+            EventKind.FEDERATED_EVAL: self._on_federated_eval,
             EventKind.NODE: self._on_node,
             EventKind.STEP_REFUSED: self._on_step_refused,
             EventKind.GROUP_CLOSE: self._on_group_close,
@@ -307,6 +310,26 @@ class MetricsExporter:
         self.tier_accuracy_gap = Gauge(
             "fl_eval_tier_accuracy_gap_ratio",
             "Largest accuracy difference between two tiers in the latest evaluation",
+            registry=r,
+        )
+        self.federated_value = Gauge(
+            "fl_federated_eval_value",
+            "Federated evaluation: the metric's example-weighted mean over the nodes that answered",
+            ("metric",),
+            registry=r,
+        )
+        self.federated_tier_accuracy = Gauge(
+            "fl_federated_eval_tier_accuracy_ratio",
+            "Federated evaluation accuracy (0..1) over the tier's nodes' own held-out data",
+            tier,
+            registry=r,
+        )
+        self.federated_version = Gauge(
+            "fl_federated_eval_model_version", "Model version of the latest federated evaluation", registry=r
+        )
+        self.federated_failed = Counter(
+            "fl_federated_eval_failed_total",
+            "Evaluate tasks not answered in time, or answered with an error or an invalid reply",
             registry=r,
         )
         self.participation = Gauge(
@@ -517,6 +540,29 @@ class MetricsExporter:
                 else:
                     self.tier_accuracy.labels(name).set(accuracy)
         self._set(self.tier_accuracy_gap, f.get("accuracy_gap"), "fl_eval_tier_accuracy_gap_ratio")
+
+    def _on_federated_eval(self, f: Mapping[str, Any]) -> None:
+        """Each metric by name (at most :data:`MAX_METRIC_LABELS` names: the task declares them),
+        accuracy per tier, and the failed evaluate tasks."""
+        self._set(self.federated_version, f.get("version"), "fl_federated_eval_model_version")
+        metrics = f.get("metrics")
+        if isinstance(metrics, Mapping):
+            for name, value in metrics.items():
+                known = name in self._metric_names or len(self._metric_names) < MAX_METRIC_LABELS
+                if not isinstance(name, str) or not known or (number := _finite(value)) is None:
+                    self._drop("fl_federated_eval_value")
+                    continue
+                self._metric_names.add(name)
+                self.federated_value.labels(name).set(number)
+        by_tier = f.get("metrics_by_tier")
+        if isinstance(by_tier, Mapping):
+            for name, values in by_tier.items():
+                accuracy = _finite(values.get("accuracy")) if isinstance(values, Mapping) else None
+                if name in TIERS and name != "unknown" and accuracy is not None:
+                    self.federated_tier_accuracy.labels(name).set(accuracy)
+        failed = f.get("failed")
+        if isinstance(failed, int) and not isinstance(failed, bool) and failed > 0:
+            self.federated_failed.inc(failed)
 
     def _on_node(self, f: Mapping[str, Any]) -> None:
         """``admitted`` adds a connected node; ``retired`` (or ``left``) removes it;

@@ -2,13 +2,14 @@
 
 ``write_plots(run_dir)`` writes PNGs under ``run_dir/plots/`` and returns their paths:
 
-- ``accuracy_vs_time.png``: central eval accuracy (and loss) against wall time;
+- ``accuracy_vs_time.png``: central eval accuracy (and loss) against wall time; a run without
+  central evaluation draws its federated evaluations instead;
 - ``staleness_histogram.png``: staleness of accepted updates (and of refused ones);
 - ``participation_by_tier.png``: each tier's share of accepted updates, next to its share
   of dispatched tasks;
 - ``round_trip_by_tier.png``: round-trip time distribution per tier;
 - ``accuracy_by_tier.png``: only when ``eval`` events carry ``accuracy_by_tier``
-  (a ``{tier: accuracy}`` mapping), per-tier accuracy against wall time, with the
+  (a ``{tier: accuracy}`` mapping; federated: ``metrics_by_tier``), per-tier accuracy against wall time, with the
   largest gap between tiers (``accuracy_gap``) as a dashed line.
 
 A plot with no data is skipped, malformed lines are ignored, and a missing history
@@ -68,6 +69,7 @@ class RunHistory:
     accepted: Counter[str] = field(default_factory=Counter)
     dispatched: Counter[str] = field(default_factory=Counter)
     round_trips: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    central: bool = False  # central evaluations seen: federated ones are not drawn then
 
     def add(self, record: Mapping[str, Any]) -> None:
         """Take one event; kinds and fields the plots do not use are ignored."""
@@ -75,6 +77,8 @@ class RunHistory:
         tier = str(record.get("tier", "unknown"))
         if kind == EventKind.EVAL:
             self._add_eval(record, time)
+        elif kind == EventKind.FEDERATED_EVAL and not self.central:
+            self._add_federated(record, time)
         elif kind == EventKind.UPDATE:
             outcome = str(record.get("outcome", ""))
             tau = _number(record.get("staleness"))
@@ -90,10 +94,25 @@ class RunHistory:
         elif kind == EventKind.DISPATCH:
             self.dispatched[tier] += 1
 
+    def _add_federated(self, record: Mapping[str, Any], time: float | None) -> None:
+        """A federated evaluation, drawn where a run without central data has nothing else."""
+        metrics, by_tier = record.get("metrics"), record.get("metrics_by_tier")
+        if not isinstance(metrics, dict) or (accuracy := _number(metrics.get("accuracy"))) is None or time is None:
+            return
+        self.evals.append((time, accuracy, _number(metrics.get("loss"))))
+        if isinstance(by_tier, dict):
+            for name, values in by_tier.items():
+                if isinstance(values, dict) and (number := _number(values.get("accuracy"))) is not None:
+                    self.tier_evals[str(name)].append((time, number))
+
     def _add_eval(self, record: Mapping[str, Any], time: float | None) -> None:
         accuracy = _number(record.get("accuracy"))
         if time is None or accuracy is None:
             return
+        if not self.central:  # central evaluation wins over any federated points drawn so far
+            self.central = True
+            self.evals.clear()
+            self.tier_evals.clear()
         self.evals.append((time, accuracy, _number(record.get("loss"))))
         by_tier = record.get("accuracy_by_tier")
         if isinstance(by_tier, dict):

@@ -35,7 +35,7 @@ from tests.conftest import ROOT, unavailable
 from tests.podman import PodmanEngine
 from tests.test_alerts import alert_rules
 from tests.test_docker import tool
-from tests.test_prometheus import SCHEDULING_PANELS, dashboard_problems
+from tests.test_prometheus import FEDERATED_EVAL_PANELS, SCHEDULING_PANELS, dashboard_problems
 
 pytestmark = [pytest.mark.compose, pytest.mark.timeout(2700)]
 
@@ -272,7 +272,9 @@ def test_a_run_over_tls_trains_on_the_container_supernodes_feeds_prometheus_and_
         with urllib.request.urlopen(f"{stack.prometheus}/api/v1/rules", timeout=10) as answer:
             groups = json.load(answer)["data"]["groups"]
         assert sum(len(g["rules"]) for g in groups) == len(alert_rules())
-        problems = dashboard_problems(stack.query, without_data=SCHEDULING_PANELS)  # a FedBuff run
+        problems = dashboard_problems(
+            stack.query, without_data=SCHEDULING_PANELS | FEDERATED_EVAL_PANELS
+        )  # a FedBuff run
         assert not problems, "\n".join(problems)
 
         # A SuperNode crashes mid-run (its process SIGKILLed from outside, not `podman kill`,

@@ -39,7 +39,8 @@ def synthetic_events(
     mostly valid updates, sometimes invalid, TTL-expired, lost, crashed or from a node
     that left (retired, re-admitted 10 s later). Every third accepted update steps the
     model (its step norm shrinking as 2/√version), every second step is evaluated (overall and
-    per known tier), and about 1% of update norms are NaN. Like a compute-aware run, a task to a
+    per known tier, and federated on three nodes, one of them failing every fourth time), and
+    about 1% of update norms are NaN. Like a compute-aware run, a task to a
     node of known tier carries its local steps (high 8, mid 3, low 1), and every step closes an
     arrival group (every fourth by its timer, with one member late).
     """
@@ -164,6 +165,19 @@ def synthetic_events(
                             loss=round(2.3 * (1 - accuracy) + 0.1, 6),
                             accuracy=round(accuracy, 6),
                             **fairness,
+                        ),
+                    )
+                    # the same version on the nodes' own held-out data, a little below the central
+                    yield (
+                        "federated-eval",
+                        dict(
+                            time=round(now, 3),
+                            version=version,
+                            metrics={"accuracy": round(accuracy - 0.02, 6), "loss": round(2.3 * (1 - accuracy), 6)},
+                            metrics_by_tier={t: {"accuracy": v - 0.02} for t, v in by_tier.items()},
+                            nodes=3,
+                            examples=300,
+                            failed=int(version % 8 == 0),
                         ),
                     )
                 timer = version % 4 == 0

@@ -15,7 +15,13 @@ import pytest
 
 from fedbuff_ops.launcher import LocalFederation, free_port, run_local
 from tests.conftest import ROOT
-from tests.test_prometheus import SCHEDULING_PANELS, Prometheus, dashboard_problems, require_binary
+from tests.test_prometheus import (
+    FEDERATED_EVAL_PANELS,
+    SCHEDULING_PANELS,
+    Prometheus,
+    dashboard_problems,
+    require_binary,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -60,7 +66,7 @@ def test_a_live_run_feeds_every_dashboard_panel_and_writes_plots(tmp_path, no_le
         )
 
         # a plain FedBuff run schedules nothing: those panels' data is checked by test_prometheus
-        problems = dashboard_problems(prometheus.query, without_data=SCHEDULING_PANELS)
+        problems = dashboard_problems(prometheus.query, without_data=SCHEDULING_PANELS | FEDERATED_EVAL_PANELS)
         assert not problems, "\n".join(problems)
 
         scrape = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read()

@@ -243,9 +243,13 @@ def concrete(expr: str) -> str:
     return expr
 
 
-# the compute-aware scheduling row: a run without a scheduler (plain FedBuff) has nothing to show there
+# the compute-aware scheduling row: a run without a scheduler (plain FedBuff) has nothing to show
+# there; the federated evaluation row: nor has a run whose server evaluates centrally
 SCHEDULING_PANELS = frozenset(
     {"Assigned local steps by tier (p50 / p90)", "Arrival groups: closes by reason, mean size"}
+)
+FEDERATED_EVAL_PANELS = frozenset(
+    {"Federated evaluation: the task's metrics", "Federated accuracy by tier, evaluate tasks failed"}
 )
 
 

@@ -41,7 +41,9 @@ class Linear(Task):
         rng = np.random.default_rng(node.partition_id)
         x = rng.normal(size=(int(self.config.get("rows", 40)), 4)).astype(np.float32)
         y = (2 * x.sum(axis=1, keepdims=True) + 1).astype(np.float32)
-        return NodeData(Examples(x, y))
+        held_out = int(self.config.get("held-out", 0))
+        test = Examples(x[:held_out], y[:held_out]) if held_out else None
+        return NodeData(Examples(x[held_out:], y[held_out:]), test)
 
     def central_data(self):
         return CentralData(self.load_data(type("N", (), {"partition_id": 99})()).train)
@@ -231,3 +233,34 @@ def test_the_launcher_refuses_a_task_that_cannot_work_before_anything_starts(use
         run_task('task="bn:Net" dp-sgd=true', user_app, check=True)
     assert "\n" not in str(caught.value)
     assert run_task('task="bn:Net"', user_app, check=True).name == "task bn:Net"  # without DP it trains
+
+
+def test_a_node_evaluates_the_model_on_its_held_out_split_and_replies_metrics_only(user_app):
+    context = context_for("usertask:Linear", rows=40, **{"held-out": 8})
+    model = get_weights(build_model(load_task("usertask:Linear", {}), 42))
+    reply = client.evaluate_task(dispatch(model), context, client.local_data)
+    assert not reply.array_records  # nothing but numbers about the whole held-out split
+    metrics = reply.metric_records[protocol.METRICS]
+    assert metrics[protocol.NUM_EXAMPLES] == 8 and metrics["mae"] > 0
+    assert client.TEST_KEY in context.state.array_records  # small data: kept for the next message
+    again = client.evaluate_task(dispatch(model), context, client.local_data)
+    assert again.metric_records[protocol.METRICS]["mae"] == pytest.approx(metrics["mae"])
+
+
+def test_a_node_without_a_held_out_split_says_so_in_one_line(user_app):
+    context = context_for("usertask:Linear")
+    model = get_weights(build_model(load_task("usertask:Linear", {}), 42))
+    with pytest.raises(TaskError, match="on the node of partition 0: no held-out split to evaluate"):
+        client.evaluate_task(dispatch(model), context, client.MemoryData())
+
+
+def test_the_trainer_protocol_carries_what_a_request_asks():
+    import socket
+
+    from client_app import trainer_protocol as wire
+
+    left, right = socket.socketpair()
+    with left, right:
+        for kind in wire.REQUEST_KINDS:
+            wire.send_request(left, wire.TrainRequest(1, 2, {"task": "digits"}, {}, RecordDict(), RecordDict(), kind))
+            assert wire.read_request(right).kind == kind
