@@ -191,7 +191,7 @@ def _entries(state: ServerState) -> dict[str, np.ndarray]:
         "layers": len(state.model),
         "accountant": state.accountant,
         "stats": _stats_dict(state.stats),
-        "evaluations": [[e.version, dict(e.metrics)] for e in state.evaluations],
+        "evaluations": [[e.version, dict(e.metrics), dict(e.federated)] for e in state.evaluations],
         "in_flight": state.in_flight,
         "buffer_fill": state.buffer_fill,
     }
@@ -200,12 +200,16 @@ def _entries(state: ServerState) -> dict[str, np.ndarray]:
 
 
 def _evaluation(entry: list) -> Evaluation:
-    """``[version, {metric: value}]``; checkpoints written before tasks had metrics hold
-    ``[version, loss, accuracy]``."""
-    if len(entry) == 3:
+    """``[version, {metric: value}, {federated metric: value}]``; checkpoints written before
+    tasks had metrics hold ``[version, loss, accuracy]``."""
+    if not isinstance(entry[1], dict):
         return Evaluation(int(entry[0]), {"loss": float(entry[1]), "accuracy": float(entry[2])})
-    version, metrics = entry
-    return Evaluation(int(version), {str(k): float(v) for k, v in metrics.items()})
+    version, metrics, federated = entry
+    return Evaluation(
+        int(version),
+        {str(k): float(v) for k, v in metrics.items()},
+        federated={str(k): float(v) for k, v in federated.items()},
+    )
 
 
 def _state(entries: dict[str, np.ndarray]) -> ServerState:

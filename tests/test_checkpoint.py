@@ -387,3 +387,10 @@ def test_a_checkpoint_that_cannot_be_written_costs_the_checkpoint_not_the_run(tm
         )
     assert summary["server_steps"] == 4
     assert "checkpoint at version 2 not written" in caplog.text
+
+
+def test_a_checkpoint_written_before_tasks_had_metrics_still_reads():
+    from server_app.checkpoint import _evaluation
+
+    assert _evaluation([3, 1.2, 0.6]) == Evaluation(3, {"loss": 1.2, "accuracy": 0.6})
+    assert _evaluation([4, {"mae": 0.5}, {"mae": 0.7}]).quality == {"mae": 0.5}
