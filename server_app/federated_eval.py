@@ -98,13 +98,16 @@ class FederatedEvaluator:
         ttl_seconds: float,
         max_examples: int,
     ) -> None:
-        """``on_result`` (set by whoever runs it: the loop) receives each finished evaluation."""
+        """``on_result`` (set by whoever runs it: the loop) receives each finished evaluation;
+        ``tier_of`` (idem) says which tier the server knows a node by."""
         self.grid = grid
         self.metrics = tuple(metrics)
         self.fraction = fraction
         self.ttl_seconds = ttl_seconds
         self.max_examples = max_examples
         self.on_result: Callable[[FederatedResult], None] = lambda result: None
+        # the tier the server knows a node by (the virtual clock's), else the reply's own
+        self.tier_of: Callable[[int], str | None] = lambda node: None
         self.results: list[FederatedResult] = []
         self.failures: Counter[str] = Counter()
         self._round: _Round | None = None
@@ -164,6 +167,7 @@ class FederatedEvaluator:
             except ValueError as err:
                 self._fail(round_, node, f"invalid: {err}")
                 continue
+            tier = self.tier_of(node) or tier
             round_.nodes += 1
             round_.examples += examples
             round_.sums.update({name: value * examples for name, value in values.items()})

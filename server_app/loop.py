@@ -172,9 +172,10 @@ class AsyncLoop:
         self.evaluate_tiers = evaluate_tiers or (lambda: {})
         self.target = target or Target.of(settings)
         self.federated = federated
+        self.clock = clock or WallClock()
         if federated is not None:
             federated.on_result = self.federated_result
-        self.clock = clock or WallClock()
+            federated.tier_of = self.clock.tier_of
         self.nodes = NodePool(
             grid,
             on_change=self._node_changed,

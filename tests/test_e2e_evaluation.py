@@ -92,3 +92,26 @@ def test_flowers_fedavg_stops_at_the_round_that_reaches_its_target(tmp_path, no_
     assert summary["stop_reason"] == f"target-accuracy 0.5 reached at version {rounds}"
     assert 1 <= rounds < 30
     assert summary["final_accuracy"] >= 0.5
+
+
+def test_federated_evaluation_runs_in_flowers_simulation_engine_on_the_virtual_clock(tmp_path, no_leftover_processes):
+    run_dir = tmp_path / "run"
+    federation = LocalFederation(
+        app_dir=deployed_app(tmp_path / "app"),
+        run_dir=run_dir,
+        num_nodes=6,
+        simulation=True,
+        run_config=(
+            "virtual-clock=true max-server-steps=6 buffer-size=2 concurrency=4 eval-every=3 local-steps=4 "
+            "write-plots=false metrics-port=0"
+        ),
+    )
+    summary = run_local(federation, out=sys.stdout)
+    assert summary["server_steps"] == 6 and "virtual_seconds" in summary
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    federated = [e for e in events if e["event"] == "federated-eval"]
+    assert [e["version"] for e in federated][-1] == 6  # the last model, waited for at the end
+    assert all(e["nodes"] == 3 and e["failed"] == 0 for e in federated)  # ⌈0.34 × 6⌉ nodes
+    # each virtual node counts as the tier the virtual clock gave it, not as its node config's "real"
+    assert all(set(e["metrics_by_tier"]) <= {"low", "mid", "high"} for e in federated)
+    assert set(summary["final_federated_metrics"]) == {"accuracy", "loss"}
