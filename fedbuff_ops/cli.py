@@ -212,7 +212,7 @@ def print_summary(summary: dict[str, object]) -> None:
     """The end-of-run summary a person reads."""
     rows = [
         ("stopped because", summary["stop_reason"]),
-        ("accuracy", f"{summary['initial_accuracy']:.3f} -> {summary['final_accuracy']:.3f}"),
+        *_metric_rows(summary),
         ("server steps", summary["server_steps"]),
         ("updates accepted / refused", f"{summary['updates_accepted']} / {summary['updates_refused']}"),
         ("accepted by tier", summary["accepted_by_tier"]),
@@ -230,6 +230,22 @@ def print_summary(summary: dict[str, object]) -> None:
     print("\n=== fedbuff run summary ===")
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
+
+
+def _metric_rows(summary: dict[str, object]) -> list[tuple[str, object]]:
+    """One row per metric of the central evaluation, first -> last (the task's metrics, e.g.
+    accuracy and loss); one row saying there was none when the server holds no data."""
+    first, last = summary.get("initial_metrics"), summary.get("final_metrics")
+    if not isinstance(last, dict) or not isinstance(first, dict):  # a summary of an older run
+        first, last = {"accuracy": summary.get("initial_accuracy")}, {"accuracy": summary.get("final_accuracy")}
+    rows: list[tuple[str, object]] = [
+        (name, f"{_number(first.get(name))} -> {_number(value)}") for name, value in last.items() if value is not None
+    ]
+    return rows or [("central evaluation", "none (the server holds no data)")]
+
+
+def _number(value: object) -> str:
+    return f"{value:.3f}" if isinstance(value, int | float) else "n/a"
 
 
 def _rounded(values: object) -> dict[str, float]:
