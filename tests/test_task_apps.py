@@ -31,3 +31,32 @@ def test_the_summary_shows_each_metric_the_task_declares(capsys):
     assert "hit-rate                    0.250 -> 0.750" in capsys.readouterr().out
     print_summary({**SUMMARY, "initial_accuracy": 0.1, "final_accuracy": 0.9})  # an older run's summary
     assert "accuracy                    0.100 -> 0.900" in capsys.readouterr().out
+
+
+def _app(folder, metric: str):
+    folder.mkdir()
+    (folder / "helper.py").write_text(f"METRIC = {metric!r}\n")
+    (folder / "task.py").write_text(
+        "from fedbuff.task import Metric, Task as Base\n"
+        "from helper import METRIC\n\n\n"
+        "class Task(Base):\n"
+        "    metrics = (Metric(METRIC),)\n"
+    )
+    return folder
+
+
+def test_each_app_gets_its_own_task_module_though_all_are_named_task(tmp_path):
+    import sys
+
+    from fedbuff_ops.app_task import app_task
+
+    first, second = _app(tmp_path / "first", "hit-rate"), _app(tmp_path / "second", "recall")
+    sys.modules["task"] = sentinel = type(sys)("task")  # another 'task' the process had imported
+    try:
+        for _ in range(2):
+            assert [m.name for m in app_task(first, {"task": "task:Task"}).metrics] == ["hit-rate"]
+            assert [m.name for m in app_task(second, {"task": "task:Task"}).metrics] == ["recall"]
+        assert sys.modules["task"] is sentinel  # put back
+        assert "helper" not in sys.modules  # the app's own modules are forgotten
+    finally:
+        sys.modules.pop("task", None)
