@@ -26,6 +26,7 @@ from fedbuff_ops.launcher import (
     run_local,
     run_settings,
     task_tiers,
+    with_node_config,
 )
 from server_app.records import default_run_dir
 
@@ -46,6 +47,15 @@ def main(argv: list[str] | None = None) -> int:
         "--secagg", action="store_true", help="secure aggregation: start a mask service, give every node a signing key"
     )
     local.add_argument("--runs-dir", default="runs", help="where run folders are created (default runs/)")
+    local.add_argument(
+        "--node-config",
+        action="append",
+        default=[],
+        metavar="'KEY=VALUE ...'",
+        help="extra node config for every SuperNode, e.g. --node-config 'data-path=\"data/node-{partition-id}.npz\"': "
+        "{partition-id} and {num-partitions} are replaced by each node's; the value of a key ending in path, "
+        "-dir or -file is made absolute against the current directory (TOML values; repeatable)",
+    )
     resume = commands.add_parser(
         "resume", help="continue a run folder from its newest good checkpoint on a local federation"
     )
@@ -97,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                 num_nodes=args.nodes,
                 tiers=_tiers(args.tiers, args.nodes, run_config, args.app_dir),
                 run_config=run_config,
+                node_overrides=with_node_config({}, " ".join(args.node_config), args.nodes),
                 simulation=args.simulation,
                 secagg=args.secagg,
             )
