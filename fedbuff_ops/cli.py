@@ -1,7 +1,8 @@
 """``fedbuff`` command line: ``fedbuff local`` runs a local federation with FedBuff;
 ``fedbuff resume`` continues a run folder from its checkpoint on a fresh local federation, the
 same one the run was started on (its ``federation.json``); ``fedbuff fairness`` compares tiers
-independent of the data with tier-correlated data.
+independent of the data with tier-correlated data; ``fedbuff new NAME`` writes a new Flower app
+whose task (model and data loader, ``task.py``) is the user's, trained by this engine.
 
 Exit codes: 0 done; 1 the federation or the run failed; 2 the command line or its run
 config (``-c``) cannot work, said in one line before anything is started; 130 interrupted."""
@@ -67,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         help="resume on the federation --nodes / --tiers describe even though it differs from "
         "the one the run was started on (every node then holds another partition)",
     )
+    new = commands.add_parser(
+        "new", help="write a new Flower app (NAME/) whose task.py is yours: a CNN and a loader of each node's file"
+    )
+    new.add_argument("name", help="the app's name and folder: a letter, then letters, digits and '-'")
+    new.add_argument("--dir", type=Path, default=Path(), help="where to create NAME/ (default: here)")
     fairness = commands.add_parser(
         "fairness",
         help="FedBuff with tiers independent of the data vs tier-correlated data: "
@@ -87,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
+    if args.command == "new":
+        return _new(args.name, args.dir)
     try:
         if args.command == "fairness":
             return _fairness(args, default_run_dir(args.runs_dir))
@@ -122,6 +130,21 @@ def main(argv: list[str] | None = None) -> int:
         print("[fedbuff] interrupted; every process it started has been stopped", file=sys.stderr)
         return 130
     print_summary(summary)
+    return 0
+
+
+def _new(name: str, parent: Path) -> int:
+    from fedbuff_ops.scaffold import ScaffoldError, new_app
+
+    try:
+        app = new_app(name, parent)
+    except ScaffoldError as err:
+        print(f"[fedbuff] error: {err}", file=sys.stderr)
+        return USAGE_EXIT_CODE
+    print(f"wrote the Flower app {app}/ (task.py is yours: the model and each node's data). Try it:")
+    print(f"  cd {app} && python make_data.py --nodes 3")
+    print("  fedbuff local --app-dir . --nodes 3 --tiers real \\")
+    print("      --node-config 'data-path=\"data/node-{partition-id}.npz\"'")
     return 0
 
 
