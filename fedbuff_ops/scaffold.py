@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from fedbuff.settings import RunSettings
@@ -39,6 +39,7 @@ TASK_KNOBS: tuple[tuple[str, bool | int | float | str, str], ...] = (
     ("server-test-path", "", 'a file the server may evaluate on (a research run); "": the server holds no data'),
 )
 
+DESCRIPTION = "A federated task trained asynchronously (FedBuff) by fedbuff-deploy"
 PYPROJECT = """\
 # A Flower app: `flwr run . <connection>` submits it, `fedbuff local --app-dir .` runs it on a
 # local federation. Its ServerApp and ClientApp are fedbuff-deploy's; its task is task.py.
@@ -46,7 +47,7 @@ PYPROJECT = """\
 [project]
 name = "{{name}}"
 version = "1.0.0"
-description = "A federated task trained asynchronously (FedBuff) by fedbuff-deploy"
+description = "{{description}}"
 license = "Apache-2.0"
 dependencies = [
     # the engine: installed beside Flower on the SuperLink's machine and every node, not copied
@@ -91,19 +92,27 @@ def new_app(name: str, parent: Path = Path()) -> Path:
     return app
 
 
-def pyproject(name: str) -> str:
-    """The app's ``pyproject.toml``: its components and every engine knob, then the task's own."""
-    config = [*engine_config_lines(), "# the task's own knobs (task.py reads them from self.config)"]
-    config += [f"{key} = {_toml_value(value)}  # {comment}" for key, value, comment in TASK_KNOBS]
-    return PYPROJECT.replace("{{name}}", name).replace("{{config}}", "\n".join(config))
+def pyproject(
+    name: str,
+    defaults: Mapping[str, bool | int | float | str] = APP_DEFAULTS,
+    task_knobs: Sequence[tuple[str, bool | int | float | str, str]] = TASK_KNOBS,
+    description: str = DESCRIPTION,
+) -> str:
+    """The app's ``pyproject.toml``: its components and every engine knob (``defaults`` where
+    given), then the task's own knobs ``(key, default, comment)``. The examples' pyprojects
+    (examples/*/pyproject.toml) were written with it too."""
+    config = [*engine_config_lines(defaults), "# the task's own knobs (task.py reads them from self.config)"]
+    config += [f"{key} = {_toml_value(value)}  # {comment}" for key, value, comment in task_knobs]
+    text = PYPROJECT.replace("{{name}}", name).replace("{{description}}", description)
+    return text.replace("{{config}}", "\n".join(config))
 
 
-def engine_config_lines() -> list[str]:
+def engine_config_lines(defaults: Mapping[str, bool | int | float | str] = APP_DEFAULTS) -> list[str]:
     """``key = value`` lines for every engine knob (:class:`RunSettings`), with :data:`APP_DEFAULTS`
     applied: in the order and under the comments of this project's own ``[tool.flwr.app.config]``
     where that file is at hand (a source checkout), else in the settings' order. The built-in
     tasks' knobs (``hidden-units``, ``partitioner``, …) are not the engine's and stay out."""
-    knobs = {**RunSettings().as_dict(), **APP_DEFAULTS}
+    knobs = {**RunSettings().as_dict(), **defaults}
     lines: list[str] = []
     written: set[str] = set()
     comments: list[str] = []
@@ -115,19 +124,19 @@ def engine_config_lines() -> list[str]:
         key = stripped.split("=", 1)[0].strip()
         if key in knobs and key not in written:
             lines += comments
-            lines.append(_knob_line(key, knobs[key]))
+            lines.append(_knob_line(key, knobs[key], defaults))
             written.add(key)
         comments = []  # a comment heads the keys below it: it goes where they go
     rest = [key for key in knobs if key not in written]
     if rest:
         lines.append("# engine knobs" if not lines else "# more engine knobs")
-        lines += [_knob_line(key, knobs[key]) for key in rest]
+        lines += [_knob_line(key, knobs[key], defaults) for key in rest]
     return lines
 
 
-def _knob_line(key: str, value: object) -> str:
+def _knob_line(key: str, value: object, defaults: Mapping[str, object]) -> str:
     line = f"{key} = {_toml_value(value)}"
-    if key in APP_DEFAULTS and key != "task":
+    if key in defaults and key != "task":
         line += f"  # engine default {_toml_value(getattr(RunSettings(), key.replace('-', '_')))}"
     return line
 
