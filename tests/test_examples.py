@@ -1,4 +1,4 @@
-"""The example apps (examples/), without Flower: each declares every
+"""The example apps (examples/) and the tests' own task app, without Flower: each declares every
 engine knob, builds its model, and reads its data as docs/tasks.md says."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from fedbuff.training import build_model, check_dp_compatible
 from fedbuff_ops.app_task import app_defaults, app_task
 from tests.conftest import ROOT, unavailable
 
-APPS = [ROOT / "examples" / "fashion-cnn", ROOT / "examples" / "local-csv"]
+APPS = [ROOT / "examples" / "fashion-cnn", ROOT / "examples" / "local-csv", ROOT / "tests" / "task_app"]
 
 
 @pytest.mark.parametrize("app", APPS, ids=lambda app: app.name)
@@ -84,3 +84,10 @@ def test_local_csv_reads_the_nodes_own_file_and_names_what_is_wrong_with_it(tmp_
         task.read_csv(tmp_path / "no-label.csv")
     with pytest.raises(TaskError, match="node config has no data-path"):
         task.load_data(Node({}, 0, 2))
+
+
+def test_the_test_apps_task_has_its_own_metric_and_a_node_whose_data_are_nan():
+    task = app_task(ROOT / "tests" / "task_app", app_defaults(ROOT / "tests" / "task_app") | {"nan-partition": 1})
+    assert [m.name for m in task.metrics] == ["hit-rate", "miss-loss"]
+    assert np.isfinite(task.load_data(Node({}, 0, 2)).train.inputs).all()
+    assert np.isnan(task.load_data(Node({}, 1, 2)).train.inputs).all()
