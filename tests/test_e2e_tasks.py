@@ -91,11 +91,11 @@ def test_the_same_task_trains_in_the_clientapp_process_and_a_node_training_nan_i
             num_nodes=3,
             tiers=["high"],
             run_config="warm-trainer=false nan-partition=2 "
-            f"max-server-steps=4 buffer-size=2 concurrency=3 eval-every=4 {QUICK}",
+            f"max-server-steps=3 buffer-size=2 concurrency=3 eval-every=3 {QUICK}",
         ),
         out=sys.stdout,
     )
-    assert summary["server_steps"] == 4
+    assert summary["server_steps"] == 3
     assert summary["stop_reason"].startswith("max-server-steps")
     assert summary["rejected_by_reason"].get("non-finite", 0) >= 1
     assert accepted_partitions(run_dir) == {0, 1}
