@@ -14,6 +14,8 @@ from fedbuff.settings import RunSettings
 from fedbuff.task import Task, TaskError, is_builtin, load_task
 
 Config = Mapping[str, bool | int | float | str]
+# the engine's own packages: never dropped, even where the app's folder holds them (this project)
+ENGINE_PACKAGES = ("fedbuff", "fedbuff_ops", "server_app", "client_app", "strategies", "mask_service")
 
 
 def app_defaults(app_dir: Path) -> dict[str, bool | int | float | str]:
@@ -40,10 +42,40 @@ def app_on_path(app_dir: Path) -> Iterator[None]:
         sys.path.remove(folder)
 
 
+@contextmanager
+def fresh_app_modules(app_dir: Path, reference: str) -> Iterator[None]:
+    """Import the task's modules afresh from ``app_dir`` and forget them after, as a process of
+    its own would: a process that looks at several apps (a test session; each example's task is
+    module ``task``) must never get one app's ``task`` for another's. The task's top-level module
+    is set aside while it is imported and put back after; every module first imported from the
+    app's folder meanwhile is dropped (the task built from it keeps what it uses)."""
+    folder = app_dir.resolve()
+    top = reference.partition(":")[0].split(".")[0]
+
+    def of_task(name: str) -> bool:
+        return top not in ("", *ENGINE_PACKAGES) and (name == top or name.startswith(f"{top}."))
+
+    set_aside = {name: module for name, module in sys.modules.items() if of_task(name)}
+    for name in set_aside:
+        del sys.modules[name]
+    before = set(sys.modules)
+    try:
+        yield
+    finally:
+        for name in [name for name in sys.modules if name not in before]:
+            origin = getattr(sys.modules[name], "__file__", None)
+            ours = bool(origin) and Path(str(origin)).resolve().is_relative_to(folder)
+            if of_task(name) or (ours and name.split(".")[0] not in ENGINE_PACKAGES):
+                del sys.modules[name]
+        sys.modules.update(set_aside)
+
+
 def app_task(app_dir: Path, config: Config) -> Task:
     """The task ``config`` names, imported from the app at ``app_dir``; a :class:`TaskError` if it cannot be."""
     reference = str(config.get("task", RunSettings.task))
-    with app_on_path(app_dir):
+    if is_builtin(reference):
+        return load_task(reference, config)
+    with app_on_path(app_dir), fresh_app_modules(app_dir, reference):
         return load_task(reference, config)
 
 
@@ -62,4 +94,4 @@ def check_task(app_dir: Path, config: Config, settings: RunSettings) -> Task:
     return task
 
 
-__all__ = ["TaskError", "app_defaults", "app_on_path", "app_task", "check_task"]
+__all__ = ["TaskError", "app_defaults", "app_on_path", "app_task", "check_task", "fresh_app_modules"]

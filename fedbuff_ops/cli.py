@@ -1,7 +1,8 @@
 """``fedbuff`` command line: ``fedbuff local`` runs a local federation with FedBuff;
 ``fedbuff resume`` continues a run folder from its checkpoint on a fresh local federation, the
 same one the run was started on (its ``federation.json``); ``fedbuff fairness`` compares tiers
-independent of the data with tier-correlated data.
+independent of the data with tier-correlated data; ``fedbuff new NAME`` writes a new Flower app
+whose task (model and data loader, ``task.py``) is the user's, trained by this engine.
 
 Exit codes: 0 done; 1 the federation or the run failed; 2 the command line or its run
 config (``-c``) cannot work, said in one line before anything is started; 130 interrupted."""
@@ -26,6 +27,7 @@ from fedbuff_ops.launcher import (
     run_local,
     run_settings,
     task_tiers,
+    with_node_config,
 )
 from server_app.records import default_run_dir
 
@@ -46,6 +48,15 @@ def main(argv: list[str] | None = None) -> int:
         "--secagg", action="store_true", help="secure aggregation: start a mask service, give every node a signing key"
     )
     local.add_argument("--runs-dir", default="runs", help="where run folders are created (default runs/)")
+    local.add_argument(
+        "--node-config",
+        action="append",
+        default=[],
+        metavar="'KEY=VALUE ...'",
+        help="extra node config for every SuperNode, e.g. --node-config 'data-path=\"data/node-{partition-id}.npz\"': "
+        "{partition-id} and {num-partitions} are replaced by each node's; the value of a key ending in path, "
+        "-dir or -file is made absolute against the current directory (TOML values; repeatable)",
+    )
     resume = commands.add_parser(
         "resume", help="continue a run folder from its newest good checkpoint on a local federation"
     )
@@ -57,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         help="resume on the federation --nodes / --tiers describe even though it differs from "
         "the one the run was started on (every node then holds another partition)",
     )
+    new = commands.add_parser(
+        "new", help="write a new Flower app (NAME/) whose task.py is yours: a CNN and a loader of each node's file"
+    )
+    new.add_argument("name", help="the app's name and folder: a letter, then letters, digits and '-'")
+    new.add_argument("--dir", type=Path, default=Path(), help="where to create NAME/ (default: here)")
     fairness = commands.add_parser(
         "fairness",
         help="FedBuff with tiers independent of the data vs tier-correlated data: "
@@ -77,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
+    if args.command == "new":
+        return _new(args.name, args.dir)
     try:
         if args.command == "fairness":
             return _fairness(args, default_run_dir(args.runs_dir))
@@ -97,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                 num_nodes=args.nodes,
                 tiers=_tiers(args.tiers, args.nodes, run_config, args.app_dir),
                 run_config=run_config,
+                node_overrides=with_node_config({}, " ".join(args.node_config), args.nodes),
                 simulation=args.simulation,
                 secagg=args.secagg,
             )
@@ -111,6 +130,21 @@ def main(argv: list[str] | None = None) -> int:
         print("[fedbuff] interrupted; every process it started has been stopped", file=sys.stderr)
         return 130
     print_summary(summary)
+    return 0
+
+
+def _new(name: str, parent: Path) -> int:
+    from fedbuff_ops.scaffold import ScaffoldError, new_app
+
+    try:
+        app = new_app(name, parent)
+    except ScaffoldError as err:
+        print(f"[fedbuff] error: {err}", file=sys.stderr)
+        return USAGE_EXIT_CODE
+    print(f"wrote the Flower app {app}/ (task.py is yours: the model and each node's data). Try it:")
+    print(f"  cd {app} && python make_data.py --nodes 3")
+    print("  fedbuff local --app-dir . --nodes 3 --tiers real \\")
+    print("      --node-config 'data-path=\"data/node-{partition-id}.npz\"'")
     return 0
 
 
@@ -212,7 +246,7 @@ def print_summary(summary: dict[str, object]) -> None:
     """The end-of-run summary a person reads."""
     rows = [
         ("stopped because", summary["stop_reason"]),
-        ("accuracy", f"{summary['initial_accuracy']:.3f} -> {summary['final_accuracy']:.3f}"),
+        *_metric_rows(summary),
         ("server steps", summary["server_steps"]),
         ("updates accepted / refused", f"{summary['updates_accepted']} / {summary['updates_refused']}"),
         ("accepted by tier", summary["accepted_by_tier"]),
@@ -230,6 +264,22 @@ def print_summary(summary: dict[str, object]) -> None:
     print("\n=== fedbuff run summary ===")
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
+
+
+def _metric_rows(summary: dict[str, object]) -> list[tuple[str, object]]:
+    """One row per metric of the central evaluation, first -> last (the task's metrics, e.g.
+    accuracy and loss); one row saying there was none when the server holds no data."""
+    first, last = summary.get("initial_metrics"), summary.get("final_metrics")
+    if not isinstance(last, dict) or not isinstance(first, dict):  # a summary of an older run
+        first, last = {"accuracy": summary.get("initial_accuracy")}, {"accuracy": summary.get("final_accuracy")}
+    rows: list[tuple[str, object]] = [
+        (name, f"{_number(first.get(name))} -> {_number(value)}") for name, value in last.items() if value is not None
+    ]
+    return rows or [("central evaluation", "none (the server holds no data)")]
+
+
+def _number(value: object) -> str:
+    return f"{value:.3f}" if isinstance(value, int | float) else "n/a"
 
 
 def _rounded(values: object) -> dict[str, float]:

@@ -102,6 +102,46 @@ def parse_run_config(layers: Sequence[str], what: str = "run config") -> RunConf
     return merged
 
 
+NODE_PLACEHOLDERS = ("{partition-id}", "{num-partitions}")
+LAUNCHER_NODE_KEYS = ("partition-id", "num-partitions", "device-tier")  # every node's own, set by the launcher
+PATH_KEY = re.compile(r".*(path|-dir|-file)")  # node-config keys whose values are paths
+
+
+def node_config_of(template: str, index: int, num_nodes: int, cwd: Path | None = None) -> str:
+    """Node ``index``'s share of ``--node-config`` (``key=value`` tokens, TOML values):
+    ``{partition-id}`` and ``{num-partitions}`` replaced by the node's, and the value of a key
+    ending in ``path``, ``-dir`` or ``-file`` made absolute against ``cwd`` (default: the current
+    directory; the SuperNodes and their apps run elsewhere). A :class:`RunConfigError` for a
+    token that is not ``key=value``, an unknown ``{placeholder}``, a key the launcher sets
+    itself, or a path that does not exist on this machine (where the nodes run)."""
+    text = template.replace(NODE_PLACEHOLDERS[0], str(index)).replace(NODE_PLACEHOLDERS[1], str(num_nodes))
+    if unknown := re.search(r"\{[^{}\s]*\}", text):
+        choices = " or ".join(NODE_PLACEHOLDERS)
+        raise RunConfigError(f"--node-config: unknown placeholder {unknown.group(0)}; use {choices}")
+    config = parse_run_config([text], what="--node-config")
+    for key, value in config.items():
+        if key in LAUNCHER_NODE_KEYS:
+            raise RunConfigError(f"--node-config: {key} is set by the launcher for each node; leave it out")
+        if PATH_KEY.fullmatch(key) and isinstance(value, str) and value:
+            path = Path(os.path.abspath((cwd or Path.cwd()) / Path(value).expanduser()))
+            if not path.exists():
+                raise RunConfigError(f"--node-config: {key}={value!r} (node {index}): {path} does not exist")
+            config[key] = str(path)
+    return format_run_config(config)
+
+
+def with_node_config(overrides: Mapping[int, str], template: str, num_nodes: int) -> dict[int, str]:
+    """``overrides`` (extra node config by node index) with each node's share of ``template``
+    (:func:`node_config_of`) in front: what :attr:`LocalFederation.node_overrides` and the
+    federation record keep, so that a resume starts the same nodes."""
+    if not template.strip():
+        return dict(overrides)
+    return {
+        index: " ".join(filter(None, [node_config_of(template, index, num_nodes), overrides.get(index, "")]))
+        for index in range(num_nodes)
+    }
+
+
 def _run_config_value(what: str, key: str, text: str) -> bool | int | float | str:
     """The TOML value of ``key=text``, or a :class:`RunConfigError` saying how to write it."""
     try:
@@ -160,6 +200,8 @@ class LocalFederation:
             raise LaunchError(f"unknown device tier(s) {bad}; choose from {(*DEVICE_TIERS, 'real')}")
         if self.secagg and self.simulation:
             raise LaunchError("--secagg needs real SuperNodes (each with its own signing key), not --simulation")
+        if self.node_overrides and self.simulation:
+            raise LaunchError("--node-config needs real SuperNodes (Flower's virtual nodes take no node config)")
         if {"strategy", "buffer-size", "task"} <= known:  # an app of this engine
             check_buffer_can_fill(run_settings(self.run_config, self.app_dir), self.num_nodes)
             run_task(self.run_config, self.app_dir, check=True)
