@@ -268,14 +268,18 @@ def print_summary(summary: dict[str, object]) -> None:
 
 def _metric_rows(summary: dict[str, object]) -> list[tuple[str, object]]:
     """One row per metric of the central evaluation, first -> last (the task's metrics, e.g.
-    accuracy and loss); one row saying there was none when the server holds no data."""
+    accuracy and loss), then one per metric of the last federated evaluation (the nodes' own
+    held-out data); one row saying there was neither when nothing was evaluated."""
     first, last = summary.get("initial_metrics"), summary.get("final_metrics")
     if not isinstance(last, dict) or not isinstance(first, dict):  # a summary of an older run
         first, last = {"accuracy": summary.get("initial_accuracy")}, {"accuracy": summary.get("final_accuracy")}
     rows: list[tuple[str, object]] = [
         (name, f"{_number(first.get(name))} -> {_number(value)}") for name, value in last.items() if value is not None
     ]
-    return rows or [("central evaluation", "none (the server holds no data)")]
+    federated = summary.get("final_federated_metrics")
+    if isinstance(federated, dict):
+        rows += [(f"federated {name}", _number(value)) for name, value in federated.items()]
+    return rows or [("evaluation", "none (the server holds no data and federated-eval is off)")]
 
 
 def _number(value: object) -> str:

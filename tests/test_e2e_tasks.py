@@ -136,6 +136,9 @@ def test_local_csv_each_node_trains_on_its_own_file_and_the_server_holds_none(tm
     assert not summary["errors_by_reason"] and not summary["rejected_by_reason"]
     assert accepted_partitions(run_dir) == {0, 1}  # both nodes' files trained
     assert all(e["metrics"] == {} for e in events(run_dir, "eval"))
+    # what the run knows of its model comes from the nodes: each evaluated on its own held-out rows
+    assert set(summary["final_federated_metrics"]) == {"accuracy", "loss"}
+    assert events(run_dir, "federated-eval")[-1]["version"] == 3
     recorded = json.loads((run_dir / "federation.json").read_text())
     assert recorded["nodes"][1]["node-config"] == f'data-path="{data}/node-1.csv"'  # what a resume starts
 

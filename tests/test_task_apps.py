@@ -22,8 +22,15 @@ SUMMARY = {
 def test_the_summary_of_a_run_whose_server_holds_no_data_says_so(capsys):
     print_summary({**SUMMARY, "initial_metrics": {}, "final_metrics": {}, "initial_accuracy": None})
     out = capsys.readouterr().out
-    assert "central evaluation          none (the server holds no data)" in out
+    assert "evaluation                  none (the server holds no data and federated-eval is off)" in out
     assert "server steps                3" in out
+
+
+def test_the_summary_shows_what_the_nodes_measured_when_the_server_holds_no_data(capsys):
+    summary = {**SUMMARY, "initial_metrics": {}, "final_metrics": {}, "final_federated_metrics": {"accuracy": 0.8}}
+    print_summary(summary)
+    out = capsys.readouterr().out
+    assert "federated accuracy          0.800" in out and "none" not in out.split("server steps")[0]
 
 
 def test_the_summary_shows_each_metric_the_task_declares(capsys):
