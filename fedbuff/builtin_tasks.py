@@ -21,6 +21,7 @@ from fedbuff.settings import SettingsError, options_from_run_config
 from fedbuff.task import BUILTIN_TASKS, CentralData, Examples, Node, NodeData, Scalar, Task
 
 NATURAL_ID_DATASETS = ("shakespeare",)  # datasets whose rows carry a writer / speaking role
+_HELD_OUT_STREAM = 0x4E1D  # the seeded order in which held-out rows are dealt to the nodes
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ class BundledTask(Task):
     def load_data(self, node: Node) -> NodeData:
         rows = self._client_rows(node.partition_id, node.num_partitions)
         train = self.data.train
-        return NodeData(Examples(train.features[rows], train.labels[rows]), self._held_out(rows))
+        return NodeData(Examples(train.features[rows], train.labels[rows]), self._held_out(rows, node))
 
     def central_data(self) -> CentralData:
         data = self.data
@@ -159,10 +160,14 @@ class BundledTask(Task):
             self._rows[num_partitions] = run_data.all_client_rows(self.options, self.data, num_partitions)
         return self._rows[num_partitions]
 
-    def _held_out(self, rows: np.ndarray) -> Examples | None:
-        """The node's own held-out rows where the data set says whose they are (natural ids)."""
-        data = self.data
-        if self.options.partitioner != "natural" or data.train_ids is None or data.test_ids is None:
-            return None
-        mine = np.flatnonzero(np.isin(data.test_ids, np.unique(data.train_ids[rows])))
-        return Examples(data.test.features[mine], data.test.labels[mine])
+    def _held_out(self, rows: np.ndarray, node: Node) -> Examples:
+        """The node's own held-out rows (federated evaluation): with natural ids, the held-out
+        rows of the ids it trains on; otherwise the held-out split dealt to the nodes in a seeded
+        order, one row each in turn (together the nodes hold the server's held-out split once)."""
+        data, test = self.data, self.data.test
+        if self.options.partitioner == "natural" and data.train_ids is not None and data.test_ids is not None:
+            mine = np.flatnonzero(np.isin(data.test_ids, np.unique(data.train_ids[rows])))
+        else:
+            order = np.random.default_rng([self.options.seed, _HELD_OUT_STREAM]).permutation(len(test))
+            mine = np.sort(order[node.partition_id :: max(node.num_partitions, 1)])
+        return Examples(test.features[mine], test.labels[mine])

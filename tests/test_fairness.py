@@ -275,3 +275,15 @@ def test_fairness_report_reads_both_runs(tmp_path):
     assert "low   2      0.300 / 0.200" in text
     assert "0.790 / n/a" in text  # the high tier had nothing measured in one run
     assert text.endswith("independent 0.030, tier-correlated 0.400")
+
+
+def test_the_nodes_of_a_builtin_task_hold_the_held_out_split_between_them_once(digits):
+    """Federated evaluation of a built-in task: every held-out row is one node's, none twice."""
+    from fedbuff.task import Node
+
+    task = BundledTask("digits", {})
+    parts = [task.load_data(Node({}, p, 4)).test for p in range(4)]
+    assert all(part is not None for part in parts)
+    rows = sorted(tuple(x) for part in parts for x in part.inputs)  # type: ignore[union-attr]
+    assert rows == sorted(tuple(x) for x in digits.test.features)
+    assert max(len(p) for p in parts) - min(len(p) for p in parts) <= 1  # type: ignore[arg-type]
