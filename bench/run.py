@@ -92,6 +92,16 @@ SUITES = {
     "rf2-scale": Suite(
         "RF² at scale: the fairness cost of dropping stale updates, tiers independent vs tied to the data", "rf2_scale"
     ),
+    "federated-eval-cost": Suite(
+        "Federated evaluation: updates per minute it costs, and its gap to central accuracy",
+        "federated_eval_cost",
+        quick=("--repeats", "1"),
+    ),
+    "cnn-example": Suite(
+        "A user's own task: the Fashion-MNIST CNN example, FedBuff vs Flower's FedAvg",
+        "cnn_example",
+        quick=("--seeds", "1"),
+    ),
 }
 
 

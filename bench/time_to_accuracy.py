@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.federation import BenchRun, RunResult, check_configs, run
+from bench.federation import ROOT, BenchRun, RunResult, check_configs, run
 from bench.figures import figure_line, save_figure
 from bench.history import Reached, median_or_none, time_to_target
 from bench.report import markdown_table, ratio
@@ -56,6 +56,8 @@ class Scenario:
     max_wall_seconds: float = 600.0
     local_steps: int = 0  # 0: one local epoch
     step_seconds: float = 0.0  # emulated seconds per batch on the high tier; 0: the run config's default
+    app_dir: Path | None = None  # another Flower app (an example's task); None: this project's
+    extra: str = ""  # more run config (the app's own knobs)
 
     def config(self, strategy: str, seed: int) -> str:
         """The run config of one run (every run stops at the target; FedAvg at most after its rounds);
@@ -64,7 +66,7 @@ class Scenario:
         variant = next((v for v in VARIANTS if strategy.endswith(v)), "")
         strategy = strategy.removesuffix(variant) if variant else strategy
         steps = self.fedavg_rounds if strategy == "flower-fedavg" else 100_000
-        data = "" if self.dataset == "digits" else f'task="{self.dataset}" partitioner="dirichlet"'
+        data = "" if self.dataset == "digits" or self.app_dir else f'task="{self.dataset}" partitioner="dirichlet"'
         return " ".join(
             filter(
                 None,
@@ -76,6 +78,7 @@ class Scenario:
                     f"local-steps={self.local_steps}" if self.local_steps else "",
                     f"emulated-step-seconds={self.step_seconds}" if self.step_seconds else "",
                     VARIANTS.get(variant, ""),
+                    self.extra,
                 ],
             )
         )
@@ -107,7 +110,10 @@ def run_strategies(scenario: Scenario, strategies: Sequence[str], seeds: Sequenc
         for strategy in strategies:
             result = run(
                 BenchRun(
-                    scenario.nodes, scenario.config(strategy, seed), label=f"{scenario.dataset} {strategy} seed {seed}"
+                    scenario.nodes,
+                    scenario.config(strategy, seed),
+                    app_dir=scenario.app_dir or ROOT,
+                    label=f"{scenario.dataset} {strategy} seed {seed}",
                 )
             )
             results[strategy].append(result)
