@@ -9,10 +9,12 @@ import json
 import re
 import sys
 import textwrap
+import threading
+import urllib.request
 
 import pytest
 
-from fedbuff_ops.launcher import LocalFederation, run_local
+from fedbuff_ops.launcher import LocalFederation, free_port, run_local
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -51,8 +53,28 @@ def deployed_app(folder):
     return folder
 
 
+class Scraper(threading.Thread):
+    """Keeps the ServerApp's metrics page from the last scrape that showed federated accuracy per
+    tier: once set, those gauges stay until the run ends, and the run goes on for at least one
+    more evaluation after the first one (its accuracy is far below any target)."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.url, self.page, self.halt = f"http://127.0.0.1:{port}/metrics", "", threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.wait(0.25):
+            try:
+                page = urllib.request.urlopen(self.url, timeout=5).read().decode()
+            except OSError:
+                continue
+            if "fl_federated_eval_tier_accuracy_ratio{" in page:
+                self.page = page
+
+
 def test_a_server_without_data_stops_at_a_target_measured_by_federated_evaluation(tmp_path, no_leftover_processes):
     run_dir = tmp_path / "run"
+    port = free_port()
     federation = LocalFederation(
         app_dir=deployed_app(tmp_path / "app"),
         run_dir=run_dir,
@@ -60,10 +82,16 @@ def test_a_server_without_data_stops_at_a_target_measured_by_federated_evaluatio
         tiers=["low", "high", "high"],
         run_config=(
             "max-server-steps=40 buffer-size=2 concurrency=3 eval-every=2 local-steps=8 "
-            "target-accuracy=0.6 federated-eval-fraction=1.0 emulated-step-seconds=0.01 write-plots=false"
+            f"target-accuracy=0.6 federated-eval-fraction=1.0 emulated-step-seconds=0.01 metrics-port={port}"
         ),
     )
-    summary = run_local(federation, out=sys.stdout)
+    scraper = Scraper(port)
+    scraper.start()
+    try:
+        summary = run_local(federation, out=sys.stdout)
+    finally:
+        scraper.halt.set()
+        scraper.join(timeout=10)
 
     assert summary["stop_reason"].startswith("target-accuracy 0.6 reached at version")
     assert summary["stop_reason"].endswith("(federated evaluation)")
@@ -77,6 +105,11 @@ def test_a_server_without_data_stops_at_a_target_measured_by_federated_evaluatio
     assert federated and all(e["nodes"] >= 1 and e["examples"] > 0 for e in federated)
     assert federated[-1]["metrics"]["accuracy"] == summary["final_federated_metrics"]["accuracy"]
     assert all(not e["metrics"] for e in events if e["event"] == "eval")
+    # Prometheus saw the federated metrics, per tier too
+    assert 'fl_federated_eval_value{metric="accuracy"}' in scraper.page
+    assert {f'fl_federated_eval_tier_accuracy_ratio{{device_tier="{t}"}}' for t in ("low", "high")} <= {
+        line.split(" ")[0] for line in scraper.page.splitlines()
+    }
 
 
 def test_flowers_fedavg_stops_at_the_round_that_reaches_its_target(tmp_path, no_leftover_processes):
