@@ -76,7 +76,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             if mode == "on":
                 gaps += accuracy_gaps(result)
             print(
-                f"[bench]   -> {rate and round(rate, 1)} updates/min (load {result.load:.1f})", file=sys.stderr, flush=True
+                f"[bench]   -> {rate and round(rate, 1)} updates/min (load {result.load:.1f})",
+                file=sys.stderr,
+                flush=True,
             )
     print("| federated evaluation | updates per minute (each run) | median |\n|---|---|---|")
     for mode in MODES:

@@ -92,6 +92,12 @@ SUITES = {
     "rf2-scale": Suite(
         "RF² at scale: the fairness cost of dropping stale updates, tiers independent vs tied to the data", "rf2_scale"
     ),
+    "task-api-cost": Suite(
+        "The task API's cost on a node: a training task before and after it",
+        "task_api_cost",
+        full=("--before-commit", "e6242cc"),
+        quick=("--before-commit", "e6242cc", "--repeats", "3", "--tasks", "100"),
+    ),
     "federated-eval-cost": Suite(
         "Federated evaluation: updates per minute it costs, and its gap to central accuracy",
         "federated_eval_cost",

@@ -9,7 +9,8 @@ uses, after ``--warmup`` tasks that load the data and are not counted. The two r
 
 Goal (the task API issue): CPU per update within 2 % of the built-in path before it.
 
-Run: .venv/bin/python -m bench.task_api_cost --before /path/to/old/checkout [--tasks 200]
+Run: .venv/bin/python -m bench.task_api_cost --before-commit e6242cc [--tasks 200] (a temporary
+git worktree of that commit), or --before /path/to/another/checkout.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,18 +75,44 @@ def measure(checkout: Path, tasks: int, warmup: int) -> dict[str, float]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@contextmanager
+def checkout_of(path: Path | None, commit: str | None) -> Iterator[Path]:
+    """``path``, or a temporary git worktree of ``commit`` (removed after)."""
+    if path is not None:
+        yield path.resolve()
+        return
+    with tempfile.TemporaryDirectory(prefix="fedbuff-before-") as parent:
+        tree = Path(parent) / "tree"
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), str(commit)], cwd=ROOT, check=True)
+        try:
+            yield tree
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
+
+
+def compare(old: Path, tasks: int, warmup: int, repeats: int) -> dict[str, list[dict[str, float]]]:
+    """Both checkouts, alternately, ``repeats`` times each."""
+    runs: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
+    for repeat in range(repeats):
+        for name, checkout in (("before", old), ("after", ROOT)):
+            runs[name].append(measure(checkout, tasks, warmup))
+            print(f"[bench] {name} #{repeat + 1}: {runs[name][-1]}", file=sys.stderr, flush=True)
+    return runs
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--before", type=Path, required=True, help="the checkout to compare with")
+    before = parser.add_mutually_exclusive_group(required=True)
+    before.add_argument("--before", type=Path, help="the checkout to compare with")
+    before.add_argument("--before-commit", help="a commit of this repository to compare with (checked out for the run)")
     parser.add_argument("--tasks", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
-    runs: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
-    for repeat in range(args.repeats):
-        for name, checkout in (("before", args.before), ("after", ROOT)):
-            runs[name].append(measure(checkout.resolve(), args.tasks, args.warmup))
-            print(f"[bench] {name} #{repeat + 1}: {runs[name][-1]}", flush=True)
+    load = os.getloadavg()[0]
+    with checkout_of(args.before, args.before_commit) as old:
+        runs = compare(old, args.tasks, args.warmup, args.repeats)
+    print(f"load average at the start: {load:.2f}; before: {args.before or args.before_commit}, after: this checkout")
     medians = {name: {k: statistics.median(r[k] for r in rs) for k in ("cpu", "wall")} for name, rs in runs.items()}
     print("| path | CPU ms per task | wall ms per task |\n|---|---|---|")
     for name, m in medians.items():
