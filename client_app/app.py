@@ -30,39 +30,32 @@ app = ClientApp()
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the dispatched model on this node's partition; reply the delta (or the weights)."""
-    settings = RunSettings.from_run_config(context.run_config)
-    if settings.warm_trainer and warm.in_flower_clientapp_process():
-        deadline = msg.metadata.created_at + msg.metadata.ttl
-        content = warm.train(
-            msg.content,
-            context,
-            settings.warm_trainer_idle_seconds,
-            deadline=min(deadline, time.time() + settings.task_ttl_seconds),
-        )
-    else:
-        content = train_here(msg.content, context)
-    return Message(content, reply_to=msg)
+    return Message(_run(msg, context, "train"), reply_to=msg)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received model on this node's held-out split; reply its metrics only."""
+    return Message(_run(msg, context, "evaluate"), reply_to=msg)
+
+
+def _run(msg: Message, context: Context, kind: str) -> RecordDict:
+    """The task's reply content: from the node's warm trainer, or trained (evaluated) here."""
     settings = RunSettings.from_run_config(context.run_config)
     if settings.warm_trainer and warm.in_flower_clientapp_process():
         deadline = msg.metadata.created_at + msg.metadata.ttl
-        content = warm.train(
+        return warm.train(
             msg.content,
             context,
             settings.warm_trainer_idle_seconds,
             deadline=min(deadline, time.time() + settings.task_ttl_seconds),
-            kind="evaluate",
+            kind=kind,
         )
-    else:
-        from client_app.task import evaluate_task, local_data
+    if kind == "evaluate":
+        from client_app.task import evaluate_task
 
-        source = local_data if warm.in_flower_clientapp_process() else _simulated_data()
-        content = evaluate_task(msg.content, context, source)
-    return Message(content, reply_to=msg)
+        return evaluate_task(msg.content, context, _source())
+    return train_here(msg.content, context)
 
 
 @app.query()
@@ -70,20 +63,26 @@ def query(msg: Message, context: Context) -> Message:
     """Say which partition this node holds and how many training examples (the virtual clock
     asks each simulated node once)."""
     from client_app.node import NodeProfile
-    from client_app.task import local_data
 
     settings = RunSettings.from_run_config(context.run_config)
-    source = local_data if warm.in_flower_clientapp_process() else _simulated_data()
-    _task, data = source(context, settings, NodeProfile.from_node_config(context.node_config))
+    _task, data = _source()(context, settings, NodeProfile.from_node_config(context.node_config))
     return Message(protocol.identity_content(context.node_config, len(data.train)), reply_to=msg)
 
 
 def train_here(content: RecordDict, context: Context) -> RecordDict:
     """The task trained in this process: torch and the partition are loaded for it (in the
     simulation engine, from the data its process has split already)."""
-    from client_app.task import local_data, train_task
+    from client_app.task import train_task
 
-    return train_task(content, context, local_data if warm.in_flower_clientapp_process() else _simulated_data())
+    return train_task(content, context, _source())
+
+
+def _source() -> DataSource:
+    """Where this process gets the task and the node's data: kept in ``context.state`` in
+    Flower's per-message process, shared by the virtual nodes of a simulation worker."""
+    from client_app.task import local_data
+
+    return local_data if warm.in_flower_clientapp_process() else _simulated_data()
 
 
 @functools.cache
