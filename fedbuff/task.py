@@ -43,7 +43,8 @@ class IncompatibleModelError(TaskError, ValueError):
 @dataclass(frozen=True)
 class Examples:
     """Inputs and targets in memory, one example per entry of the first dimension (numpy arrays
-    or torch tensors of any shape: 64 features, a 1×28×28 image, 80 character ids)."""
+    or torch tensors of any shape: 64 features, a 1×28×28 image, 80 character ids; float64
+    values are trained as float32)."""
 
     inputs: Any
     targets: Any
@@ -169,13 +170,6 @@ class Task:
         loss.backward()
         optimizer.step()
         return loss
-
-    def metric(self, name: str) -> Metric:
-        """The declared metric ``name``; a :class:`TaskError` naming the declared ones otherwise."""
-        for metric in self.metrics:
-            if metric.name == name:
-                return metric
-        raise TaskError(f"{self.name}: no metric {name!r}; it evaluates {[m.name for m in self.metrics]}")
 
     @property
     def name(self) -> str:

@@ -59,8 +59,11 @@ def build_model(task: Task, seed: int) -> nn.Module:
 
 
 def as_tensor(values: Any, device: torch.device | str = "cpu") -> torch.Tensor:
-    """A numpy array or tensor as a tensor on ``device`` (numpy memory is shared, not copied, on the CPU)."""
+    """A numpy array or tensor as a tensor on ``device`` (numpy memory is shared, not copied, on
+    the CPU); float64 becomes float32, the dtype of torch's default parameters."""
     tensor = values if isinstance(values, torch.Tensor) else torch.from_numpy(np.asarray(values))
+    if tensor.dtype == torch.float64:
+        tensor = tensor.float()
     return tensor.to(device)
 
 

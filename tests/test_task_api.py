@@ -80,7 +80,7 @@ def user_app(tmp_path, monkeypatch):
 def test_a_reference_loads_a_builtin_or_the_apps_own_task_with_the_run_config(user_app):
     assert isinstance(load_task("digits", {"hidden-units": 8}), BundledTask)
     task = load_task("usertask:Linear", {"rows": 12})
-    assert task.config["rows"] == 12 and task.metric("mae") == Metric("mae", False)
+    assert task.config["rows"] == 12 and task.metrics == (Metric("mae", False),)
     assert len(task.load_data(Node({}, 0, 2)).train) == 12
 
 
@@ -264,3 +264,16 @@ def test_the_trainer_protocol_carries_what_a_request_asks():
         for kind in wire.REQUEST_KINDS:
             wire.send_request(left, wire.TrainRequest(1, 2, {"task": "digits"}, {}, RecordDict(), RecordDict(), kind))
             assert wire.read_request(right).kind == kind
+
+
+def test_float64_examples_train_as_float32():
+    """A loader that hands over float64 arrays (np.loadtxt's default) trains all the same."""
+
+    class Doubles(Task):
+        def model(self):
+            return torch.nn.Linear(3, 2)
+
+    task = Doubles()
+    data = Examples(np.random.default_rng(0).normal(size=(12, 3)), np.zeros(12, np.int64))
+    _, steps = train(task, build_model(task, 0), data, epochs=1, steps=0, batch_size=4, lr=0.1, seed=0, device="cpu")
+    assert steps == 3 and set(evaluate(task, build_model(task, 0), data)) == {"accuracy", "loss"}
