@@ -21,7 +21,12 @@ from fedbuff.settings import SettingsError, options_from_run_config
 from fedbuff.task import BUILTIN_TASKS, CentralData, Examples, Node, NodeData, Scalar, Task
 
 NATURAL_ID_DATASETS = ("shakespeare",)  # datasets whose rows carry a writer / speaking role
-_HELD_OUT_STREAM = 0x4E1D  # the seeded order in which held-out rows are dealt to the nodes
+_HELD_OUT_STREAM = 0x4E1D
+# features and classes of the image data sets (what ModelSpec.of would read off their files)
+IMAGE_SPECS = {
+    "digits": (64, 10),
+    "fashion-mnist": (784, 10),
+}  # the seeded order in which held-out rows are dealt to the nodes
 
 
 @dataclass(frozen=True)
@@ -102,9 +107,14 @@ class BundledTask(Task):
         return self._data
 
     def model(self):  # -> nn.Module (torch is imported only here)
+        """The MLP (the LSTM for Shakespeare). The image data sets' shapes are fixed, so building
+        it never loads them (Flower's per-message process builds a model for every message);
+        Shakespeare's vocabulary comes from its data."""
         from fedbuff.model import ModelSpec, make_model
 
-        return make_model(self.options.hidden_units, ModelSpec.of(self.data))
+        shape = IMAGE_SPECS.get(self.options.dataset)
+        spec = ModelSpec(*shape) if shape else ModelSpec.of(self.data)
+        return make_model(self.options.hidden_units, spec)
 
     def load_data(self, node: Node) -> NodeData:
         rows = self._client_rows(node.partition_id, node.num_partitions)

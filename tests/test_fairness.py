@@ -287,3 +287,16 @@ def test_the_nodes_of_a_builtin_task_hold_the_held_out_split_between_them_once(d
     rows = sorted(tuple(x) for part in parts for x in part.inputs)  # type: ignore[union-attr]
     assert rows == sorted(tuple(x) for x in digits.test.features)
     assert max(len(p) for p in parts) - min(len(p) for p in parts) <= 1  # type: ignore[arg-type]
+
+
+def test_a_builtin_image_tasks_model_is_built_without_loading_its_data(digits):
+    """Flower's per-message process builds a model for every message: the image tasks' fixed
+    shapes spare it loading the data set, and they are the shapes the data would give."""
+    from fedbuff.builtin_tasks import IMAGE_SPECS
+    from fedbuff.model import ModelSpec
+
+    task = BundledTask("digits", {})
+    task.model()
+    assert task._data is None
+    assert ModelSpec(*IMAGE_SPECS["digits"]) == ModelSpec.of(digits)
+    assert IMAGE_SPECS["fashion-mnist"] == (28 * 28, 10)
